@@ -9,9 +9,9 @@ use bytes::{Bytes, BytesMut};
 use crate::error::DecodeError;
 use crate::packet::*;
 use crate::properties::{
-    read_properties, ConnAckProperties, ConnectProperties, PublishProperties, Value,
-    WillProperties, AUTHENTICATION_DATA, AUTHENTICATION_METHOD, REASON_STRING,
-    SERVER_REFERENCE, SESSION_EXPIRY_INTERVAL, SUBSCRIPTION_IDENTIFIER, USER_PROPERTY,
+    AUTHENTICATION_DATA, AUTHENTICATION_METHOD, ConnAckProperties, ConnectProperties,
+    PublishProperties, REASON_STRING, SERVER_REFERENCE, SESSION_EXPIRY_INTERVAL,
+    SUBSCRIPTION_IDENTIFIER, USER_PROPERTY, Value, WillProperties, read_properties,
 };
 use crate::reason;
 use crate::topic;
@@ -344,7 +344,9 @@ fn decode_ack(
             });
         }
         if r.remaining() > 0 {
-            read_properties(r, packet, |id, _| Ok(id == REASON_STRING || id == USER_PROPERTY))?;
+            read_properties(r, packet, |id, _| {
+                Ok(id == REASON_STRING || id == USER_PROPERTY)
+            })?;
         }
     }
     r.finish(packet)?;
@@ -452,7 +454,9 @@ fn decode_unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeErr
 fn decode_unsuback(r: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
     let packet_id = packet_id(r)?;
     let codes = if v5 {
-        read_properties(r, "UNSUBACK", |id, _| Ok(id == REASON_STRING || id == USER_PROPERTY))?;
+        read_properties(r, "UNSUBACK", |id, _| {
+            Ok(id == REASON_STRING || id == USER_PROPERTY)
+        })?;
         r.rest().to_vec()
     } else {
         r.finish("UNSUBACK")?;

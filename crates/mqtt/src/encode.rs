@@ -7,7 +7,7 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::packet::*;
-use crate::properties::{publish_properties_len, PropWriter, PublishProperties};
+use crate::properties::{PropWriter, PublishProperties, publish_properties_len};
 use crate::wire::{binary_len, put_binary, put_varint, varint_len};
 
 fn header(buf: &mut BytesMut, first_byte: u8, remaining: usize) {
@@ -252,7 +252,10 @@ fn body_of(packet: &Packet, v5: bool, b: &mut BytesMut) -> u8 {
         Packet::Auth(a) => {
             b.put_u8(a.reason);
             let mut w = PropWriter::new();
-            w.string(crate::properties::AUTHENTICATION_METHOD, a.method.as_deref());
+            w.string(
+                crate::properties::AUTHENTICATION_METHOD,
+                a.method.as_deref(),
+            );
             w.binary(crate::properties::AUTHENTICATION_DATA, a.data.as_deref());
             w.finish_into(b);
             0xf0
@@ -373,13 +376,23 @@ mod tests {
                 protocol,
                 true,
             );
-            roundtrip(Packet::PubRel(Ack { packet_id: 3, reason: 0 }), protocol, true);
+            roundtrip(
+                Packet::PubRel(Ack {
+                    packet_id: 3,
+                    reason: 0,
+                }),
+                protocol,
+                true,
+            );
             roundtrip(
                 Packet::Subscribe(Subscribe {
                     packet_id: 2,
                     subscription_id: None,
                     user_properties: vec![],
-                    filters: vec![("a/+".into(), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
+                    filters: vec![(
+                        "a/+".into(),
+                        SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+                    )],
                 }),
                 protocol,
                 true,
@@ -436,8 +449,21 @@ mod tests {
         ] {
             let mut buf = BytesMut::new();
             let payload = vec![7u8; 200];
-            encode_publish(&mut buf, protocol, "t/x", &payload, qos, false, false, Some(1), Some(&props));
-            assert_eq!(buf.len(), encoded_publish_len(protocol, "t/x", 200, qos, Some(&props)));
+            encode_publish(
+                &mut buf,
+                protocol,
+                "t/x",
+                &payload,
+                qos,
+                false,
+                false,
+                Some(1),
+                Some(&props),
+            );
+            assert_eq!(
+                buf.len(),
+                encoded_publish_len(protocol, "t/x", 200, qos, Some(&props))
+            );
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod reason;
 pub mod topic;
 mod wire;
 
-pub use decode::{decode_packet, FrameHeader, MAX_REMAINING_LENGTH};
+pub use decode::{FrameHeader, MAX_REMAINING_LENGTH, decode_packet};
 pub use encode::{encode_packet, encode_publish, encoded_publish_len};
 pub use error::DecodeError;
 pub use packet::*;

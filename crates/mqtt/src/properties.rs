@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::error::DecodeError;
-use crate::wire::{binary_len, put_binary, put_varint, varint_len, Reader};
+use crate::wire::{Reader, binary_len, put_binary, put_varint, varint_len};
 
 pub(crate) const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
 pub(crate) const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
@@ -161,7 +161,10 @@ impl ConnectProperties {
             Ok(true)
         })?;
         if p.authentication_data.is_some() && p.authentication_method.is_none() {
-            return Err(DecodeError::PropertyNotAllowed(AUTHENTICATION_DATA, "CONNECT"));
+            return Err(DecodeError::PropertyNotAllowed(
+                AUTHENTICATION_DATA,
+                "CONNECT",
+            ));
         }
         Ok(p)
     }
@@ -171,8 +174,14 @@ impl ConnectProperties {
         w.u16(RECEIVE_MAXIMUM, self.receive_maximum);
         w.u32(MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
         w.u16(TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        w.byte(REQUEST_RESPONSE_INFORMATION, self.request_response_information.map(u8::from));
-        w.byte(REQUEST_PROBLEM_INFORMATION, self.request_problem_information.map(u8::from));
+        w.byte(
+            REQUEST_RESPONSE_INFORMATION,
+            self.request_response_information.map(u8::from),
+        );
+        w.byte(
+            REQUEST_PROBLEM_INFORMATION,
+            self.request_problem_information.map(u8::from),
+        );
         w.pairs(&self.user_properties);
         w.string(AUTHENTICATION_METHOD, self.authentication_method.as_deref());
         w.binary(AUTHENTICATION_DATA, self.authentication_data.as_deref());

@@ -130,27 +130,48 @@ mod tests {
         assert_eq!(validate_topic_name("a/+"), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a/#"), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a\0b"), Err(TopicError::NullCharacter));
-        assert_eq!(validate_topic_name(&"x".repeat(65_536)), Err(TopicError::TooLong));
+        assert_eq!(
+            validate_topic_name(&"x".repeat(65_536)),
+            Err(TopicError::TooLong)
+        );
     }
 
     #[test]
     fn filters() {
-        for ok in ["#", "+", "a/+/c", "a/#", "+/+", "/#", "a//b", "sport/tennis/+"] {
+        for ok in [
+            "#",
+            "+",
+            "a/+/c",
+            "a/#",
+            "+/+",
+            "/#",
+            "a//b",
+            "sport/tennis/+",
+        ] {
             assert!(validate_topic_filter(ok).is_ok(), "{ok}");
         }
         assert_eq!(validate_topic_filter("a#"), Err(TopicError::HashNotLast));
         assert_eq!(validate_topic_filter("a/#/b"), Err(TopicError::HashNotLast));
         assert_eq!(validate_topic_filter("a/b#"), Err(TopicError::HashNotLast));
         assert_eq!(validate_topic_filter("a+"), Err(TopicError::PlusNotAlone));
-        assert_eq!(validate_topic_filter("a/+b/c"), Err(TopicError::PlusNotAlone));
+        assert_eq!(
+            validate_topic_filter("a/+b/c"),
+            Err(TopicError::PlusNotAlone)
+        );
         assert_eq!(validate_topic_filter(""), Err(TopicError::Empty));
     }
 
     #[test]
     fn matching_follows_the_specification_examples() {
         assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon"));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/score/wimbledon"
+        ));
         assert!(matches("sport/#", "sport"));
         assert!(matches("sport/tennis/+", "sport/tennis/player1"));
         assert!(!matches("sport/tennis/+", "sport/tennis/player1/ranking"));

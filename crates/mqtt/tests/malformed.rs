@@ -2,7 +2,7 @@
 //! specific error, never accepted and never a panic.
 
 use bytes::BytesMut;
-use rampart_mqtt::{decode_packet, reason, DecodeError, Packet, Protocol};
+use rampart_mqtt::{DecodeError, Packet, Protocol, decode_packet, reason};
 
 fn decode(bytes: &[u8], protocol: Option<Protocol>) -> Result<Option<Packet>, DecodeError> {
     let mut buf = BytesMut::from(bytes);
@@ -62,7 +62,13 @@ fn remaining_length_longer_than_four_bytes() {
 fn oversized_packet_is_refused_from_its_header() {
     // Only the header has arrived: the size alone is enough to refuse it.
     let e = err(&[0x30, 0x80, 0x80, 0x04], V3);
-    assert_eq!(e, DecodeError::PacketTooLarge { size: 65_540, max: 1024 });
+    assert_eq!(
+        e,
+        DecodeError::PacketTooLarge {
+            size: 65_540,
+            max: 1024
+        }
+    );
     assert_eq!(e.reason_code(), reason::PACKET_TOO_LARGE);
     assert_eq!(e.kind(), "packet_too_large");
 }
@@ -75,22 +81,44 @@ fn first_packet_must_be_connect() {
 
 #[test]
 fn connect_rules() {
-    assert_eq!(err(&connect(3, 2, &[]), None), DecodeError::UnsupportedProtocolLevel(3));
-    assert_eq!(err(&connect(6, 2, &[]), None), DecodeError::UnsupportedProtocolLevel(6));
-    assert_eq!(err(&connect(4, 0x03, &[]), None), DecodeError::ConnectReservedFlag);
+    assert_eq!(
+        err(&connect(3, 2, &[]), None),
+        DecodeError::UnsupportedProtocolLevel(3)
+    );
+    assert_eq!(
+        err(&connect(6, 2, &[]), None),
+        DecodeError::UnsupportedProtocolLevel(6)
+    );
+    assert_eq!(
+        err(&connect(4, 0x03, &[]), None),
+        DecodeError::ConnectReservedFlag
+    );
     assert_eq!(err(&connect(4, 0x18, &[]), None), DecodeError::InvalidQoS);
-    assert_eq!(err(&connect(4, 0x22, &[]), None), DecodeError::WillFlagsWithoutWill);
+    assert_eq!(
+        err(&connect(4, 0x22, &[]), None),
+        DecodeError::WillFlagsWithoutWill
+    );
     assert_eq!(
         err(&connect(4, 0x42, &[0, 1, b'p']), None),
         DecodeError::PasswordWithoutUsername
     );
     // MQTT 5 allows a password without a user name.
-    assert!(decode(&connect(5, 0x42, &[0, 1, b'p']), None).unwrap().is_some());
+    assert!(
+        decode(&connect(5, 0x42, &[0, 1, b'p']), None)
+            .unwrap()
+            .is_some()
+    );
     let mut bad_name = connect(4, 2, &[]);
     bad_name[4] = b'X';
-    assert!(matches!(err(&bad_name, None), DecodeError::InvalidProtocolName(_)));
+    assert!(matches!(
+        err(&bad_name, None),
+        DecodeError::InvalidProtocolName(_)
+    ));
     // Trailing bytes after the payload.
-    assert_eq!(err(&connect(4, 2, &[9]), None), DecodeError::TrailingBytes("CONNECT"));
+    assert_eq!(
+        err(&connect(4, 2, &[9]), None),
+        DecodeError::TrailingBytes("CONNECT")
+    );
     // Will topic with a wildcard.
     assert!(matches!(
         err(&connect(4, 0x06, &[0, 1, b'#', 0, 0]), None),
@@ -101,8 +129,14 @@ fn connect_rules() {
 #[test]
 fn strings_must_be_utf8_without_nul() {
     // PUBLISH topic "a\0".
-    assert_eq!(err(&[0x30, 0x04, 0, 2, b'a', 0], V3), DecodeError::NullCharacter("topic name"));
-    assert_eq!(err(&[0x30, 0x04, 0, 2, 0xc3, 0x28], V3), DecodeError::InvalidUtf8("topic name"));
+    assert_eq!(
+        err(&[0x30, 0x04, 0, 2, b'a', 0], V3),
+        DecodeError::NullCharacter("topic name")
+    );
+    assert_eq!(
+        err(&[0x30, 0x04, 0, 2, 0xc3, 0x28], V3),
+        DecodeError::InvalidUtf8("topic name")
+    );
     // Surrogate code point encoded in UTF-8 (ED A0 80) is not well-formed.
     assert_eq!(
         err(&[0x30, 0x05, 0, 3, 0xed, 0xa0, 0x80], V3),
@@ -112,20 +146,44 @@ fn strings_must_be_utf8_without_nul() {
 
 #[test]
 fn publish_rules() {
-    assert_eq!(err(&[0x36, 0x05, 0, 1, b'a', 0, 1], V3), DecodeError::InvalidQoS);
-    assert!(matches!(err(&[0x38, 0x03, 0, 1, b'a'], V3), DecodeError::InvalidFlags { .. }));
-    assert!(matches!(err(&[0x30, 0x03, 0, 1, b'+'], V3), DecodeError::InvalidTopicName(_)));
-    assert!(matches!(err(&[0x30, 0x02, 0, 0], V3), DecodeError::InvalidTopicName(_)));
-    assert_eq!(err(&[0x32, 0x05, 0, 1, b'a', 0, 0], V3), DecodeError::ZeroPacketId);
-    assert_eq!(err(&[0x32, 0x04, 0, 1, b'a', 0], V3), DecodeError::Truncated("packet identifier"));
+    assert_eq!(
+        err(&[0x36, 0x05, 0, 1, b'a', 0, 1], V3),
+        DecodeError::InvalidQoS
+    );
+    assert!(matches!(
+        err(&[0x38, 0x03, 0, 1, b'a'], V3),
+        DecodeError::InvalidFlags { .. }
+    ));
+    assert!(matches!(
+        err(&[0x30, 0x03, 0, 1, b'+'], V3),
+        DecodeError::InvalidTopicName(_)
+    ));
+    assert!(matches!(
+        err(&[0x30, 0x02, 0, 0], V3),
+        DecodeError::InvalidTopicName(_)
+    ));
+    assert_eq!(
+        err(&[0x32, 0x05, 0, 1, b'a', 0, 0], V3),
+        DecodeError::ZeroPacketId
+    );
+    assert_eq!(
+        err(&[0x32, 0x04, 0, 1, b'a', 0], V3),
+        DecodeError::Truncated("packet identifier")
+    );
     // Topic length runs past the end of the packet.
-    assert_eq!(err(&[0x30, 0x03, 0, 9, b'a'], V3), DecodeError::Truncated("topic name"));
+    assert_eq!(
+        err(&[0x30, 0x03, 0, 9, b'a'], V3),
+        DecodeError::Truncated("topic name")
+    );
 }
 
 #[test]
 fn v5_properties() {
     // Unknown property 0x7f.
-    assert_eq!(err(&[0x30, 0x06, 0, 1, b'a', 2, 0x7f, 0], V5), DecodeError::UnknownProperty(0x7f));
+    assert_eq!(
+        err(&[0x30, 0x06, 0, 1, b'a', 2, 0x7f, 0], V5),
+        DecodeError::UnknownProperty(0x7f)
+    );
     // Session expiry (0x11) is not a PUBLISH property.
     assert_eq!(
         err(&[0x30, 0x09, 0, 1, b'a', 5, 0x11, 0, 0, 0, 1], V5),
@@ -137,9 +195,15 @@ fn v5_properties() {
         DecodeError::DuplicateProperty(0x01)
     );
     // Payload format indicator 2 is invalid.
-    assert_eq!(err(&[0x30, 0x06, 0, 1, b'a', 2, 0x01, 2], V5), DecodeError::InvalidPropertyValue(1));
+    assert_eq!(
+        err(&[0x30, 0x06, 0, 1, b'a', 2, 0x01, 2], V5),
+        DecodeError::InvalidPropertyValue(1)
+    );
     // Property block longer than the packet.
-    assert_eq!(err(&[0x30, 0x05, 0, 1, b'a', 9, 1], V5), DecodeError::Truncated("properties"));
+    assert_eq!(
+        err(&[0x30, 0x05, 0, 1, b'a', 9, 1], V5),
+        DecodeError::Truncated("properties")
+    );
     // Receive maximum 0 in CONNECT.
     let mut c = connect(5, 2, &[]);
     c[1] += 3;
@@ -150,32 +214,80 @@ fn v5_properties() {
 
 #[test]
 fn fixed_header_flags() {
-    assert!(matches!(decode(&[0x62, 0x02, 0, 1], V3), Ok(Some(Packet::PubRel(_)))));
-    assert!(matches!(err(&[0x60, 0x02, 0, 1], V3), DecodeError::InvalidFlags { packet: "PUBREL", .. }));
-    assert!(matches!(err(&[0x80, 0x06, 0, 1, 0, 1, b'a', 0], V3), DecodeError::InvalidFlags { packet: "SUBSCRIBE", .. }));
-    assert!(matches!(err(&[0xc1, 0x00], V3), DecodeError::InvalidFlags { packet: "PINGREQ", .. }));
+    assert!(matches!(
+        decode(&[0x62, 0x02, 0, 1], V3),
+        Ok(Some(Packet::PubRel(_)))
+    ));
+    assert!(matches!(
+        err(&[0x60, 0x02, 0, 1], V3),
+        DecodeError::InvalidFlags {
+            packet: "PUBREL",
+            ..
+        }
+    ));
+    assert!(matches!(
+        err(&[0x80, 0x06, 0, 1, 0, 1, b'a', 0], V3),
+        DecodeError::InvalidFlags {
+            packet: "SUBSCRIBE",
+            ..
+        }
+    ));
+    assert!(matches!(
+        err(&[0xc1, 0x00], V3),
+        DecodeError::InvalidFlags {
+            packet: "PINGREQ",
+            ..
+        }
+    ));
     assert_eq!(err(&[0x00, 0x00], V3), DecodeError::ReservedPacketType(0));
-    assert_eq!(err(&[0xc0, 0x01, 0], V3), DecodeError::TrailingBytes("PINGREQ"));
+    assert_eq!(
+        err(&[0xc0, 0x01, 0], V3),
+        DecodeError::TrailingBytes("PINGREQ")
+    );
     assert_eq!(err(&[0xf0, 0x00], V3), DecodeError::AuthInV311);
 }
 
 #[test]
 fn subscribe_rules() {
-    assert_eq!(err(&[0x82, 0x02, 0, 1], V3), DecodeError::NoTopicFilters("SUBSCRIBE"));
-    assert_eq!(err(&[0x82, 0x06, 0, 1, 0, 1, b'a', 0x04], V3), DecodeError::SubscriptionOptionsReserved);
-    assert_eq!(err(&[0x82, 0x06, 0, 1, 0, 1, b'a', 0x03], V3), DecodeError::InvalidQoS);
-    assert_eq!(err(&[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0x30], V5), DecodeError::InvalidRetainHandling);
-    assert_eq!(err(&[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0xc0], V5), DecodeError::SubscriptionOptionsReserved);
-    assert_eq!(err(&[0xa2, 0x02, 0, 1], V3), DecodeError::NoTopicFilters("UNSUBSCRIBE"));
+    assert_eq!(
+        err(&[0x82, 0x02, 0, 1], V3),
+        DecodeError::NoTopicFilters("SUBSCRIBE")
+    );
+    assert_eq!(
+        err(&[0x82, 0x06, 0, 1, 0, 1, b'a', 0x04], V3),
+        DecodeError::SubscriptionOptionsReserved
+    );
+    assert_eq!(
+        err(&[0x82, 0x06, 0, 1, 0, 1, b'a', 0x03], V3),
+        DecodeError::InvalidQoS
+    );
+    assert_eq!(
+        err(&[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0x30], V5),
+        DecodeError::InvalidRetainHandling
+    );
+    assert_eq!(
+        err(&[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0xc0], V5),
+        DecodeError::SubscriptionOptionsReserved
+    );
+    assert_eq!(
+        err(&[0xa2, 0x02, 0, 1], V3),
+        DecodeError::NoTopicFilters("UNSUBSCRIBE")
+    );
 }
 
 #[test]
 fn ack_rules() {
     assert_eq!(err(&[0x40, 0x02, 0, 0], V3), DecodeError::ZeroPacketId);
-    assert_eq!(err(&[0x40, 0x03, 0, 1, 0], V3), DecodeError::TrailingBytes("PUBACK"));
+    assert_eq!(
+        err(&[0x40, 0x03, 0, 1, 0], V3),
+        DecodeError::TrailingBytes("PUBACK")
+    );
     assert_eq!(
         err(&[0x40, 0x03, 0, 1, 0x05], V5),
-        DecodeError::InvalidReasonCode { packet: "PUBACK", code: 5 }
+        DecodeError::InvalidReasonCode {
+            packet: "PUBACK",
+            code: 5
+        }
     );
     assert!(decode(&[0x40, 0x03, 0, 1, 0x10], V5).unwrap().is_some());
 }

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::CertificateDer;
@@ -35,9 +35,14 @@ impl Validity {
     }
 
     /// An explicit period, e.g. a short one for tests or an already-expired one.
-    pub fn between(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Result<Self, PkiError> {
+    pub fn between(
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Self, PkiError> {
         if not_after <= not_before {
-            return Err(PkiError::Validity("not_after must be later than not_before"));
+            return Err(PkiError::Validity(
+                "not_after must be later than not_before",
+            ));
         }
         Ok(Validity {
             not_before,
@@ -204,12 +209,13 @@ impl Authority {
                 why: "not a CA certificate (basicConstraints CA:FALSE or absent)".into(),
             });
         }
-        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(der), key.pair).map_err(
-            |e| PkiError::CertParse {
-                path: Some(cert_path.to_path_buf()),
-                why: e.to_string(),
-            },
-        )?;
+        let issuer =
+            Issuer::from_ca_cert_der(&CertificateDer::from(der), key.pair).map_err(|e| {
+                PkiError::CertParse {
+                    path: Some(cert_path.to_path_buf()),
+                    why: e.to_string(),
+                }
+            })?;
         Ok(Authority {
             cert_pem,
             info,
@@ -240,9 +246,9 @@ impl Authority {
         alg: KeyAlgorithm,
         validity: Validity,
     ) -> Result<(IssuedCert, PrivateKey), PkiError> {
-        let first = names
-            .first()
-            .ok_or(PkiError::Validity("a server certificate needs at least one name"))?;
+        let first = names.first().ok_or(PkiError::Validity(
+            "a server certificate needs at least one name",
+        ))?;
         let mut params = leaf_params(
             dn(first, None),
             ExtendedKeyUsagePurpose::ServerAuth,

@@ -2,8 +2,8 @@
 //! (at the CA) before anything is signed.
 
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, PublicKeyData, SignatureAlgorithm,
-    PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
+    CertificateParams, DistinguishedName, DnType, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
+    PublicKeyData, SignatureAlgorithm,
 };
 use x509_parser::prelude::FromDer;
 

@@ -10,15 +10,9 @@ pub enum PkiError {
     #[error("key generation failed: {0}")]
     KeyGeneration(rcgen::Error),
     #[error("cannot parse private key {path}: {source}")]
-    KeyParse {
-        path: PathBuf,
-        source: rcgen::Error,
-    },
+    KeyParse { path: PathBuf, source: rcgen::Error },
     #[error("cannot parse certificate{}: {why}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
-    CertParse {
-        path: Option<PathBuf>,
-        why: String,
-    },
+    CertParse { path: Option<PathBuf>, why: String },
     #[error("certificate signing failed: {0}")]
     Signing(rcgen::Error),
     #[error("CSR is not a valid PKCS#10 request: {0}")]

@@ -1,7 +1,7 @@
 //! Reading certificates: the fields the registry, the broker and the operator need.
 
-use sha2::{Digest, Sha256};
 use ::time::OffsetDateTime;
+use sha2::{Digest, Sha256};
 use x509_parser::prelude::*;
 
 use crate::error::PkiError;

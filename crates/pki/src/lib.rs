@@ -20,8 +20,8 @@ mod info;
 mod key;
 
 pub use authority::{Authority, IssuedCert, Validity};
-pub use csr::{create_csr, CheckedCsr};
+pub use csr::{CheckedCsr, create_csr};
 pub use error::PkiError;
-pub use id::{validate_device_id, MAX_DEVICE_ID_LEN};
-pub use info::{fingerprint_sha256, CertInfo};
+pub use id::{MAX_DEVICE_ID_LEN, validate_device_id};
+pub use info::{CertInfo, fingerprint_sha256};
 pub use key::{KeyAlgorithm, PrivateKey};

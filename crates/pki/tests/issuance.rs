@@ -1,15 +1,25 @@
 //! Issuance: both key types, CSR checks, loading a CA back from files.
 
 use rampart_pki::{
-    create_csr, files, Authority, CertInfo, CheckedCsr, KeyAlgorithm, PkiError, PrivateKey,
-    Validity,
+    Authority, CertInfo, CheckedCsr, KeyAlgorithm, PkiError, PrivateKey, Validity, create_csr,
+    files,
 };
 
 fn root_and_device_ca(alg: KeyAlgorithm) -> (Authority, Authority) {
-    let root = Authority::create_root("Test Root", Some("Rampart"), alg, Validity::days_from_now(3650))
-        .expect("root");
+    let root = Authority::create_root(
+        "Test Root",
+        Some("Rampart"),
+        alg,
+        Validity::days_from_now(3650),
+    )
+    .expect("root");
     let ca = root
-        .create_intermediate("Test Device CA", Some("Rampart"), alg, Validity::days_from_now(1825))
+        .create_intermediate(
+            "Test Device CA",
+            Some("Rampart"),
+            alg,
+            Validity::days_from_now(1825),
+        )
         .expect("device ca");
     (root, ca)
 }
@@ -41,7 +51,11 @@ fn serials_are_unique() {
     let mut seen = std::collections::HashSet::new();
     for i in 0..50 {
         let (c, _) = ca
-            .issue_device(&format!("d{i}"), KeyAlgorithm::Ed25519, Validity::days_from_now(1))
+            .issue_device(
+                &format!("d{i}"),
+                KeyAlgorithm::Ed25519,
+                Validity::days_from_now(1),
+            )
             .expect("issue");
         assert!(seen.insert(c.info.serial));
     }
@@ -50,13 +64,25 @@ fn serials_are_unique() {
 #[test]
 fn server_certificate_names() {
     let (root, _) = root_and_device_ca(KeyAlgorithm::EcdsaP256);
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "hub.example.com".to_string()];
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "hub.example.com".to_string(),
+    ];
     let (cert, _) = root
-        .issue_server(&names, KeyAlgorithm::EcdsaP256, Validity::days_from_now(365))
+        .issue_server(
+            &names,
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(365),
+        )
         .expect("server");
     assert_eq!(cert.info.common_name.as_deref(), Some("localhost"));
     let e = root
-        .issue_server(&["bad name!".into()], KeyAlgorithm::EcdsaP256, Validity::days_from_now(1))
+        .issue_server(
+            &["bad name!".into()],
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(1),
+        )
         .expect_err("invalid DNS name");
     assert!(matches!(e, PkiError::Validity(_)));
 }
@@ -99,7 +125,10 @@ fn tampered_csr_fails_its_signature_check() {
         .as_ref()
         .to_vec();
     // Change one character of the CN "gw-a" -> "gw-b" inside the signed part.
-    let pos = der.windows(4).position(|w| w == b"gw-a").expect("cn present");
+    let pos = der
+        .windows(4)
+        .position(|w| w == b"gw-a")
+        .expect("cn present");
     der[pos + 3] = b'b';
     let e = CheckedCsr::from_der(&der).expect_err("must fail");
     assert!(matches!(e, PkiError::CsrBadSignature), "{e}");
@@ -107,8 +136,14 @@ fn tampered_csr_fails_its_signature_check() {
 
 #[test]
 fn garbage_csr_is_a_parse_error() {
-    assert!(matches!(CheckedCsr::from_pem("hello"), Err(PkiError::CsrParse(_))));
-    assert!(matches!(CheckedCsr::from_der(&[0x30, 0x03, 1, 2, 3]), Err(PkiError::CsrParse(_))));
+    assert!(matches!(
+        CheckedCsr::from_pem("hello"),
+        Err(PkiError::CsrParse(_))
+    ));
+    assert!(matches!(
+        CheckedCsr::from_der(&[0x30, 0x03, 1, 2, 3]),
+        Err(PkiError::CsrParse(_))
+    ));
 }
 
 #[test]
@@ -147,9 +182,15 @@ fn authority_roundtrips_through_files() {
 #[test]
 fn expired_validity_can_be_issued_for_tests_but_not_inverted() {
     let now = time::OffsetDateTime::now_utc();
-    let v = Validity::between(now - time::Duration::days(10), now - time::Duration::days(1)).expect("ok");
+    let v = Validity::between(
+        now - time::Duration::days(10),
+        now - time::Duration::days(1),
+    )
+    .expect("ok");
     let (_, ca) = root_and_device_ca(KeyAlgorithm::EcdsaP256);
-    let (c, _) = ca.issue_device("old", KeyAlgorithm::EcdsaP256, v).expect("issue");
+    let (c, _) = ca
+        .issue_device("old", KeyAlgorithm::EcdsaP256, v)
+        .expect("issue");
     assert!(c.info.not_after < now);
     assert!(Validity::between(now, now).is_err());
 }

@@ -1,0 +1,18 @@
+//! Storage errors.
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {id:?} already exists")]
+    AlreadyExists { what: &'static str, id: String },
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row in {table}: {why}")]
+    Corrupt { table: &'static str, why: String },
+    #[error("the ingest queue is closed (the hub is shutting down)")]
+    IngestClosed,
+}

@@ -1,0 +1,456 @@
+//! The broker: shared state (sessions, subscription index, retained messages) and the
+//! operations on it that outlive a single connection — attaching and ending sessions,
+//! routing, administrative disconnects and shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rampart_mqtt::{Protocol, Publish, QoS, Will, reason};
+use rampart_policy::{Action, Authorizer, Decision, Identity};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerConfig;
+use crate::hooks::Hooks;
+use crate::mailbox::Delivery;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::refusal::RefusalReason;
+use crate::router::{Matches, Router, delivery_qos};
+use crate::session::{ConnCtl, Kick, Session};
+
+/// A connected client, as shown to the operator.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub identity: String,
+    pub protocol: &'static str,
+    pub subscriptions: usize,
+    pub queued: usize,
+    pub inflight: usize,
+    pub connected: bool,
+}
+
+pub(crate) struct Shared {
+    pub config: BrokerConfig,
+    pub hooks: Arc<dyn Hooks>,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub router: Router,
+    pub sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    generation: AtomicU64,
+}
+
+/// Result of attaching a connection to a session.
+pub(crate) struct Attached {
+    pub session: Arc<Session>,
+    pub present: bool,
+    pub ctl: Arc<ConnCtl>,
+    /// The connection that held the session before (to be closed: session takeover).
+    pub previous: Option<Arc<ConnCtl>>,
+}
+
+/// Rampart's MQTT broker. Cheap to clone; all clones share one broker.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("sessions", &self.shared.sessions.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Creates a broker. It serves nothing until [`Broker::serve`] is called.
+    pub fn new(
+        config: BrokerConfig,
+        hooks: Arc<dyn Hooks>,
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Self {
+        Broker {
+            shared: Arc::new(Shared {
+                config,
+                hooks,
+                authorizer,
+                router: Router::default(),
+                sessions: Mutex::new(HashMap::new()),
+                metrics: Arc::new(Metrics::default()),
+                shutdown: CancellationToken::new(),
+                generation: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Loads retained messages saved by a previous run. Corrupt or expired entries are
+    /// skipped and reported. Returns how many were loaded.
+    pub fn load_retained(&self, stored: Vec<(String, Vec<u8>)>) -> usize {
+        let mut loaded = 0;
+        for (topic, data) in stored {
+            match Message::from_stored(&data) {
+                Some(m) if *m.topic == *topic => {
+                    let delta = self.shared.router.set_retained(Arc::new(m));
+                    self.shared
+                        .metrics
+                        .retained_messages
+                        .fetch_add(delta, Ordering::Relaxed);
+                    loaded += 1;
+                }
+                _ => {
+                    tracing::warn!(%topic, "skipping a stored retained message that is corrupt or expired")
+                }
+            }
+        }
+        loaded
+    }
+
+    /// Accepts connections on `listener` until [`Broker::shutdown`].
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        tls: Arc<ServerConfig>,
+    ) -> std::io::Result<()> {
+        let acceptor = TlsAcceptor::from(tls);
+        let shared = &self.shared;
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = shared.shutdown.cancelled() => return Ok(()),
+            };
+            let (tcp, addr) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            Metrics::add(&shared.metrics.connections_accepted, 1);
+            let active = shared.metrics.connections_active.load(Ordering::Relaxed);
+            if active >= i64::try_from(shared.config.max_connections).unwrap_or(i64::MAX) {
+                shared.metrics.refused(RefusalReason::ServerBusy);
+                tracing::warn!(peer = %addr, limit = shared.config.max_connections,
+                    "refused connection: server_busy: connection limit reached");
+                continue;
+            }
+            let _ = tcp.set_nodelay(true);
+            let sock = socket2::SockRef::from(&tcp);
+            // Detects half-open connections of clients that use keep-alive 0.
+            let _ = sock.set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(120))
+                    .with_interval(Duration::from_secs(30)),
+            );
+            tokio::spawn(crate::connection::run(
+                shared.clone(),
+                tcp,
+                addr,
+                acceptor.clone(),
+            ));
+        }
+    }
+
+    /// Closes every live connection whose certificate identity is `identity_id` (e.g. when a
+    /// device is disabled). Returns how many connections were closed.
+    pub fn disconnect_identity(&self, identity_id: &str, why: &str) -> usize {
+        let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();
+        let mut n = 0;
+        for s in sessions {
+            let st = s.state.lock();
+            if &*st.identity.id == identity_id {
+                if let Some(c) = &st.connection {
+                    c.kick(Kick {
+                        reason: reason::ADMINISTRATIVE_ACTION,
+                        why: why.to_owned(),
+                        publish_will: false,
+                    });
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Stops accepting and closes every connection (MQTT 5 clients are told "server shutting
+    /// down").
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// The broker's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Sessions and their state, for the operator.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();
+        let mut out: Vec<ClientInfo> = sessions
+            .iter()
+            .map(|s| {
+                let st = s.state.lock();
+                ClientInfo {
+                    client_id: s.client_id.to_string(),
+                    identity: st.identity.id.to_string(),
+                    protocol: st.protocol.label(),
+                    subscriptions: st.subscriptions.len(),
+                    queued: s.mailbox.len(),
+                    inflight: st.inflight.len(),
+                    connected: st.connection.is_some(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
+    }
+}
+
+impl Shared {
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Attaches a new connection to the session of `client_id`, creating, resuming or
+    /// replacing it as `clean_start` says.
+    pub(crate) fn attach(
+        &self,
+        client_id: &str,
+        identity: Identity,
+        protocol: Protocol,
+        clean_start: bool,
+        expiry: Duration,
+    ) -> Attached {
+        let generation = self.next_generation();
+        let ctl = ConnCtl::new(generation);
+        let mut discarded = None;
+        let mut previous = None;
+        let mut map = self.sessions.lock();
+        if let Some(existing) = map.get(client_id).cloned() {
+            let mut st = existing.state.lock();
+            previous = st.connection.take();
+            if !clean_start {
+                st.identity = identity;
+                st.protocol = protocol;
+                st.expiry = expiry;
+                st.generation = generation;
+                st.connection = Some(ctl.clone());
+                drop(st);
+                return Attached {
+                    session: existing,
+                    present: true,
+                    ctl,
+                    previous,
+                };
+            }
+            st.ended = true;
+            let filters: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
+            st.inflight.clear();
+            drop(st);
+            discarded = Some((existing, filters));
+        }
+        let session = Session::new(
+            client_id.into(),
+            identity,
+            protocol,
+            self.config.max_queued_messages,
+        );
+        {
+            let mut st = session.state.lock();
+            st.generation = generation;
+            st.expiry = expiry;
+            st.connection = Some(ctl.clone());
+        }
+        map.insert(session.client_id.clone(), session.clone());
+        drop(map);
+        if let Some((old, filters)) = discarded {
+            self.drop_subscriptions(&old, &filters);
+            old.mailbox.clear();
+        } else {
+            self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+        }
+        Attached {
+            session,
+            present: false,
+            ctl,
+            previous,
+        }
+    }
+
+    fn drop_subscriptions(&self, session: &Arc<Session>, filters: &[String]) {
+        for f in filters {
+            if self.router.unsubscribe(f, session) {
+                self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Called when the connection of generation `generation` has ended.
+    pub(crate) fn detach(self: &Arc<Self>, session: &Arc<Session>, generation: u64) {
+        let expiry = {
+            let mut st = session.state.lock();
+            if st.generation != generation {
+                return; // a newer connection owns the session
+            }
+            st.connection = None;
+            st.expiry
+        };
+        if expiry.is_zero() {
+            self.end_session(session, generation);
+        } else {
+            let shared = self.clone();
+            let session = session.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(expiry).await;
+                shared.end_session(&session, generation);
+            });
+        }
+    }
+
+    /// Discards a detached session that has not been resumed since `generation`.
+    pub(crate) fn end_session(&self, session: &Arc<Session>, generation: u64) {
+        let filters = {
+            let mut map = self.sessions.lock();
+            let mut st = session.state.lock();
+            if st.generation != generation || st.connection.is_some() || st.ended {
+                return;
+            }
+            st.ended = true;
+            st.inflight.clear();
+            if map
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                map.remove(&session.client_id);
+            }
+            st.subscriptions.drain().map(|(f, _)| f).collect::<Vec<_>>()
+        };
+        self.drop_subscriptions(session, &filters);
+        session.mailbox.clear();
+        self.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Delivers `msg` to every matching subscriber's queue. QoS 0 is dropped for a full queue;
+    /// QoS 1 waits up to the enqueue timeout (back-pressure on the publisher), then drops.
+    pub(crate) async fn route(&self, msg: Arc<Message>) {
+        let mut matches = Matches::new();
+        self.router.matches(&msg.topic, &mut matches);
+        if matches.is_empty() {
+            return;
+        }
+        let check_receive = self.authorizer.checks_receive();
+        for sub in matches {
+            if sub.options.no_local && msg.publisher.as_deref() == Some(&*sub.session.client_id) {
+                continue;
+            }
+            if check_receive {
+                let identity = sub.session.state.lock().identity.clone();
+                if !self
+                    .authorizer
+                    .authorize(&identity, Action::Receive, &msg.topic)
+                    .is_allowed()
+                {
+                    continue;
+                }
+            }
+            let qos = delivery_qos(msg.qos, sub.options.qos);
+            let d = Delivery {
+                msg: msg.clone(),
+                qos,
+                retain: sub.options.retain_as_published && msg.retain,
+            };
+            let queued = if qos == QoS::AtMostOnce {
+                sub.session.mailbox.try_push(d).is_ok()
+            } else {
+                sub.session
+                    .mailbox
+                    .push_wait(d, self.config.enqueue_timeout)
+                    .await
+            };
+            if !queued {
+                let n = self
+                    .metrics
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(client_id = %sub.session.client_id, topic = %msg.topic,
+                        dropped_total = n + 1,
+                        "subscriber queue full: message dropped for this subscriber");
+                }
+            }
+        }
+    }
+
+    /// Stores or clears a retained message, in memory and through the persistence hook.
+    pub(crate) async fn retain(&self, msg: &Arc<Message>) -> Result<(), String> {
+        let stored = (!msg.payload.is_empty()).then(|| msg.to_stored());
+        self.hooks.persist_retained(&msg.topic, stored).await?;
+        let delta = self.router.set_retained(msg.clone());
+        self.metrics
+            .retained_messages
+            .fetch_add(delta, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Publishes a will message (re-authorized at publication time: rights may have changed).
+    pub(crate) async fn publish_will(
+        &self,
+        identity: &Identity,
+        client_id: &Arc<str>,
+        will: Will,
+        address: SocketAddr,
+    ) {
+        if let Decision::Deny(why) =
+            self.authorizer
+                .authorize(identity, Action::Publish, &will.topic)
+        {
+            self.metrics.refused(RefusalReason::PublishDenied);
+            tracing::warn!(%client_id, topic = %will.topic, %why, "will message not published: publish_denied");
+            return;
+        }
+        let properties = will.properties.to_publish_properties();
+        let publish = Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: will.topic.clone(),
+            packet_id: (will.qos != QoS::AtMostOnce).then_some(1),
+            properties: properties.clone(),
+            payload: will.payload.clone(),
+        };
+        if let Err(r) = self.hooks.on_publish(identity, &publish).await {
+            self.metrics.refused(r.reason);
+            tracing::warn!(%client_id, peer = %address, reason = r.reason.as_str(), detail = %r.detail,
+                "will message not published");
+            return;
+        }
+        let msg = Arc::new(Message {
+            expires_at: properties
+                .message_expiry_interval
+                .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
+            properties: (!properties.is_empty()).then(|| Box::new(properties)),
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            publisher: Some(client_id.clone()),
+        });
+        if msg.retain {
+            if let Err(e) = self.retain(&msg).await {
+                tracing::error!(%client_id, error = %e, "could not store retained will message");
+            }
+        }
+        tracing::debug!(%client_id, topic = %msg.topic, "publishing will message");
+        self.route(msg).await;
+    }
+}

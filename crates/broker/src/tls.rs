@@ -1,0 +1,136 @@
+//! TLS for the MQTT listener: a rustls server configuration that requires a client
+//! certificate chaining to the device CA, and the mapping of handshake failures to specific
+//! refusal reasons.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use crate::refusal::RefusalReason;
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{path} holds no {what}")]
+    Empty { path: String, what: &'static str },
+    #[error("invalid trusted client CA: {0}")]
+    ClientCa(String),
+    #[error("invalid server certificate or key: {0}")]
+    Server(String),
+}
+
+/// Certificates and keys of the listener.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    /// Hub certificate first, then any intermediates.
+    pub server_chain: Vec<CertificateDer<'static>>,
+    pub server_key: PrivateKeyDer<'static>,
+    /// CAs whose certificates may log in as clients (the device CA).
+    pub client_cas: Vec<CertificateDer<'static>>,
+    /// Revocation lists of those CAs.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl TlsMaterial {
+    /// Reads PEM files: the server chain, its key and the trusted client CA bundle.
+    pub fn from_pem_files(
+        server_chain: &Path,
+        server_key: &Path,
+        client_cas: &Path,
+    ) -> Result<TlsMaterial, TlsSetupError> {
+        let certs = |p: &Path, what| -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+            let v = CertificateDer::pem_file_iter(p)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|source| TlsSetupError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+            if v.is_empty() {
+                return Err(TlsSetupError::Empty {
+                    path: p.display().to_string(),
+                    what,
+                });
+            }
+            Ok(v)
+        };
+        Ok(TlsMaterial {
+            server_chain: certs(server_chain, "certificate")?,
+            server_key: PrivateKeyDer::from_pem_file(server_key).map_err(|source| {
+                TlsSetupError::Read {
+                    path: server_key.display().to_string(),
+                    source,
+                }
+            })?,
+            client_cas: certs(client_cas, "CA certificate")?,
+            crls: Vec::new(),
+        })
+    }
+}
+
+/// Builds the listener's TLS configuration: TLS 1.3 and 1.2, client certificate required and
+/// verified (chain to a trusted CA, validity period, clientAuth usage, CRLs).
+pub fn server_config(m: TlsMaterial) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for ca in m.client_cas {
+        roots
+            .add(ca)
+            .map_err(|e| TlsSetupError::ClientCa(e.to_string()))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(m.crls)
+        .build()
+        .map_err(|e| TlsSetupError::ClientCa(e.to_string()))?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsSetupError::Server(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(m.server_chain, m.server_key)
+        .map_err(|e| TlsSetupError::Server(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// Maps a failed handshake to a refusal reason and a human-readable detail.
+pub(crate) fn classify_handshake_error(err: &io::Error) -> (RefusalReason, String) {
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return (RefusalReason::TlsHandshakeFailed, err.to_string());
+    };
+    let reason = match tls {
+        rustls::Error::NoCertificatesPresented => RefusalReason::TlsNoClientCertificate,
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => RefusalReason::TlsUnknownCa,
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                RefusalReason::TlsCertificateExpired
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                RefusalReason::TlsCertificateNotYetValid
+            }
+            CertificateError::Revoked => RefusalReason::TlsCertificateRevoked,
+            _ => RefusalReason::TlsBadCertificate,
+        },
+        _ => RefusalReason::TlsHandshakeFailed,
+    };
+    let detail = match reason {
+        RefusalReason::TlsNoClientCertificate => {
+            "the client presented no certificate; a device certificate is required".to_string()
+        }
+        RefusalReason::TlsUnknownCa => {
+            "the client certificate is not signed by the trusted device CA".to_string()
+        }
+        _ => tls.to_string(),
+    };
+    (reason, detail)
+}

@@ -52,7 +52,17 @@ pub trait Store: Send + Sync + 'static {
         device_id: &str,
         at: OffsetDateTime,
         address: &str,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.record_seen_many(&[Seen {
+            device_id: device_id.to_owned(),
+            at,
+            address: address.to_owned(),
+        }])
+        .await
+    }
+    /// Records many connection events in one transaction (the hub batches them so a connect
+    /// storm does not become a write storm).
+    async fn record_seen_many(&self, seen: &[Seen]) -> Result<(), StoreError>;
 
     /// Stores telemetry rows in one transaction; rows already stored (same device and seq)
     /// are skipped. Returns the number of new rows.

@@ -121,6 +121,14 @@ pub struct TelemetryRow {
     pub body: String,
 }
 
+/// A device seen connecting or disconnecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub device_id: String,
+    pub at: OffsetDateTime,
+    pub address: String,
+}
+
 /// An audit log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEntry {

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 use crate::model::{from_ms, to_ms};
 use crate::{
-    AuditEntry, CertificateRecord, CertificateStatus, Device, DeviceStatus, NewCertificate, Store,
+    AuditEntry, CertificateRecord, CertificateStatus, Device, DeviceStatus, NewCertificate, Seen, Store,
     StoreError, TelemetryRow,
 };
 
@@ -282,18 +282,21 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn record_seen(
-        &self,
-        device_id: &str,
-        at: OffsetDateTime,
-        address: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE devices SET last_seen_at = ?, last_address = ? WHERE id = ?")
-            .bind(to_ms(at))
-            .bind(address)
-            .bind(device_id)
-            .execute(&self.pool)
+    async fn record_seen_many(&self, seen: &[Seen]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for s in seen {
+            sqlx::query(
+                "UPDATE devices SET last_seen_at = ?, last_address = ? WHERE id = ? \
+                 AND (last_seen_at IS NULL OR last_seen_at <= ?)",
+            )
+            .bind(to_ms(s.at))
+            .bind(&s.address)
+            .bind(&s.device_id)
+            .bind(to_ms(s.at))
+            .execute(&mut *tx)
             .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

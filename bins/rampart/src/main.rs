@@ -1,0 +1,302 @@
+//! `rampart`: the hub and the operator CLI in one binary.
+//!
+//! This file only parses the command line and reports errors; each command lives in
+//! `commands/`, and the work itself in the `rampart-hub` crate.
+
+mod commands;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "rampart",
+    version,
+    about = "Rampart: a self-hosted platform for connected devices that meet the EU Cyber Resilience Act.",
+    long_about = "Rampart runs the hub (an MQTT endpoint with mutual TLS, a device registry and \
+                  certificate authority, telemetry storage) and is the operator's command line.\n\n\
+                  Start with `rampart demo` to see everything run, or `rampart init --data-dir DIR` \
+                  to set up a hub of your own."
+)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The data directory of a hub.
+#[derive(clap::Args, Clone)]
+struct DataDirArg {
+    /// The hub's data directory (created by `rampart init`).
+    #[arg(long, env = "RAMPART_DATA_DIR", value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a hub: root CA, device CA, hub certificate and a documented rampart.toml.
+    Init {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// A name devices use to reach the hub (DNS name or IP), added to the hub certificate
+        /// besides localhost and 127.0.0.1. Repeatable.
+        #[arg(long = "hostname", value_name = "NAME")]
+        hostnames: Vec<String>,
+        /// Key type of the CAs and the hub certificate.
+        #[arg(long, default_value = "ecdsa-p256", value_name = "ecdsa-p256|ed25519")]
+        key_type: String,
+        /// Replace an existing CA and configuration (every device then needs a new certificate).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the hub until SIGTERM or Ctrl-C.
+    Hub {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Address of the MQTT/TLS listener (overrides mqtt.listen in rampart.toml).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<SocketAddr>,
+    },
+    /// Register, inspect and disable devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Show a device's stored telemetry.
+    Telemetry {
+        /// The device id.
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// How far back to look, e.g. 10m, 2h, 7d.
+        #[arg(long, default_value = "24h", value_name = "DURATION")]
+        since: humantime::Duration,
+        /// At most this many readings (the newest ones).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON (one array of readings) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counters and connected clients of the running hub.
+    Status {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a complete hub and simulated battery gateways in a temporary directory, and show
+    /// their live telemetry until Ctrl-C.
+    Demo {
+        /// Number of simulated gateways.
+        #[arg(long, default_value_t = 3)]
+        devices: usize,
+        /// Time between readings of each gateway.
+        #[arg(long, default_value = "1s", value_name = "DURATION")]
+        interval: humantime::Duration,
+        /// Stop after this long instead of waiting for Ctrl-C.
+        #[arg(long, value_name = "DURATION")]
+        duration: Option<humantime::Duration>,
+        /// Port of the MQTT/TLS listener (default: any free port on 127.0.0.1).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Keep the temporary directory (keys, database) after the demo ends.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Register a device and issue its certificate.
+    ///
+    /// Without --csr the hub creates the device's key and writes a bundle (device.key,
+    /// device.crt, ca-chain.crt, agent.toml) into --out. With --csr the device keeps its own
+    /// key: only its certificate, the CA chain and agent.toml are written.
+    Add {
+        /// The device id (becomes the certificate CN and the MQTT client id).
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Directory for the device bundle.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Sign this PKCS#10 CSR (PEM) instead of creating a key.
+        #[arg(long, value_name = "FILE")]
+        csr: Option<PathBuf>,
+        /// Key type when the hub creates the key (default: pki.key_algorithm).
+        #[arg(long, value_name = "ecdsa-p256|ed25519")]
+        key_type: Option<String>,
+        /// host:port the agent connects to (default: derived from mqtt.listen).
+        #[arg(long, value_name = "HOST:PORT")]
+        hub_address: Option<String>,
+        /// Overwrite existing files in --out.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List devices.
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a device, its certificates and its newest reading.
+    Show {
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a device: it can no longer connect, and its live session is dropped at once.
+    Disable {
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Enable a disabled device again.
+    Enable {
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+/// A failed command: the error and, where one helps, what to do about it.
+#[derive(Debug)]
+pub struct CliError {
+    message: String,
+    hint: Option<String>,
+}
+
+impl CliError {
+    pub fn new(message: impl Into<String>, hint: Option<&str>) -> Self {
+        CliError {
+            message: message.into(),
+            hint: hint.map(str::to_owned),
+        }
+    }
+}
+
+impl From<rampart_hub::HubError> for CliError {
+    fn from(e: rampart_hub::HubError) -> Self {
+        CliError::new(e.to_string(), e.hint())
+    }
+}
+
+impl From<rampart_agent::AgentError> for CliError {
+    fn from(e: rampart_agent::AgentError) -> Self {
+        CliError::new(e.to_string(), e.hint())
+    }
+}
+
+impl From<rampart_store::StoreError> for CliError {
+    fn from(e: rampart_store::StoreError) -> Self {
+        rampart_hub::HubError::from(e).into()
+    }
+}
+
+fn init_logging(json: bool, verbose: u8, quiet_default: bool) {
+    let default = match (verbose, quiet_default) {
+        (0, true) => "warn",
+        (0, false) => "info",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own live view; keep logs to warnings unless asked.
+    let quiet = matches!(cli.command, Command::Demo { .. });
+    init_logging(cli.log_json, cli.verbose, quiet);
+    let result = match cli.command {
+        Command::Init {
+            dir,
+            hostnames,
+            key_type,
+            force,
+        } => commands::init::run(&dir.data_dir, &hostnames, &key_type, force),
+        Command::Hub { dir, listen } => commands::hub::run(&dir.data_dir, listen).await,
+        Command::Device(cmd) => match cmd {
+            DeviceCommand::Add {
+                id,
+                dir,
+                out,
+                csr,
+                key_type,
+                hub_address,
+                force,
+            } => {
+                commands::device::add(
+                    &dir.data_dir,
+                    &id,
+                    out.as_deref(),
+                    csr.as_deref(),
+                    key_type.as_deref(),
+                    hub_address.as_deref(),
+                    force,
+                )
+                .await
+            }
+            DeviceCommand::List { dir, json } => commands::device::list(&dir.data_dir, json).await,
+            DeviceCommand::Show { id, dir, json } => {
+                commands::device::show(&dir.data_dir, &id, json).await
+            }
+            DeviceCommand::Disable { id, dir } => commands::device::disable(&dir.data_dir, &id).await,
+            DeviceCommand::Enable { id, dir } => commands::device::enable(&dir.data_dir, &id).await,
+        },
+        Command::Telemetry {
+            id,
+            dir,
+            since,
+            limit,
+            json,
+        } => commands::telemetry::run(&dir.data_dir, &id, since.into(), limit, json).await,
+        Command::Status { dir, json } => commands::status::run(&dir.data_dir, json).await,
+        Command::Demo {
+            devices,
+            interval,
+            duration,
+            port,
+            keep,
+        } => {
+            commands::demo::run(commands::demo::DemoOptions {
+                devices,
+                interval: interval.into(),
+                duration: duration.map(Into::into),
+                port,
+                keep,
+            })
+            .await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            if let Some(h) = e.hint {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The Rampart device agent.
+//!
+//! Runs on the gateway next to the battery. It reads the BMS through a `BmsSource`, wraps each
+//! reading into the telemetry document with a per-device sequence number, and calls home: it
+//! opens an outbound MQTT connection over mutual TLS to the hub (client certificate = device
+//! identity), publishes with QoS 1, reconnects with exponential backoff and jitter, and never
+//! listens on any port.
+//!
+//! - `config`: `agent.toml`, documented and validated.
+//! - `tls`: the rustls client configuration (ring provider).
+//! - `sequence`: the sequence counter that survives restarts.
+//! - `runner`: the main loop.
+
+pub mod config;
+mod error;
+pub mod runner;
+pub mod sequence;
+pub mod tls;
+
+pub use config::AgentConfig;
+pub use error::AgentError;
+pub use runner::{run, AgentStats};

@@ -1,0 +1,59 @@
+//! Hub errors, each with a hint for the operator.
+
+use std::path::PathBuf;
+
+/// What went wrong, with enough context to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("configuration {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{path} is not a Rampart data directory (no rampart.toml)")]
+    NotInitialized { path: PathBuf },
+    #[error("{path} already holds a Rampart hub; pass --force to overwrite its keys and config")]
+    AlreadyInitialized { path: PathBuf },
+    #[error(transparent)]
+    Pki(#[from] rampart_pki::PkiError),
+    #[error(transparent)]
+    Store(#[from] rampart_store::StoreError),
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rampart_broker::tls::TlsSetupError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("device {0:?} not found")]
+    DeviceNotFound(String),
+    #[error("control socket: {0}")]
+    Control(String),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl HubError {
+    /// A suggestion for the operator, where one helps.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            HubError::NotInitialized { .. } => {
+                Some("create one with `rampart init --data-dir DIR`, or point --data-dir at an existing one")
+            }
+            HubError::AlreadyInitialized { .. } => {
+                Some("use another --data-dir, or --force to replace the CA (all devices will need new certificates)")
+            }
+            HubError::Bind { .. } => {
+                Some("another process may use the port; pick another with --listen ADDR:PORT")
+            }
+            HubError::DeviceNotFound(_) => Some("list devices with `rampart device list`"),
+            HubError::Config { .. } => Some("see docs/configuration.md for every field and its range"),
+            HubError::Store(rampart_store::StoreError::AlreadyExists { .. }) => {
+                Some("pick another device id, or inspect the existing one with `rampart device show ID`")
+            }
+            _ => None,
+        }
+    }
+}

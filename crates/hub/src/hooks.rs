@@ -1,0 +1,220 @@
+//! The broker's hooks, backed by the store.
+//!
+//! - CONNECT: the certificate's CN must be a registered, active device and the certificate
+//!   itself must be registered for it (a certificate signed by the CA but never recorded — a
+//!   leaked CA key, a test certificate — does not get in).
+//! - PUBLISH on `devices/{id}/telemetry`: the payload must be a valid telemetry document; it is
+//!   queued for group commit and the PUBACK waits for the commit.
+//! - Connection events update `last_seen` in batches.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rampart_bms::TelemetryMessage;
+use rampart_broker::{ConnectRequest, Durable, Hooks, Refusal, RefusalReason};
+use rampart_mqtt::Publish;
+use rampart_policy::{Identity, IdentityKind, DEVICE_TOPIC_ROOT};
+use rampart_store::{CertificateStatus, DeviceStatus, IngestQueue, Seen, Store, TelemetryRow};
+use time::OffsetDateTime;
+
+/// Suffix of the telemetry topic under a device's namespace.
+pub const TELEMETRY_SUFFIX: &str = "/telemetry";
+
+pub(crate) struct HubHooks {
+    pub store: Arc<dyn Store>,
+    pub ingest: IngestQueue,
+    pub seen: Arc<SeenBatcher>,
+}
+
+/// The device id of a telemetry topic `devices/{id}/telemetry`.
+fn telemetry_device(topic: &str) -> Option<&str> {
+    topic
+        .strip_prefix(DEVICE_TOPIC_ROOT)?
+        .strip_suffix(TELEMETRY_SUFFIX)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// Builds the stored row from a validated telemetry document.
+pub(crate) fn telemetry_row(device_id: &str, msg: &TelemetryMessage, body: String) -> TelemetryRow {
+    let r = &msg.reading;
+    let cells = r.cell_range();
+    let temps = r.temperature_range();
+    TelemetryRow {
+        device_id: device_id.to_owned(),
+        // validate() guarantees seq fits in i64.
+        seq: i64::try_from(msg.seq).unwrap_or(i64::MAX),
+        ts: r.ts,
+        received_at: OffsetDateTime::now_utc(),
+        voltage_v: Some(r.pack.voltage.0),
+        current_a: Some(r.pack.current.0),
+        soc_pct: Some(r.pack.soc.0),
+        soh_pct: Some(r.pack.soh.0),
+        temp_min_c: temps.map(|t| t.0 .0),
+        temp_max_c: temps.map(|t| t.1 .0),
+        cell_min_v: cells.map(|c| c.0 .0),
+        cell_max_v: cells.map(|c| c.1 .0),
+        alarms: r.alarms.iter().map(|a| a.as_str().to_owned()).collect(),
+        body,
+    }
+}
+
+#[async_trait]
+impl Hooks for HubHooks {
+    async fn authenticate(&self, req: &ConnectRequest<'_>) -> Result<Identity, Refusal> {
+        let info = &req.certificate.info;
+        let cn = info.common_name.as_deref().ok_or_else(|| {
+            Refusal::new(
+                RefusalReason::UnknownDevice,
+                "client certificate has no subject CN",
+            )
+        })?;
+        let storage_err = |e: rampart_store::StoreError| {
+            Refusal::new(RefusalReason::ServerBusy, format!("registry unavailable: {e}"))
+        };
+        let device = self
+            .store
+            .device(cn)
+            .await
+            .map_err(storage_err)?
+            .ok_or_else(|| {
+                Refusal::new(
+                    RefusalReason::UnknownDevice,
+                    format!("device {cn:?} is not registered"),
+                )
+            })?;
+        if device.status == DeviceStatus::Disabled {
+            return Err(Refusal::new(
+                RefusalReason::DeviceDisabled,
+                format!("device {cn:?} is disabled"),
+            ));
+        }
+        let cert = self
+            .store
+            .certificate_by_fingerprint(&info.fingerprint)
+            .await
+            .map_err(storage_err)?;
+        match cert {
+            Some(c) if c.device_id == cn && c.status == CertificateStatus::Valid => {}
+            Some(c) if c.device_id != cn => {
+                return Err(Refusal::new(
+                    RefusalReason::UnknownCertificate,
+                    format!("certificate {} is registered to another device", info.serial),
+                ))
+            }
+            Some(c) => {
+                return Err(Refusal::new(
+                    RefusalReason::UnknownCertificate,
+                    format!("certificate {} is {}", info.serial, c.status.as_str()),
+                ))
+            }
+            None => {
+                return Err(Refusal::new(
+                    RefusalReason::UnknownCertificate,
+                    format!(
+                        "certificate {} (CN {cn:?}) is signed by the device CA but not registered",
+                        info.serial
+                    ),
+                ))
+            }
+        }
+        Ok(Identity {
+            kind: IdentityKind::Device,
+            id: cn.into(),
+            cert_serial: info.serial.as_str().into(),
+        })
+    }
+
+    async fn on_publish(
+        &self,
+        _identity: &Identity,
+        publish: &Publish,
+    ) -> Result<Option<Durable>, Refusal> {
+        let Some(device_id) = telemetry_device(&publish.topic) else {
+            return Ok(None);
+        };
+        let msg = TelemetryMessage::parse(&publish.payload)
+            .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?;
+        let body = String::from_utf8_lossy(&publish.payload).into_owned();
+        let row = telemetry_row(device_id, &msg, body);
+        let ticket = self.ingest.submit(row).await.map_err(|e| {
+            Refusal::new(RefusalReason::StorageFailed, e.to_string())
+        })?;
+        Ok(Some(Box::pin(async move {
+            ticket.await.map_err(|e| e.to_string())
+        })))
+    }
+
+    async fn persist_retained(&self, topic: &str, message: Option<Vec<u8>>) -> Result<(), String> {
+        self.store
+            .put_retained(topic, message.as_deref())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn on_connection_change(&self, identity: &Identity, address: SocketAddr, _connected: bool) {
+        if identity.kind == IdentityKind::Device {
+            self.seen.record(&identity.id, address);
+        }
+    }
+}
+
+/// Coalesces "device seen" updates and writes them once a second.
+#[derive(Default)]
+pub(crate) struct SeenBatcher {
+    pending: Mutex<HashMap<String, (OffsetDateTime, String)>>,
+}
+
+impl SeenBatcher {
+    fn record(&self, device_id: &str, address: SocketAddr) {
+        self.pending
+            .lock()
+            .insert(device_id.to_owned(), (OffsetDateTime::now_utc(), address.to_string()));
+    }
+
+    /// Writes what is pending.
+    pub(crate) async fn flush(&self, store: &dyn Store) {
+        let batch: Vec<Seen> = self
+            .pending
+            .lock()
+            .drain()
+            .map(|(device_id, (at, address))| Seen {
+                device_id,
+                at,
+                address,
+            })
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = store.record_seen_many(&batch).await {
+            tracing::warn!(error = %e, devices = batch.len(), "could not record last-seen times");
+        }
+    }
+
+    /// Flushes every second until the task is dropped.
+    pub(crate) async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            self.flush(&*store).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_topic() {
+        assert_eq!(telemetry_device("devices/gw-1/telemetry"), Some("gw-1"));
+        assert_eq!(telemetry_device("devices/gw-1/status"), None);
+        assert_eq!(telemetry_device("devices//telemetry"), None);
+        assert_eq!(telemetry_device("devices/a/b/telemetry"), None);
+        assert_eq!(telemetry_device("other/gw-1/telemetry"), None);
+    }
+}

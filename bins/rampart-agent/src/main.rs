@@ -50,7 +50,10 @@ fn init_logging(json: bool, verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {
@@ -83,7 +86,12 @@ async fn main() -> ExitCode {
             ) {
                 return report(&e);
             }
-            println!("{}: ok (device {}, hub {})", config.display(), cfg.device_id, cfg.hub.address);
+            println!(
+                "{}: ok (device {}, hub {})",
+                config.display(),
+                cfg.device_id,
+                cfg.hub.address
+            );
             ExitCode::SUCCESS
         }
         Command::Run { config } => {

@@ -214,7 +214,8 @@ fn init_logging(json: bool, verbose: u8, quiet_default: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {
@@ -261,7 +262,9 @@ async fn main() -> ExitCode {
             DeviceCommand::Show { id, dir, json } => {
                 commands::device::show(&dir.data_dir, &id, json).await
             }
-            DeviceCommand::Disable { id, dir } => commands::device::disable(&dir.data_dir, &id).await,
+            DeviceCommand::Disable { id, dir } => {
+                commands::device::disable(&dir.data_dir, &id).await
+            }
             DeviceCommand::Enable { id, dir } => commands::device::enable(&dir.data_dir, &id).await,
         },
         Command::Telemetry {

@@ -151,7 +151,10 @@ impl AgentConfig {
         let mut cfg: AgentConfig = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         cfg.base_dir = base_dir.to_path_buf();
         if cfg.device_id.is_empty() || cfg.device_id.contains(['/', '+', '#']) {
-            return Err(err(format!("device_id = {:?} is not a valid device id", cfg.device_id)));
+            return Err(err(format!(
+                "device_id = {:?} is not a valid device id",
+                cfg.device_id
+            )));
         }
         cfg.hub_host_port().map_err(err)?;
         if cfg.telemetry.interval < Duration::from_millis(10) {
@@ -181,11 +184,10 @@ impl AgentConfig {
 
     /// Host and port of the hub.
     pub fn hub_host_port(&self) -> Result<(String, u16), String> {
-        let (host, port) = self
-            .hub
-            .address
-            .rsplit_once(':')
-            .ok_or_else(|| format!("hub.address = {:?}: expected host:port", self.hub.address))?;
+        let (host, port) =
+            self.hub.address.rsplit_once(':').ok_or_else(|| {
+                format!("hub.address = {:?}: expected host:port", self.hub.address)
+            })?;
         let port: u16 = port
             .parse()
             .map_err(|_| format!("hub.address = {:?}: invalid port", self.hub.address))?;
@@ -269,7 +271,10 @@ mod tests {
         assert_eq!(c.device_id, "gw-1");
         assert_eq!(c.hub_host_port().expect("addr"), ("localhost".into(), 8883));
         assert_eq!(c.telemetry.interval, Duration::from_secs(5));
-        assert_eq!(c.resolve(&c.hub.key), PathBuf::from("/etc/rampart/device.key"));
+        assert_eq!(
+            c.resolve(&c.hub.key),
+            PathBuf::from("/etc/rampart/device.key")
+        );
         assert_eq!(c.bms, BmsSection::Simulator(SimulatorConfig::default()));
     }
 
@@ -277,11 +282,26 @@ mod tests {
     fn bad_configs_name_the_problem() {
         let base = AgentConfig::template("gw-1", "localhost:8883");
         let cases = [
-            (base.replace("address = \"localhost:8883\"", "address = \"localhost\""), "host:port"),
-            (base.replace("interval = \"5s\"", "interval = \"1ms\""), "telemetry.interval"),
-            (base.replace("interval = \"5s\"", "interval = \"soon\""), "interval"),
-            (base.replace("kind = \"simulator\"", "kind = \"canbus9000\""), "canbus9000"),
-            (base.replace("device_id = \"gw-1\"", "device_id = \"a/b\""), "device_id"),
+            (
+                base.replace("address = \"localhost:8883\"", "address = \"localhost\""),
+                "host:port",
+            ),
+            (
+                base.replace("interval = \"5s\"", "interval = \"1ms\""),
+                "telemetry.interval",
+            ),
+            (
+                base.replace("interval = \"5s\"", "interval = \"soon\""),
+                "interval",
+            ),
+            (
+                base.replace("kind = \"simulator\"", "kind = \"canbus9000\""),
+                "canbus9000",
+            ),
+            (
+                base.replace("device_id = \"gw-1\"", "device_id = \"a/b\""),
+                "device_id",
+            ),
             (base.clone() + "\nunknown = 1\n", "unknown"),
         ];
         for (text, needle) in cases {

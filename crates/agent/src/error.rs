@@ -24,7 +24,9 @@ impl AgentError {
     /// A suggestion for the operator, where one helps.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            AgentError::Config { .. } => Some("see docs/configuration.md (agent.toml) for every field"),
+            AgentError::Config { .. } => {
+                Some("see docs/configuration.md (agent.toml) for every field")
+            }
             AgentError::Read { .. } | AgentError::Tls(_) => Some(
                 "paths in agent.toml are relative to the file itself; `rampart device add ID --out DIR` writes a complete bundle",
             ),

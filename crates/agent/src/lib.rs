@@ -19,4 +19,4 @@ pub mod tls;
 
 pub use config::AgentConfig;
 pub use error::AgentError;
-pub use runner::{run, AgentStats};
+pub use runner::{AgentStats, run};

@@ -7,8 +7,8 @@
 //! unreachable readings wait in a bounded queue; when it is full, new readings are dropped and
 //! counted (their sequence numbers are still used, so the hub sees the gap).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rampart_bms::{BmsSource, SimulatedPack, TelemetryMessage};
@@ -131,7 +131,11 @@ pub async fn run(
                     }
                 };
                 let n = seq.take()?;
-                let msg = TelemetryMessage { v: 1, seq: n, reading };
+                let msg = TelemetryMessage {
+                    v: 1,
+                    seq: n,
+                    reading,
+                };
                 let payload = match serde_json::to_vec(&msg) {
                     Ok(p) => p,
                     Err(e) => {
@@ -146,8 +150,11 @@ pub async fn run(
                 {
                     let d = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     if d.is_power_of_two() {
-                        tracing::warn!(dropped_total = d, seq = n,
-                            "telemetry queue full while the hub is unreachable: reading dropped");
+                        tracing::warn!(
+                            dropped_total = d,
+                            seq = n,
+                            "telemetry queue full while the hub is unreachable: reading dropped"
+                        );
                     }
                 } else {
                     tracing::debug!(seq = n, "reading queued");
@@ -259,7 +266,10 @@ mod tests {
         for f in 0..30 {
             let d = backoff(f, i, m);
             let base = (i * 2u32.pow(f.min(6))).min(m);
-            assert!(d >= base / 2 && d <= base, "failure {f}: {d:?} vs base {base:?}");
+            assert!(
+                d >= base / 2 && d <= base,
+                "failure {f}: {d:?} vs base {base:?}"
+            );
         }
         // Jitter: not all delays equal.
         let samples: std::collections::HashSet<u128> =

@@ -76,6 +76,9 @@ mod tests {
         let mut s = Sequence::open(dir.path()).expect("reopen");
         assert_eq!(s.take().expect("take"), 3);
         std::fs::write(dir.path().join("seq"), "garbage").expect("corrupt");
-        assert!(Sequence::open(dir.path()).is_err(), "a corrupt counter fails closed");
+        assert!(
+            Sequence::open(dir.path()).is_err(),
+            "a corrupt counter fails closed"
+        );
     }
 }

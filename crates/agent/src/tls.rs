@@ -16,7 +16,10 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> {
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| AgentError::Tls(format!("{}: {e}", path.display())))?;
     if v.is_empty() {
-        return Err(AgentError::Tls(format!("{}: no certificate found", path.display())));
+        return Err(AgentError::Tls(format!(
+            "{}: no certificate found",
+            path.display()
+        )));
     }
     Ok(v)
 }

@@ -264,18 +264,55 @@ impl HubConfig {
                 Ok(())
             }
         }
-        self.mqtt
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|e| format!("mqtt.listen = {:?}: {e} (expected ADDR:PORT)", self.mqtt.listen))?;
-        within("mqtt.max_packet_size", self.mqtt.max_packet_size, 64, 268_435_455)?;
-        within("mqtt.receive_maximum", self.mqtt.receive_maximum, 1, u16::MAX)?;
+        self.mqtt.listen.parse::<SocketAddr>().map_err(|e| {
+            format!(
+                "mqtt.listen = {:?}: {e} (expected ADDR:PORT)",
+                self.mqtt.listen
+            )
+        })?;
+        within(
+            "mqtt.max_packet_size",
+            self.mqtt.max_packet_size,
+            64,
+            268_435_455,
+        )?;
+        within(
+            "mqtt.receive_maximum",
+            self.mqtt.receive_maximum,
+            1,
+            u16::MAX,
+        )?;
         within("mqtt.max_inflight", self.mqtt.max_inflight, 1, u16::MAX)?;
-        within("mqtt.max_queued_messages", self.mqtt.max_queued_messages, 1, 10_000_000)?;
-        within("mqtt.max_keep_alive_s", self.mqtt.max_keep_alive_s, 1, u16::MAX)?;
-        within("mqtt.connect_timeout_s", self.mqtt.connect_timeout_s, 1, 300)?;
-        within("mqtt.max_session_expiry_s", self.mqtt.max_session_expiry_s, 0, u64::from(u32::MAX))?;
-        within("mqtt.max_connections", self.mqtt.max_connections, 1, 10_000_000)?;
+        within(
+            "mqtt.max_queued_messages",
+            self.mqtt.max_queued_messages,
+            1,
+            10_000_000,
+        )?;
+        within(
+            "mqtt.max_keep_alive_s",
+            self.mqtt.max_keep_alive_s,
+            1,
+            u16::MAX,
+        )?;
+        within(
+            "mqtt.connect_timeout_s",
+            self.mqtt.connect_timeout_s,
+            1,
+            300,
+        )?;
+        within(
+            "mqtt.max_session_expiry_s",
+            self.mqtt.max_session_expiry_s,
+            0,
+            u64::from(u32::MAX),
+        )?;
+        within(
+            "mqtt.max_connections",
+            self.mqtt.max_connections,
+            1,
+            10_000_000,
+        )?;
         within("pki.device_cert_days", self.pki.device_cert_days, 1, 3650)?;
         self.key_algorithm()?;
         if self.storage.backend != "sqlite" {
@@ -285,11 +322,24 @@ impl HubConfig {
             ));
         }
         self.synchronous()?;
-        within("storage.ingest_batch", self.storage.ingest_batch, 1, 100_000)?;
-        within("storage.ingest_queue", self.storage.ingest_queue, 1, 10_000_000)?;
+        within(
+            "storage.ingest_batch",
+            self.storage.ingest_batch,
+            1,
+            100_000,
+        )?;
+        within(
+            "storage.ingest_queue",
+            self.storage.ingest_queue,
+            1,
+            10_000_000,
+        )?;
         if !self.metrics.listen.is_empty() {
             self.metrics.listen.parse::<SocketAddr>().map_err(|e| {
-                format!("metrics.listen = {:?}: {e} (expected ADDR:PORT or \"\")", self.metrics.listen)
+                format!(
+                    "metrics.listen = {:?}: {e} (expected ADDR:PORT or \"\")",
+                    self.metrics.listen
+                )
             })?;
         }
         Ok(())
@@ -344,7 +394,10 @@ mod tests {
             ("[mqtt]\nlisten = \"nope\"", "mqtt.listen"),
             ("[mqtt]\nmax_packet_size = 10", "mqtt.max_packet_size"),
             ("[pki]\nkey_algorithm = \"rsa\"", "pki.key_algorithm"),
-            ("[storage]\nsynchronous = \"sometimes\"", "storage.synchronous"),
+            (
+                "[storage]\nsynchronous = \"sometimes\"",
+                "storage.synchronous",
+            ),
             ("[storage]\nbackend = \"oracle\"", "storage.backend"),
             ("[mqtt]\nlisten_port = 1", "listen_port"),
             ("[mqtt\n", "rampart.toml"),

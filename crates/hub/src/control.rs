@@ -174,7 +174,7 @@ pub async fn request(socket: &Path, req: &Request) -> Result<Option<Response>, H
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            return Ok(None)
+            return Ok(None);
         }
         Err(e) => return Err(HubError::Control(format!("{}: {e}", socket.display()))),
     };

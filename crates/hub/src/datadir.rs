@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rampart_pki::{files, Authority, KeyAlgorithm, Validity};
+use rampart_pki::{Authority, KeyAlgorithm, Validity, files};
 
 use crate::config::{self, HubConfig};
 use crate::error::HubError;
@@ -125,12 +125,32 @@ pub fn init(
     let (hub_cert, hub_key) = root.issue_server(&names, alg, Validity::days_from_now(2 * 365))?;
     let d = HubConfig::default();
     let pki = dir.root().join("pki");
-    files::write_public(&dir.resolve(&d.pki.root_ca_cert), root.cert_pem().as_bytes(), force)?;
+    files::write_public(
+        &dir.resolve(&d.pki.root_ca_cert),
+        root.cert_pem().as_bytes(),
+        force,
+    )?;
     files::write_secret(&pki.join("root-ca.key"), root.key_pem().as_bytes(), force)?;
-    files::write_public(&dir.resolve(&d.pki.device_ca_cert), device_ca.cert_pem().as_bytes(), force)?;
-    files::write_secret(&dir.resolve(&d.pki.device_ca_key), device_ca.key_pem().as_bytes(), force)?;
-    files::write_public(&dir.resolve(&d.tls.server_cert), hub_cert.pem.as_bytes(), force)?;
-    files::write_secret(&dir.resolve(&d.tls.server_key), hub_key.to_pem().as_bytes(), force)?;
+    files::write_public(
+        &dir.resolve(&d.pki.device_ca_cert),
+        device_ca.cert_pem().as_bytes(),
+        force,
+    )?;
+    files::write_secret(
+        &dir.resolve(&d.pki.device_ca_key),
+        device_ca.key_pem().as_bytes(),
+        force,
+    )?;
+    files::write_public(
+        &dir.resolve(&d.tls.server_cert),
+        hub_cert.pem.as_bytes(),
+        force,
+    )?;
+    files::write_secret(
+        &dir.resolve(&d.tls.server_key),
+        hub_key.to_pem().as_bytes(),
+        force,
+    )?;
     files::write_public(&dir.ca_chain_path(), root.cert_pem().as_bytes(), force)?;
     let mut cfg_text = config::template(&names);
     if alg != KeyAlgorithm::default() {
@@ -156,16 +176,30 @@ mod tests {
     fn init_creates_a_working_layout_and_refuses_to_overwrite() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = DataDir::new(tmp.path().join("hub"));
-        let report = init(&dir, &["hub.example.com".into()], KeyAlgorithm::EcdsaP256, false)
-            .expect("init");
-        assert_eq!(report.hub_names, vec!["localhost", "127.0.0.1", "hub.example.com"]);
+        let report = init(
+            &dir,
+            &["hub.example.com".into()],
+            KeyAlgorithm::EcdsaP256,
+            false,
+        )
+        .expect("init");
+        assert_eq!(
+            report.hub_names,
+            vec!["localhost", "127.0.0.1", "hub.example.com"]
+        );
         let cfg = dir.load_config().expect("config loads");
         dir.device_ca(&cfg).expect("device CA loads");
         for key in ["pki/root-ca.key", "pki/device-ca.key", "pki/hub.key"] {
-            let mode = std::fs::metadata(dir.root().join(key)).expect("stat").permissions().mode();
+            let mode = std::fs::metadata(dir.root().join(key))
+                .expect("stat")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{key}");
         }
-        let mode = std::fs::metadata(dir.root().join("pki")).expect("stat").permissions().mode();
+        let mode = std::fs::metadata(dir.root().join("pki"))
+            .expect("stat")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         let e = init(&dir, &[], KeyAlgorithm::EcdsaP256, false).expect_err("second init");
         assert!(matches!(e, HubError::AlreadyInitialized { .. }));

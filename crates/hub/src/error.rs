@@ -39,20 +39,22 @@ impl HubError {
     /// A suggestion for the operator, where one helps.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            HubError::NotInitialized { .. } => {
-                Some("create one with `rampart init --data-dir DIR`, or point --data-dir at an existing one")
-            }
-            HubError::AlreadyInitialized { .. } => {
-                Some("use another --data-dir, or --force to replace the CA (all devices will need new certificates)")
-            }
+            HubError::NotInitialized { .. } => Some(
+                "create one with `rampart init --data-dir DIR`, or point --data-dir at an existing one",
+            ),
+            HubError::AlreadyInitialized { .. } => Some(
+                "use another --data-dir, or --force to replace the CA (all devices will need new certificates)",
+            ),
             HubError::Bind { .. } => {
                 Some("another process may use the port; pick another with --listen ADDR:PORT")
             }
             HubError::DeviceNotFound(_) => Some("list devices with `rampart device list`"),
-            HubError::Config { .. } => Some("see docs/configuration.md for every field and its range"),
-            HubError::Store(rampart_store::StoreError::AlreadyExists { .. }) => {
-                Some("pick another device id, or inspect the existing one with `rampart device show ID`")
+            HubError::Config { .. } => {
+                Some("see docs/configuration.md for every field and its range")
             }
+            HubError::Store(rampart_store::StoreError::AlreadyExists { .. }) => Some(
+                "pick another device id, or inspect the existing one with `rampart device show ID`",
+            ),
             _ => None,
         }
     }

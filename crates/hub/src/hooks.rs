@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use rampart_bms::TelemetryMessage;
 use rampart_broker::{ConnectRequest, Durable, Hooks, Refusal, RefusalReason};
 use rampart_mqtt::Publish;
-use rampart_policy::{Identity, IdentityKind, DEVICE_TOPIC_ROOT};
+use rampart_policy::{DEVICE_TOPIC_ROOT, Identity, IdentityKind};
 use rampart_store::{CertificateStatus, DeviceStatus, IngestQueue, Seen, Store, TelemetryRow};
 use time::OffsetDateTime;
 
@@ -53,10 +53,10 @@ pub(crate) fn telemetry_row(device_id: &str, msg: &TelemetryMessage, body: Strin
         current_a: Some(r.pack.current.0),
         soc_pct: Some(r.pack.soc.0),
         soh_pct: Some(r.pack.soh.0),
-        temp_min_c: temps.map(|t| t.0 .0),
-        temp_max_c: temps.map(|t| t.1 .0),
-        cell_min_v: cells.map(|c| c.0 .0),
-        cell_max_v: cells.map(|c| c.1 .0),
+        temp_min_c: temps.map(|t| t.0.0),
+        temp_max_c: temps.map(|t| t.1.0),
+        cell_min_v: cells.map(|c| c.0.0),
+        cell_max_v: cells.map(|c| c.1.0),
         alarms: r.alarms.iter().map(|a| a.as_str().to_owned()).collect(),
         body,
     }
@@ -73,7 +73,10 @@ impl Hooks for HubHooks {
             )
         })?;
         let storage_err = |e: rampart_store::StoreError| {
-            Refusal::new(RefusalReason::ServerBusy, format!("registry unavailable: {e}"))
+            Refusal::new(
+                RefusalReason::ServerBusy,
+                format!("registry unavailable: {e}"),
+            )
         };
         let device = self
             .store
@@ -102,14 +105,17 @@ impl Hooks for HubHooks {
             Some(c) if c.device_id != cn => {
                 return Err(Refusal::new(
                     RefusalReason::UnknownCertificate,
-                    format!("certificate {} is registered to another device", info.serial),
-                ))
+                    format!(
+                        "certificate {} is registered to another device",
+                        info.serial
+                    ),
+                ));
             }
             Some(c) => {
                 return Err(Refusal::new(
                     RefusalReason::UnknownCertificate,
                     format!("certificate {} is {}", info.serial, c.status.as_str()),
-                ))
+                ));
             }
             None => {
                 return Err(Refusal::new(
@@ -118,7 +124,7 @@ impl Hooks for HubHooks {
                         "certificate {} (CN {cn:?}) is signed by the device CA but not registered",
                         info.serial
                     ),
-                ))
+                ));
             }
         }
         Ok(Identity {
@@ -140,9 +146,11 @@ impl Hooks for HubHooks {
             .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?;
         let body = String::from_utf8_lossy(&publish.payload).into_owned();
         let row = telemetry_row(device_id, &msg, body);
-        let ticket = self.ingest.submit(row).await.map_err(|e| {
-            Refusal::new(RefusalReason::StorageFailed, e.to_string())
-        })?;
+        let ticket = self
+            .ingest
+            .submit(row)
+            .await
+            .map_err(|e| Refusal::new(RefusalReason::StorageFailed, e.to_string()))?;
         Ok(Some(Box::pin(async move {
             ticket.await.map_err(|e| e.to_string())
         })))
@@ -155,7 +163,12 @@ impl Hooks for HubHooks {
             .map_err(|e| e.to_string())
     }
 
-    async fn on_connection_change(&self, identity: &Identity, address: SocketAddr, _connected: bool) {
+    async fn on_connection_change(
+        &self,
+        identity: &Identity,
+        address: SocketAddr,
+        _connected: bool,
+    ) {
         if identity.kind == IdentityKind::Device {
             self.seen.record(&identity.id, address);
         }
@@ -170,9 +183,10 @@ pub(crate) struct SeenBatcher {
 
 impl SeenBatcher {
     fn record(&self, device_id: &str, address: SocketAddr) {
-        self.pending
-            .lock()
-            .insert(device_id.to_owned(), (OffsetDateTime::now_utc(), address.to_string()));
+        self.pending.lock().insert(
+            device_id.to_owned(),
+            (OffsetDateTime::now_utc(), address.to_string()),
+        );
     }
 
     /// Writes what is pending.

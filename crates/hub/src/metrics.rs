@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use rampart_broker::{Metrics, RefusalReason};
 use rampart_store::IngestStats;
@@ -26,30 +26,108 @@ struct Def {
 }
 
 const DEFS: &[Def] = &[
-    Def { name: "rampart_connections_accepted_total", kind: "counter", help: "TCP connections accepted." },
-    Def { name: "rampart_connections_active", kind: "gauge", help: "Connections open now (any stage)." },
-    Def { name: "rampart_tls_handshakes_total", kind: "counter", help: "Completed mutual-TLS handshakes." },
-    Def { name: "rampart_connects_accepted_total", kind: "counter", help: "MQTT CONNECTs accepted." },
-    Def { name: "rampart_sessions", kind: "gauge", help: "MQTT sessions (connected or persistent)." },
-    Def { name: "rampart_subscriptions", kind: "gauge", help: "Subscriptions." },
-    Def { name: "rampart_retained_messages", kind: "gauge", help: "Retained messages." },
-    Def { name: "rampart_messages_received_total", kind: "counter", help: "PUBLISH packets received." },
-    Def { name: "rampart_messages_delivered_total", kind: "counter", help: "PUBLISH packets sent to subscribers." },
-    Def { name: "rampart_bytes_received_total", kind: "counter", help: "Bytes received (decrypted MQTT)." },
-    Def { name: "rampart_bytes_sent_total", kind: "counter", help: "Bytes sent (MQTT before encryption)." },
-    Def { name: "rampart_dropped_queue_full_total", kind: "counter", help: "Messages dropped because a subscriber queue stayed full." },
-    Def { name: "rampart_dropped_expired_total", kind: "counter", help: "Messages dropped because their expiry passed." },
-    Def { name: "rampart_dropped_too_large_for_client_total", kind: "counter", help: "Messages not sent because they exceed the client's maximum packet size." },
-    Def { name: "rampart_telemetry_rows_submitted_total", kind: "counter", help: "Telemetry rows queued for storage." },
-    Def { name: "rampart_telemetry_rows_committed_total", kind: "counter", help: "Telemetry rows in committed transactions." },
-    Def { name: "rampart_telemetry_rows_inserted_total", kind: "counter", help: "Telemetry rows that were new (not resends)." },
-    Def { name: "rampart_telemetry_batches_total", kind: "counter", help: "Telemetry transactions committed." },
-    Def { name: "rampart_telemetry_rows_failed_total", kind: "counter", help: "Telemetry rows whose transaction failed (not acknowledged)." },
+    Def {
+        name: "rampart_connections_accepted_total",
+        kind: "counter",
+        help: "TCP connections accepted.",
+    },
+    Def {
+        name: "rampart_connections_active",
+        kind: "gauge",
+        help: "Connections open now (any stage).",
+    },
+    Def {
+        name: "rampart_tls_handshakes_total",
+        kind: "counter",
+        help: "Completed mutual-TLS handshakes.",
+    },
+    Def {
+        name: "rampart_connects_accepted_total",
+        kind: "counter",
+        help: "MQTT CONNECTs accepted.",
+    },
+    Def {
+        name: "rampart_sessions",
+        kind: "gauge",
+        help: "MQTT sessions (connected or persistent).",
+    },
+    Def {
+        name: "rampart_subscriptions",
+        kind: "gauge",
+        help: "Subscriptions.",
+    },
+    Def {
+        name: "rampart_retained_messages",
+        kind: "gauge",
+        help: "Retained messages.",
+    },
+    Def {
+        name: "rampart_messages_received_total",
+        kind: "counter",
+        help: "PUBLISH packets received.",
+    },
+    Def {
+        name: "rampart_messages_delivered_total",
+        kind: "counter",
+        help: "PUBLISH packets sent to subscribers.",
+    },
+    Def {
+        name: "rampart_bytes_received_total",
+        kind: "counter",
+        help: "Bytes received (decrypted MQTT).",
+    },
+    Def {
+        name: "rampart_bytes_sent_total",
+        kind: "counter",
+        help: "Bytes sent (MQTT before encryption).",
+    },
+    Def {
+        name: "rampart_dropped_queue_full_total",
+        kind: "counter",
+        help: "Messages dropped because a subscriber queue stayed full.",
+    },
+    Def {
+        name: "rampart_dropped_expired_total",
+        kind: "counter",
+        help: "Messages dropped because their expiry passed.",
+    },
+    Def {
+        name: "rampart_dropped_too_large_for_client_total",
+        kind: "counter",
+        help: "Messages not sent because they exceed the client's maximum packet size.",
+    },
+    Def {
+        name: "rampart_telemetry_rows_submitted_total",
+        kind: "counter",
+        help: "Telemetry rows queued for storage.",
+    },
+    Def {
+        name: "rampart_telemetry_rows_committed_total",
+        kind: "counter",
+        help: "Telemetry rows in committed transactions.",
+    },
+    Def {
+        name: "rampart_telemetry_rows_inserted_total",
+        kind: "counter",
+        help: "Telemetry rows that were new (not resends).",
+    },
+    Def {
+        name: "rampart_telemetry_batches_total",
+        kind: "counter",
+        help: "Telemetry transactions committed.",
+    },
+    Def {
+        name: "rampart_telemetry_rows_failed_total",
+        kind: "counter",
+        help: "Telemetry rows whose transaction failed (not acknowledged).",
+    },
 ];
 
 /// Takes a snapshot of broker and ingest counters.
 pub fn snapshot(m: &Metrics, ingest: &Arc<IngestStats>) -> MetricsSnapshot {
-    let u = |a: &std::sync::atomic::AtomicU64| i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+    let u = |a: &std::sync::atomic::AtomicU64| {
+        i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+    };
     let g = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed);
     let values = [
         u(&m.connections_accepted),
@@ -90,7 +168,11 @@ pub fn render(s: &MetricsSnapshot) -> String {
     let mut out = String::new();
     for d in DEFS {
         let v = s.values.get(d.name).copied().unwrap_or(0);
-        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}\n{} {}", d.name, d.help, d.name, d.kind, d.name, v);
+        let _ = writeln!(
+            out,
+            "# HELP {} {}\n# TYPE {} {}\n{} {}",
+            d.name, d.help, d.name, d.kind, d.name, v
+        );
     }
     let _ = writeln!(
         out,
@@ -115,7 +197,10 @@ mod tests {
             assert!(text.contains(&format!("# TYPE {} {}", d.name, d.kind)));
         }
         for r in RefusalReason::ALL {
-            assert!(text.contains(&format!("rampart_refusals_total{{reason=\"{}\"}} 0", r.as_str())));
+            assert!(text.contains(&format!(
+                "rampart_refusals_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            )));
         }
     }
 }

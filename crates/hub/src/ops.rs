@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use rampart_pki::{files, CheckedCsr, IssuedCert, KeyAlgorithm, PrivateKey, Validity};
+use rampart_pki::{CheckedCsr, IssuedCert, KeyAlgorithm, PrivateKey, Validity, files};
 use rampart_store::{
     AuditEntry, CertificateRecord, Device, DeviceStatus, NewCertificate, Store, TelemetryRow,
 };
@@ -75,9 +75,8 @@ pub async fn add_device(
     out: Option<&Path>,
     force: bool,
 ) -> Result<AddedDevice, HubError> {
-    rampart_pki::validate_device_id(id).map_err(|why| {
-        HubError::Invalid(format!("device id {id:?}: {why}"))
-    })?;
+    rampart_pki::validate_device_id(id)
+        .map_err(|why| HubError::Invalid(format!("device id {id:?}: {why}")))?;
     if store.device(id).await?.is_some() {
         return Err(HubError::Store(rampart_store::StoreError::AlreadyExists {
             what: "device",
@@ -97,12 +96,13 @@ pub async fn add_device(
             (cert, None, format!("CSR with {} key", csr.algorithm))
         }
     };
-    let ca_chain_pem = std::fs::read_to_string(dir.resolve(&cfg.pki.root_ca_cert)).map_err(
-        |source| HubError::Io {
-            path: dir.resolve(&cfg.pki.root_ca_cert),
-            source,
-        },
-    )?;
+    let ca_chain_pem =
+        std::fs::read_to_string(dir.resolve(&cfg.pki.root_ca_cert)).map_err(|source| {
+            HubError::Io {
+                path: dir.resolve(&cfg.pki.root_ca_cert),
+                source,
+            }
+        })?;
     let added = AddedDevice {
         id: id.to_owned(),
         cert,
@@ -130,7 +130,11 @@ pub async fn add_device(
 }
 
 /// Writes `device.key` (0600, if the hub generated it), `device.crt` and `ca-chain.crt`.
-pub fn write_bundle(out: &Path, d: &AddedDevice, force: bool) -> Result<Vec<std::path::PathBuf>, HubError> {
+pub fn write_bundle(
+    out: &Path,
+    d: &AddedDevice,
+    force: bool,
+) -> Result<Vec<std::path::PathBuf>, HubError> {
     files::create_private_dir(out)?;
     let key_path = out.join(BUNDLE_KEY);
     let cert_path = out.join(BUNDLE_CERT);
@@ -189,7 +193,11 @@ pub struct DisableOutcome {
 }
 
 /// Disables a device and, if the hub is running, drops its live session at once.
-pub async fn disable_device(dir: &DataDir, store: &dyn Store, id: &str) -> Result<DisableOutcome, HubError> {
+pub async fn disable_device(
+    dir: &DataDir,
+    store: &dyn Store,
+    id: &str,
+) -> Result<DisableOutcome, HubError> {
     store
         .set_device_status(id, DeviceStatus::Disabled)
         .await
@@ -197,13 +205,21 @@ pub async fn disable_device(dir: &DataDir, store: &dyn Store, id: &str) -> Resul
             rampart_store::StoreError::NotFound { .. } => HubError::DeviceNotFound(id.to_owned()),
             other => other.into(),
         })?;
-    store.audit(&audit("device.disable", id, String::new())).await?;
-    let response = control::request(&dir.socket_path(), &Request::DeviceChanged { id: id.to_owned() }).await?;
+    store
+        .audit(&audit("device.disable", id, String::new()))
+        .await?;
+    let response = control::request(
+        &dir.socket_path(),
+        &Request::DeviceChanged { id: id.to_owned() },
+    )
+    .await?;
     match response {
         Some(r) if r.ok => Ok(DisableOutcome {
             disconnected: r.disconnected,
         }),
-        Some(r) => Err(HubError::Control(r.error.unwrap_or_else(|| "hub refused the request".into()))),
+        Some(r) => Err(HubError::Control(
+            r.error.unwrap_or_else(|| "hub refused the request".into()),
+        )),
         None => Ok(DisableOutcome { disconnected: None }),
     }
 }
@@ -217,7 +233,9 @@ pub async fn enable_device(store: &dyn Store, id: &str) -> Result<(), HubError> 
             rampart_store::StoreError::NotFound { .. } => HubError::DeviceNotFound(id.to_owned()),
             other => other.into(),
         })?;
-    store.audit(&audit("device.enable", id, String::new())).await?;
+    store
+        .audit(&audit("device.enable", id, String::new()))
+        .await?;
     Ok(())
 }
 

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rampart_broker::tls::{server_config, TlsMaterial};
 use rampart_broker::Broker;
+use rampart_broker::tls::{TlsMaterial, server_config};
 use rampart_policy::DeviceNamespace;
 use rampart_store::{IngestQueue, SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
@@ -50,10 +50,18 @@ pub async fn open_store(dir: &DataDir, cfg: &HubConfig) -> Result<SqliteStore, H
 impl Hub {
     /// Starts the hub of `dir`: store, broker, MQTT/TLS listener, metrics endpoint and control
     /// socket. `listen` overrides `mqtt.listen`.
-    pub async fn start(dir: &DataDir, cfg: HubConfig, listen: Option<SocketAddr>) -> Result<Hub, HubError> {
+    pub async fn start(
+        dir: &DataDir,
+        cfg: HubConfig,
+        listen: Option<SocketAddr>,
+    ) -> Result<Hub, HubError> {
         let store = Arc::new(open_store(dir, &cfg).await?);
         let dyn_store: Arc<dyn Store> = store.clone();
-        let ingest = IngestQueue::spawn(dyn_store.clone(), cfg.storage.ingest_queue, cfg.storage.ingest_batch);
+        let ingest = IngestQueue::spawn(
+            dyn_store.clone(),
+            cfg.storage.ingest_queue,
+            cfg.storage.ingest_batch,
+        );
         let seen = Arc::new(SeenBatcher::default());
         let hooks = Arc::new(HubHooks {
             store: dyn_store.clone(),
@@ -77,10 +85,12 @@ impl Hub {
                 .parse()
                 .map_err(|e| HubError::Invalid(format!("mqtt.listen: {e}")))?,
         };
-        let listener = TcpListener::bind(addr).await.map_err(|source| HubError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| HubError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
         let mqtt_addr = listener.local_addr().map_err(|source| HubError::Bind {
             addr: addr.to_string(),
             source,
@@ -100,10 +110,12 @@ impl Hub {
                 .listen
                 .parse()
                 .map_err(|e| HubError::Invalid(format!("metrics.listen: {e}")))?;
-            let l = TcpListener::bind(maddr).await.map_err(|source| HubError::Bind {
-                addr: maddr.to_string(),
-                source,
-            })?;
+            let l = TcpListener::bind(maddr)
+                .await
+                .map_err(|source| HubError::Bind {
+                    addr: maddr.to_string(),
+                    source,
+                })?;
             let bound = l.local_addr().ok();
             let snap = snapshot.clone();
             let app = axum::Router::new()
@@ -208,7 +220,10 @@ impl Hub {
         // Let connection tasks finish their last acknowledgements.
         let m = self.broker.metrics();
         for _ in 0..50 {
-            if m.connections_active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            if m.connections_active
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 
 use crate::model::{from_ms, to_ms};
 use crate::{
-    AuditEntry, CertificateRecord, CertificateStatus, Device, DeviceStatus, NewCertificate, Seen, Store,
-    StoreError, TelemetryRow,
+    AuditEntry, CertificateRecord, CertificateStatus, Device, DeviceStatus, NewCertificate, Seen,
+    Store, StoreError, TelemetryRow,
 };
 
 /// Durability level of commits.

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_agent::{AgentConfig, AgentStats};
+use rampart_hub::Hub;
 use rampart_hub::datadir::{self, DataDir};
 use rampart_hub::ops::{self, KeySource};
-use rampart_hub::Hub;
 use rampart_pki::KeyAlgorithm;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -60,30 +60,57 @@ pub async fn run(o: DemoOptions) -> Result<(), CliError> {
     for i in 1..=o.devices {
         let id = format!("demo-gw-{i:02}");
         let out = root.join("devices").join(&id);
-        ops::add_device(&dir, &cfg, &*store, &id, KeySource::Generate(KeyAlgorithm::EcdsaP256), Some(&out), false)
-            .await?;
+        ops::add_device(
+            &dir,
+            &cfg,
+            &*store,
+            &id,
+            KeySource::Generate(KeyAlgorithm::EcdsaP256),
+            Some(&out),
+            false,
+        )
+        .await?;
         let text = AgentConfig::template(&id, &addr.to_string())
             .replace("interval = \"5s\"", &format!("interval = \"{interval}\""))
             .replace("seed = 1", &format!("seed = {i}"))
-            .replace("initial_soc_pct = 60.0", &format!("initial_soc_pct = {:.1}", 20.0 + (i * 23 % 70) as f64));
+            .replace(
+                "initial_soc_pct = 60.0",
+                &format!("initial_soc_pct = {:.1}", 20.0 + (i * 23 % 70) as f64),
+            );
         let path = out.join("agent.toml");
         std::fs::write(&path, text).map_err(io_err("cannot write agent.toml"))?;
         let acfg = AgentConfig::load(&path)?;
         let token = stop.child_token();
-        agents.push(tokio::spawn(rampart_agent::run(acfg, token, Arc::new(AgentStats::default()))));
+        agents.push(tokio::spawn(rampart_agent::run(
+            acfg,
+            token,
+            Arc::new(AgentStats::default()),
+        )));
         ids.push(id);
     }
 
-    let first = root.join("devices").join(&ids[0]);
-    println!("Rampart demo: a hub and {} simulated battery gateway(s)", o.devices);
+    println!(
+        "Rampart demo: a hub and {} simulated battery gateway(s)",
+        o.devices
+    );
     println!("  data directory : {}", dir.root().display());
     println!("  MQTT over TLS  : {addr} (client certificate required)");
     if let Some(m) = hub.metrics_addr() {
         println!("  metrics        : http://{m}/metrics");
     }
-    println!("  watch a device : mosquitto_sub -h 127.0.0.1 -p {} --cafile {f}/ca-chain.crt --cert {f}/device.crt --key {f}/device.key -i {id} -t 'devices/{id}/#' -v",
-        addr.port(), f = first.display(), id = ids[0]);
-    println!("  (the agent of {} holds that client id; mosquitto_sub takes its session over while it runs)", ids[0]);
+    println!(
+        "  inspect        : rampart status --data-dir {}",
+        dir.root().display()
+    );
+    println!(
+        "                   rampart telemetry {} --data-dir {} --json",
+        ids[0],
+        dir.root().display()
+    );
+    println!(
+        "  device bundles : {} (key, certificate, CA chain, agent.toml)",
+        root.join("devices").display()
+    );
     println!();
     println!("Telemetry as stored by the hub (Ctrl-C to stop):");
     print_header();
@@ -128,7 +155,10 @@ pub async fn run(o: DemoOptions) -> Result<(), CliError> {
     }
     hub.stop().await;
     for id in &ids {
-        println!("  {id}: {} reading(s) stored", last_seq.get(id).copied().unwrap_or(0));
+        println!(
+            "  {id}: {} reading(s) stored",
+            last_seq.get(id).copied().unwrap_or(0)
+        );
     }
     if o.keep {
         let kept = tmp.keep();

@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use rampart_agent::AgentConfig;
-use rampart_hub::ops::{self, KeySource};
 use rampart_hub::HubConfig;
-use rampart_pki::{files, KeyAlgorithm};
+use rampart_hub::ops::{self, KeySource};
+use rampart_pki::{KeyAlgorithm, files};
 use rampart_store::Store;
 
 use super::{num, when};
@@ -53,9 +53,7 @@ pub async fn add(
             }
             let alg: KeyAlgorithm = match key_type {
                 Some(k) => k.parse().map_err(|e: String| CliError::new(e, None))?,
-                None => cfg
-                    .key_algorithm()
-                    .map_err(|e| CliError::new(e, None))?,
+                None => cfg.key_algorithm().map_err(|e| CliError::new(e, None))?,
             };
             KeySource::Generate(alg)
         }
@@ -67,11 +65,18 @@ pub async fn add(
     match out {
         Some(out) => {
             let agent_toml = out.join("agent.toml");
-            files::write_public(&agent_toml, AgentConfig::template(id, &address).as_bytes(), force)
-                .map_err(|e| CliError::new(e.to_string(), None))?;
+            files::write_public(
+                &agent_toml,
+                AgentConfig::template(id, &address).as_bytes(),
+                force,
+            )
+            .map_err(|e| CliError::new(e.to_string(), None))?;
             println!("Registered device {id}");
             println!("  certificate serial : {}", added.cert.info.serial);
-            println!("  valid until        : {}", when(Some(added.cert.info.not_after)));
+            println!(
+                "  valid until        : {}",
+                when(Some(added.cert.info.not_after))
+            );
             println!("  bundle             : {}", out.display());
             if added.key.is_some() {
                 println!("    device.key (0600), device.crt, ca-chain.crt, agent.toml");
@@ -79,7 +84,10 @@ pub async fn add(
                 println!("    device.crt, ca-chain.crt, agent.toml (the key stays on the device)");
             }
             println!();
-            println!("Run the agent: rampart-agent run --config {}", agent_toml.display());
+            println!(
+                "Run the agent: rampart-agent run --config {}",
+                agent_toml.display()
+            );
         }
         None => print!("{}", added.cert.pem),
     }
@@ -90,10 +98,16 @@ pub async fn list(data_dir: &Path, json: bool) -> Result<(), CliError> {
     let (_, _, store) = super::open(data_dir).await?;
     let devices = store.devices().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&devices).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&devices).unwrap_or_default()
+        );
         return Ok(());
     }
-    println!("{:24} {:9} {:26} {:26} ADDRESS", "DEVICE", "STATUS", "CREATED", "LAST SEEN");
+    println!(
+        "{:24} {:9} {:26} {:26} ADDRESS",
+        "DEVICE", "STATUS", "CREATED", "LAST SEEN"
+    );
     for d in devices {
         println!(
             "{:24} {:9} {:26} {:26} {}",
@@ -117,7 +131,11 @@ pub async fn show(data_dir: &Path, id: &str, json: bool) -> Result<(), CliError>
     println!("device      {}", d.device.id);
     println!("status      {}", d.device.status.as_str());
     println!("created     {}", when(Some(d.device.created_at)));
-    println!("last seen   {} from {}", when(d.device.last_seen_at), d.device.last_address.as_deref().unwrap_or("-"));
+    println!(
+        "last seen   {} from {}",
+        when(d.device.last_seen_at),
+        d.device.last_address.as_deref().unwrap_or("-")
+    );
     println!("certificates:");
     for c in &d.certificates {
         println!(
@@ -150,7 +168,9 @@ pub async fn disable(data_dir: &Path, id: &str) -> Result<(), CliError> {
     let outcome = ops::disable_device(&dir, &store, id).await?;
     match outcome.disconnected {
         Some(n) => println!("Disabled {id}; the running hub closed {n} live connection(s)."),
-        None => println!("Disabled {id}; no hub is running, the device will be refused when it connects."),
+        None => println!(
+            "Disabled {id}; no hub is running, the device will be refused when it connects."
+        ),
     }
     Ok(())
 }

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use rampart_hub::control::{self, Request};
 use rampart_hub::DataDir;
+use rampart_hub::control::{self, Request};
 
 use crate::CliError;
 
@@ -17,7 +17,10 @@ pub async fn run(data_dir: &Path, json: bool) -> Result<(), CliError> {
         ));
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&resp).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&resp).unwrap_or_default()
+        );
         return Ok(());
     }
     if let Some(m) = &resp.metrics {
@@ -33,7 +36,10 @@ pub async fn run(data_dir: &Path, json: bool) -> Result<(), CliError> {
         }
     }
     if let Some(clients) = &resp.clients {
-        println!("\n{:24} {:10} {:8} {:>5} {:>7} {:>8}", "CLIENT", "STATE", "MQTT", "SUBS", "QUEUED", "INFLIGHT");
+        println!(
+            "\n{:24} {:10} {:8} {:>5} {:>7} {:>8}",
+            "CLIENT", "STATE", "MQTT", "SUBS", "QUEUED", "INFLIGHT"
+        );
         for c in clients {
             println!(
                 "{:24} {:10} {:8} {:>5} {:>7} {:>8}",

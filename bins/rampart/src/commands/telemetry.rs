@@ -17,7 +17,13 @@ struct JsonRow<'a> {
     reading: serde_json::Value,
 }
 
-pub async fn run(data_dir: &Path, id: &str, since: Duration, limit: u32, json: bool) -> Result<(), CliError> {
+pub async fn run(
+    data_dir: &Path,
+    id: &str,
+    since: Duration,
+    limit: u32,
+    json: bool,
+) -> Result<(), CliError> {
     let (_, _, store) = super::open(data_dir).await?;
     let since = OffsetDateTime::now_utc() - since;
     let rows = rampart_hub::ops::telemetry(&store, id, since, limit).await?;
@@ -37,7 +43,10 @@ pub async fn run(data_dir: &Path, id: &str, since: Duration, limit: u32, json: b
             }
             rows_json.push(v);
         }
-        println!("{}", serde_json::to_string_pretty(&rows_json).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows_json).unwrap_or_default()
+        );
         return Ok(());
     }
     if rows.is_empty() {
@@ -74,6 +83,10 @@ pub fn print_row(r: &TelemetryRow) {
         num(r.soh_pct, 1, "%"),
         range(r.temp_min_c, r.temp_max_c, 1, "°C"),
         range(r.cell_min_v, r.cell_max_v, 3, "V"),
-        if r.alarms.is_empty() { "-".to_string() } else { r.alarms.join(",") },
+        if r.alarms.is_empty() {
+            "-".to_string()
+        } else {
+            r.alarms.join(",")
+        },
     );
 }

@@ -1,0 +1,538 @@
+//! Support for the end-to-end tests: every test starts the real `rampart` and `rampart-agent`
+//! binaries as processes, on loopback ports, in a temporary data directory, and talks to them
+//! with real protocol peers (the Debian mosquitto clients, Python paho-mqtt, and a raw MQTT
+//! client over rustls built on Rampart's codec for byte-exact protocol checks).
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test` does it).
+
+#![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
+#![allow(missing_debug_implementations)] // process handles and captured output
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub mod raw;
+
+pub use nix::sys::signal::Signal;
+
+/// Path of a workspace binary (`rampart`, `rampart-agent`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Collects the lines a child process writes to one of its pipes.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    pub fn capture(pipe: impl Read + Send + 'static) -> Lines {
+        let lines = Lines::default();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                match line {
+                    Ok(line) => l.0.lock().unwrap().push(line),
+                    Err(_) => break,
+                }
+            }
+        });
+        lines
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.all().join("\n")
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Waits for a line containing every needle.
+    pub fn wait_for(&self, needles: &[&str], timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| needles.iter().all(|n| l.contains(n)))
+        })
+    }
+}
+
+/// A device bundle written by `rampart device add --out`.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+impl Bundle {
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("device.crt")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("device.key")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca-chain.crt")
+    }
+    pub fn agent_toml(&self) -> PathBuf {
+        self.dir.join("agent.toml")
+    }
+}
+
+/// A hub data directory and, while started, its `rampart hub` process.
+pub struct TestHub {
+    pub tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    pub port: u16,
+    pub metrics_port: u16,
+    child: Option<Child>,
+    pub logs: Lines,
+}
+
+impl TestHub {
+    /// `rampart init` in a fresh directory, listeners moved to free loopback ports.
+    pub fn init() -> TestHub {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("hub");
+        let out = Command::new(bin("rampart"))
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let metrics_port = free_port();
+        let cfg_path = data.join("rampart.toml");
+        let cfg = std::fs::read_to_string(&cfg_path)
+            .unwrap()
+            .replace(
+                "listen = \"0.0.0.0:8883\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                "listen = \"127.0.0.1:9883\"",
+                &format!("listen = \"127.0.0.1:{metrics_port}\""),
+            );
+        std::fs::write(&cfg_path, cfg).unwrap();
+        TestHub {
+            tmp,
+            data,
+            port,
+            metrics_port,
+            child: None,
+            logs: Lines::default(),
+        }
+    }
+
+    /// A hub that is initialised and running.
+    pub fn start_new() -> TestHub {
+        let mut h = TestHub::init();
+        h.start();
+        h
+    }
+
+    /// Replaces a setting in rampart.toml (before `start`).
+    pub fn configure(&self, from: &str, to: &str) {
+        let p = self.data.join("rampart.toml");
+        let cfg = std::fs::read_to_string(&p).unwrap();
+        assert!(cfg.contains(from), "rampart.toml has no {from:?}");
+        std::fs::write(&p, cfg.replace(from, to)).unwrap();
+    }
+
+    /// Starts `rampart hub` and waits until it listens.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut child = Command::new(bin("rampart"))
+            .args(["--log-json", "hub", "--data-dir"])
+            .arg(&self.data)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Lines::capture(child.stderr.take().unwrap());
+        self.logs = logs.clone();
+        self.child = Some(child);
+        assert!(
+            logs.wait_for(&["hub started"], Duration::from_secs(20)),
+            "hub did not start:\n{}",
+            logs.text()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Stops the hub with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), nix::sys::signal::Signal::SIGTERM);
+            let status = wait_child(&mut c, Duration::from_secs(15));
+            assert!(status.is_some(), "hub did not stop after SIGTERM");
+        }
+    }
+
+    /// Kills the hub with SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Runs `rampart ARGS --data-dir DATA`.
+    pub fn rampart(&self, args: &[&str]) -> Output {
+        Command::new(bin("rampart"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .output()
+            .unwrap()
+    }
+
+    /// Registers a device and writes its bundle (hub-generated key).
+    pub fn add_device(&self, id: &str) -> Bundle {
+        let dir = self.tmp.path().join("devices").join(id);
+        let out = self.rampart(&[
+            "device",
+            "add",
+            id,
+            "--out",
+            dir.to_str().unwrap(),
+            "--hub-address",
+            &format!("127.0.0.1:{}", self.port),
+        ]);
+        assert!(
+            out.status.success(),
+            "device add {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Bundle {
+            id: id.to_string(),
+            dir,
+        }
+    }
+
+    /// All metrics from GET /metrics (labels kept in the name).
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let body = http_get(self.metrics_port, "/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics().get(name).copied().unwrap_or(0.0)
+    }
+
+    /// The refusal counter for `reason`.
+    pub fn refusals(&self, reason: &str) -> u64 {
+        self.metric(&format!("rampart_refusals_total{{reason=\"{reason}\"}}")) as u64
+    }
+
+    /// Waits until the refusal counter for `reason` reaches `n` and a log line names it.
+    pub fn expect_refusal(&self, reason: &str, n: u64) {
+        let ok = wait_until(Duration::from_secs(10), || self.refusals(reason) >= n);
+        assert!(
+            ok,
+            "refusal {reason} not counted {n} time(s) (count {}); log:\n{}",
+            self.refusals(reason),
+            self.logs.text()
+        );
+        assert!(
+            self.logs.contains(&format!("\"reason\":\"{reason}\"")),
+            "refusal {reason} not logged:\n{}",
+            self.logs.text()
+        );
+    }
+
+    /// `rampart telemetry ID --json`.
+    pub fn telemetry(&self, id: &str) -> Vec<serde_json::Value> {
+        let out = self.rampart(&[
+            "telemetry",
+            id,
+            "--json",
+            "--limit",
+            "100000",
+            "--since",
+            "30d",
+        ]);
+        assert!(
+            out.status.success(),
+            "telemetry: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+
+    /// Arguments that make a mosquitto client connect as `bundle`'s device.
+    pub fn mosquitto_args(&self, bundle: &Bundle) -> Vec<String> {
+        vec![
+            "-h".into(),
+            "localhost".into(),
+            "-p".into(),
+            self.port.to_string(),
+            "--cafile".into(),
+            bundle.ca().display().to_string(),
+            "--cert".into(),
+            bundle.cert().display().to_string(),
+            "--key".into(),
+            bundle.key().display().to_string(),
+            "-i".into(),
+            bundle.id.clone(),
+        ]
+    }
+
+    /// Runs mosquitto_pub as `bundle`'s device with extra arguments.
+    pub fn mosquitto_pub(&self, bundle: &Bundle, args: &[&str]) -> Output {
+        Command::new("mosquitto_pub")
+            .args(self.mosquitto_args(bundle))
+            .args(args)
+            .output()
+            .expect("mosquitto_pub (Debian package mosquitto-clients) is installed")
+    }
+
+    /// Starts mosquitto_sub as `bundle`'s device; its output lines are captured.
+    pub fn mosquitto_sub(&self, bundle: &Bundle, args: &[&str]) -> (Child, Lines) {
+        let mut child = Command::new("mosquitto_sub")
+            .args(self.mosquitto_args(bundle))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub (Debian package mosquitto-clients) is installed");
+        let out = Lines::capture(child.stdout.take().unwrap());
+        let err = Lines::capture(child.stderr.take().unwrap());
+        // Merge stderr into the same view after the fact.
+        let merged = out.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(20));
+                let e = err.all();
+                if !e.is_empty() {
+                    let mut m = merged.0.lock().unwrap();
+                    for l in e {
+                        if !m.contains(&l) {
+                            m.push(l);
+                        }
+                    }
+                }
+            }
+        });
+        (child, out)
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends a signal to a process (ignoring one that has already exited).
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    let _ = nix::sys::signal::kill(pid, sig);
+}
+
+/// Waits for a child to exit.
+pub fn wait_child(c: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback.
+pub fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// A running `rampart-agent`.
+pub struct Agent {
+    pub child: Child,
+    pub logs: Lines,
+}
+
+impl Agent {
+    /// Starts `rampart-agent run` for a bundle, with the telemetry interval replaced.
+    pub fn start(bundle: &Bundle, interval: &str) -> Agent {
+        let cfg = std::fs::read_to_string(bundle.agent_toml())
+            .unwrap()
+            .replace("interval = \"5s\"", &format!("interval = \"{interval}\""));
+        std::fs::write(bundle.agent_toml(), cfg).unwrap();
+        let mut child = Command::new(bin("rampart-agent"))
+            .args(["--log-json", "run", "--config"])
+            .arg(bundle.agent_toml())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Lines::capture(child.stderr.take().unwrap());
+        Agent { child, logs }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
+        wait_child(&mut self.child, Duration::from_secs(15)).expect("agent exits after SIGTERM")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Inodes of the sockets a process holds open (from /proc/PID/fd).
+pub fn socket_inodes(pid: u32) -> Vec<u64> {
+    let mut v = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in entries.flatten() {
+            if let Ok(target) = std::fs::read_link(e.path()) {
+                let t = target.to_string_lossy();
+                if let Some(n) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                    if let Ok(n) = n.parse() {
+                        v.push(n);
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Listening TCP sockets and bound UDP sockets owned by `pid`, found by matching its socket
+/// inodes against /proc/net/{tcp,tcp6,udp,udp6}. Returns (table, local address) pairs.
+pub fn listening_sockets(pid: u32) -> Vec<(String, String)> {
+    let inodes = socket_inodes(pid);
+    let mut found = Vec::new();
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 {
+                continue;
+            }
+            let state = cols[3];
+            let inode: u64 = cols[9].parse().unwrap_or(0);
+            // TCP state 0A = LISTEN; any UDP socket is a bound receiver (07 = unconnected).
+            let listening = if table.starts_with("tcp") {
+                state == "0A"
+            } else {
+                state == "07"
+            };
+            if listening && inodes.contains(&inode) {
+                found.push((table.to_string(), cols[1].to_string()));
+            }
+        }
+    }
+    found
+}

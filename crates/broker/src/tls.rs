@@ -111,7 +111,11 @@ pub(crate) fn classify_handshake_error(err: &io::Error) -> (RefusalReason, Strin
     let reason = match tls {
         rustls::Error::NoCertificatesPresented => RefusalReason::TlsNoClientCertificate,
         rustls::Error::InvalidCertificate(c) => match c {
-            CertificateError::UnknownIssuer => RefusalReason::TlsUnknownCa,
+            // A bad signature means a CA of the same name signed it (another installation,
+            // or a forgery): either way not our device CA.
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                RefusalReason::TlsUnknownCa
+            }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 RefusalReason::TlsCertificateExpired
             }

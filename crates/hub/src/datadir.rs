@@ -110,14 +110,17 @@ pub fn init(
     }
     files::create_private_dir(dir.root())?;
     files::create_private_dir(&dir.root().join("pki"))?;
+    // A per-installation suffix keeps the CAs of different hubs apart by name, so a
+    // certificate from another installation is reported as "unknown CA".
+    let suffix = rampart_pki::random_hex(4)?;
     let root = Authority::create_root(
-        "Rampart Root CA",
+        &format!("Rampart Root CA {suffix}"),
         Some("Rampart"),
         alg,
         Validity::days_from_now(20 * 365),
     )?;
     let device_ca = root.create_intermediate(
-        "Rampart Device CA",
+        &format!("Rampart Device CA {suffix}"),
         Some("Rampart"),
         alg,
         Validity::days_from_now(10 * 365),

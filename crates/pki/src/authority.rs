@@ -87,11 +87,27 @@ impl std::fmt::Debug for Authority {
     }
 }
 
-fn random_serial() -> Result<SerialNumber, PkiError> {
-    let mut bytes = [0u8; 16];
+fn random_bytes<const N: usize>() -> Result<[u8; N], PkiError> {
+    let mut bytes = [0u8; N];
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| PkiError::Validity("system random number generator failed"))?;
+    Ok(bytes)
+}
+
+/// `n` random bytes from the system CSPRNG, as lowercase hex (identifiers, name suffixes).
+pub fn random_hex(n: usize) -> Result<String, PkiError> {
+    let mut out = String::with_capacity(n * 2);
+    while out.len() < n * 2 {
+        let chunk: [u8; 16] = random_bytes()?;
+        out.push_str(&hex::encode(chunk));
+    }
+    out.truncate(n * 2);
+    Ok(out)
+}
+
+fn random_serial() -> Result<SerialNumber, PkiError> {
+    let mut bytes: [u8; 16] = random_bytes()?;
     // A positive INTEGER with no leading zero byte: keep the top bit clear and the first byte
     // non-zero so the serial is always exactly 16 bytes long.
     bytes[0] = (bytes[0] & 0x7f) | 0x01;

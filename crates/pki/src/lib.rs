@@ -19,7 +19,7 @@ mod id;
 mod info;
 mod key;
 
-pub use authority::{Authority, IssuedCert, Validity};
+pub use authority::{Authority, IssuedCert, Validity, random_hex};
 pub use csr::{CheckedCsr, create_csr};
 pub use error::PkiError;
 pub use id::{MAX_DEVICE_ID_LEN, validate_device_id};

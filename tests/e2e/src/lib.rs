@@ -353,7 +353,9 @@ impl TestHub {
 
     /// Starts mosquitto_sub as `bundle`'s device; its output lines are captured.
     pub fn mosquitto_sub(&self, bundle: &Bundle, args: &[&str]) -> (Child, Lines) {
-        let mut child = Command::new("mosquitto_sub")
+        // stdbuf: mosquitto_sub block-buffers stdout into a pipe; the tests read it live.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "-eL", "mosquitto_sub"])
             .args(self.mosquitto_args(bundle))
             .args(args)
             .stdout(Stdio::piped())

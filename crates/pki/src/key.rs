@@ -55,6 +55,24 @@ impl FromStr for KeyAlgorithm {
     }
 }
 
+/// DER prefix of an RFC 8410 Ed25519 PKCS#8 v1 key; the 32-byte seed follows.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// DER prefix of the PKCS#8 v2 document ring generates for Ed25519.
+const ED25519_PKCS8_V2_PREFIX: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The seed of a ring-generated Ed25519 PKCS#8 v2 document, if `der` is one.
+fn ed25519_v2_seed(der: &[u8]) -> Option<&[u8]> {
+    if der.len() == 83 && der.starts_with(&ED25519_PKCS8_V2_PREFIX) {
+        der.get(16..48)
+    } else {
+        None
+    }
+}
+
 /// A private key held in memory.
 pub struct PrivateKey {
     pub(crate) pair: KeyPair,
@@ -93,8 +111,23 @@ impl PrivateKey {
     }
 
     /// PKCS#8 PEM encoding.
+    ///
+    /// Ed25519 keys are written in the RFC 8410 PKCS#8 v1 form (private key only), which
+    /// every TLS stack reads; ring produces v2 (with the public key), which OpenSSL 3.0 —
+    /// and so mosquitto and most device TLS stacks — cannot parse.
     pub fn to_pem(&self) -> String {
-        self.pair.serialize_pem()
+        let der = self.pair.serialize_der();
+        match ed25519_v2_seed(&der) {
+            Some(seed) => {
+                let mut v1 = ED25519_PKCS8_V1_PREFIX.to_vec();
+                v1.extend_from_slice(seed);
+                pem::encode_config(
+                    &pem::Pem::new("PRIVATE KEY", v1),
+                    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+                )
+            }
+            None => self.pair.serialize_pem(),
+        }
     }
 
     /// The key's algorithm, if it is one Rampart creates.

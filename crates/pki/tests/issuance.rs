@@ -194,3 +194,34 @@ fn expired_validity_can_be_issued_for_tests_but_not_inverted() {
     assert!(c.info.not_after < now);
     assert!(Validity::between(now, now).is_err());
 }
+
+#[test]
+fn ed25519_keys_are_written_in_the_form_openssl_reads_and_load_back() {
+    let key = PrivateKey::generate(KeyAlgorithm::Ed25519).expect("key");
+    let pem = key.to_pem();
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("k.pem");
+    std::fs::write(&path, &pem).expect("write");
+    // Loads back (rcgen/ring) with the same public key.
+    let back = PrivateKey::read(&path).expect("reload");
+    assert_eq!(back.algorithm(), Some(KeyAlgorithm::Ed25519));
+    assert_eq!(back.to_pem(), pem);
+    let csr_a = CheckedCsr::from_pem(&create_csr("x", &key).expect("csr")).expect("parse");
+    let csr_b = CheckedCsr::from_pem(&create_csr("x", &back).expect("csr")).expect("parse");
+    assert_eq!(
+        format!("{:?}", csr_a.subject_cn),
+        format!("{:?}", csr_b.subject_cn)
+    );
+    // OpenSSL parses it, when it is installed.
+    if let Ok(out) = std::process::Command::new("openssl")
+        .args(["pkey", "-noout", "-in"])
+        .arg(&path)
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -168,15 +168,15 @@ impl Broker {
         let mut n = 0;
         for s in sessions {
             let st = s.state.lock();
-            if &*st.identity.id == identity_id {
-                if let Some(c) = &st.connection {
-                    c.kick(Kick {
-                        reason: reason::ADMINISTRATIVE_ACTION,
-                        why: why.to_owned(),
-                        publish_will: false,
-                    });
-                    n += 1;
-                }
+            if &*st.identity.id == identity_id
+                && let Some(c) = &st.connection
+            {
+                c.kick(Kick {
+                    reason: reason::ADMINISTRATIVE_ACTION,
+                    why: why.to_owned(),
+                    publish_will: false,
+                });
+                n += 1;
             }
         }
         n
@@ -445,10 +445,10 @@ impl Shared {
             retain: will.retain,
             publisher: Some(client_id.clone()),
         });
-        if msg.retain {
-            if let Err(e) = self.retain(&msg).await {
-                tracing::error!(%client_id, error = %e, "could not store retained will message");
-            }
+        if msg.retain
+            && let Err(e) = self.retain(&msg).await
+        {
+            tracing::error!(%client_id, error = %e, "could not store retained will message");
         }
         tracing::debug!(%client_id, topic = %msg.topic, "publishing will message");
         self.route(msg).await;

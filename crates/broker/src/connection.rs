@@ -367,17 +367,16 @@ async fn authorize_connect(
         };
         return Err(Refusal::new(reason, why));
     }
-    if let Some(w) = &connect.will {
-        if let Decision::Deny(why) =
+    if let Some(w) = &connect.will
+        && let Decision::Deny(why) =
             shared
                 .authorizer
                 .authorize(&identity, Action::Publish, &w.topic)
-        {
-            return Err(Refusal::new(
-                RefusalReason::ConnectNotAuthorized,
-                format!("will topic refused: {why}"),
-            ));
-        }
+    {
+        return Err(Refusal::new(
+            RefusalReason::ConnectNotAuthorized,
+            format!("will topic refused: {why}"),
+        ));
     }
     Ok(identity)
 }
@@ -489,10 +488,10 @@ impl Conn {
     async fn run_loop(&mut self) -> Exit {
         loop {
             self.fill_outbound();
-            if !self.wbuf.is_empty() {
-                if let Err(exit) = self.flush().await {
-                    return exit;
-                }
+            if !self.wbuf.is_empty()
+                && let Err(exit) = self.flush().await
+            {
+                return exit;
             }
             // Stop reading while too many acknowledgements are owed: the client waits, and
             // TCP carries the back-pressure to it.
@@ -775,21 +774,21 @@ impl Conn {
     /// Refuses a PUBLISH: MQTT 5 QoS 1/2 get a negative acknowledgement and the connection
     /// stays up; otherwise the connection is closed (MQTT 3.1.1 has no negative PUBACK).
     fn refuse_publish(&mut self, p: &Publish, r: Refusal) -> Result<(), Exit> {
-        if self.v5() {
-            if let Some(pid) = p.packet_id {
-                refuse_log(&self.shared, self.addr, Some(&self.client_id), &r);
-                self.pending.push_back(PendingAck {
-                    kind: if p.qos == QoS::ExactlyOnce {
-                        AckKind::PubRec
-                    } else {
-                        AckKind::PubAck
-                    },
-                    packet_id: pid,
-                    reason: r.reason.v5_code(),
-                    durable: None,
-                });
-                return Ok(());
-            }
+        if self.v5()
+            && let Some(pid) = p.packet_id
+        {
+            refuse_log(&self.shared, self.addr, Some(&self.client_id), &r);
+            self.pending.push_back(PendingAck {
+                kind: if p.qos == QoS::ExactlyOnce {
+                    AckKind::PubRec
+                } else {
+                    AckKind::PubAck
+                },
+                packet_id: pid,
+                reason: r.reason.v5_code(),
+                durable: None,
+            });
+            return Ok(());
         }
         Err(Exit::Refused(r))
     }
@@ -820,19 +819,18 @@ impl Conn {
                 ),
             )));
         }
-        if p.qos == QoS::ExactlyOnce {
-            if let Some(pid) = p.packet_id {
-                if self.awaiting_release.contains(&pid) {
-                    // Re-sent before our PUBREC arrived: acknowledge again, deliver once.
-                    self.pending.push_back(PendingAck {
-                        kind: AckKind::PubRec,
-                        packet_id: pid,
-                        reason: reason::SUCCESS,
-                        durable: None,
-                    });
-                    return Ok(());
-                }
-            }
+        if p.qos == QoS::ExactlyOnce
+            && let Some(pid) = p.packet_id
+            && self.awaiting_release.contains(&pid)
+        {
+            // Re-sent before our PUBREC arrived: acknowledge again, deliver once.
+            self.pending.push_back(PendingAck {
+                kind: AckKind::PubRec,
+                packet_id: pid,
+                reason: reason::SUCCESS,
+                durable: None,
+            });
+            return Ok(());
         }
         if let Decision::Deny(why) =
             self.shared
@@ -865,13 +863,11 @@ impl Conn {
             retain,
             publisher: Some(self.client_id.clone()),
         });
-        if retain {
-            if let Err(e) = self.shared.retain(&msg).await {
-                return Err(Exit::Refused(Refusal::new(
-                    RefusalReason::StorageFailed,
-                    format!("retained message could not be stored: {e}"),
-                )));
-            }
+        if retain && let Err(e) = self.shared.retain(&msg).await {
+            return Err(Exit::Refused(Refusal::new(
+                RefusalReason::StorageFailed,
+                format!("retained message could not be stored: {e}"),
+            )));
         }
         self.shared.route(msg).await;
         if let Some(pid) = packet_id {

@@ -159,10 +159,8 @@ fn collect(node: &Node, levels: &[&str], dollar_first: bool, out: &mut Matches) 
     if let Some(child) = node.children.get(*first) {
         collect(child, rest, false, out);
     }
-    if !dollar_first {
-        if let Some(plus) = &node.plus {
-            collect(plus, rest, false, out);
-        }
+    if !dollar_first && let Some(plus) = &node.plus {
+        collect(plus, rest, false, out);
     }
 }
 

@@ -80,10 +80,10 @@ pub fn write_file(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<()
         return Err(err(e));
     }
     // Make the rename durable: sync the directory entry.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = fs::File::open(dir)
+    {
+        let _ = d.sync_all();
     }
     Ok(())
 }

@@ -498,10 +498,10 @@ pub fn socket_inodes(pid: u32) -> Vec<u64> {
         for e in entries.flatten() {
             if let Ok(target) = std::fs::read_link(e.path()) {
                 let t = target.to_string_lossy();
-                if let Some(n) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
-                    if let Ok(n) = n.parse() {
-                        v.push(n);
-                    }
+                if let Some(n) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']'))
+                    && let Ok(n) = n.parse()
+                {
+                    v.push(n);
                 }
             }
         }

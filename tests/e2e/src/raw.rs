@@ -55,6 +55,7 @@ pub struct RawClient {
 
 /// What `recv` saw.
 #[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // test values, compared and dropped at once
 pub enum Received {
     Packet(Packet),
     /// The hub closed the connection.
@@ -88,6 +89,7 @@ impl RawClient {
     }
 
     /// TLS + CONNECT; returns the CONNACK (or what came instead).
+    #[allow(clippy::too_many_arguments)] // one argument per CONNECT field the tests vary
     pub async fn connect(
         addr: SocketAddr,
         bundle: &Bundle,

@@ -1,6 +1,8 @@
 //! The operator CLI: CSR-based issuance (the key never leaves the device), safe file handling,
 //! and clear errors.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns; a failed unwrap fails the test
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! `rampart demo --devices 3` shows telemetry from three devices within 15 seconds.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns; a failed unwrap fails the test
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,7 @@
 //! What the hub acknowledged survives `kill -9`.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns; a failed unwrap fails the test
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 

@@ -1,6 +1,8 @@
 //! Independent MQTT clients interoperate with the hub over MQTT 3.1.1 and 5.0, within the
 //! device's own namespace: the Debian mosquitto clients and Python paho-mqtt.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns; a failed unwrap fails the test
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! MQTT behaviour of the hub, checked byte-exactly with a raw client: QoS levels, persistent
 //! sessions, will messages, keep-alive, session takeover and the MQTT 5 CONNACK properties.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns; a failed unwrap fails the test
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -95,11 +97,11 @@ fn qos0_qos1_and_qos2_publishes_are_delivered() {
             let mut deliveries = 0;
             let mut log = Vec::new();
             let step = |p: Packet, deliveries: &mut i32, log: &mut Vec<Packet>| {
-                if let Packet::Publish(m) = &p {
-                    if &*m.topic == "devices/gw-a/q2" {
-                        *deliveries += 1;
-                        assert_eq!(m.qos, QoS::AtLeastOnce);
-                    }
+                if let Packet::Publish(m) = &p
+                    && &*m.topic == "devices/gw-a/q2"
+                {
+                    *deliveries += 1;
+                    assert_eq!(m.qos, QoS::AtLeastOnce);
                 }
                 log.push(p);
             };

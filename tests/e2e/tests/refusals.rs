@@ -1,6 +1,8 @@
 //! Every bad input is refused with a specific, logged and counted reason, and nothing refused
 //! is delivered or stored.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns; a failed unwrap fails the test
+
 use std::time::Duration;
 
 use rampart_e2e::raw::{RawClient, Received, tls_config};

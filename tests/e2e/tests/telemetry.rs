@@ -1,5 +1,7 @@
 //! The agent's telemetry reaches the hub over mutual TLS, is stored, and the CLI shows it.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns; a failed unwrap fails the test
+
 use std::process::Command;
 use std::time::Duration;
 

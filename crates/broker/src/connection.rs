@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rampart_mqtt::{
     Ack, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, Packet, Protocol, Publish,
-    QoS, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will, decode_packet,
-    encode_packet, encode_publish, encoded_publish_len, reason, topic,
+    PublishProperties, QoS, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+    decode_packet, encode_packet, encode_publish, encoded_publish_len, reason, topic,
 };
 use rampart_pki::CertInfo;
 use rampart_policy::{Action, Decision, Identity, IdentityKind};
@@ -469,6 +469,37 @@ struct Conn {
     scratch: Vec<Delivery>,
 }
 
+/// The MQTT 5 properties to send with a delivery now (none for MQTT 3.1.1).
+fn properties_for(protocol: Protocol, d: &Delivery, now: Instant) -> Option<PublishProperties> {
+    if protocol == Protocol::V5 {
+        d.msg.properties_at(now)
+    } else {
+        None
+    }
+}
+
+/// Writes one delivery as a PUBLISH packet.
+fn encode_delivery(
+    wbuf: &mut BytesMut,
+    protocol: Protocol,
+    d: &Delivery,
+    packet_id: Option<u16>,
+    dup: bool,
+    props: Option<&PublishProperties>,
+) {
+    encode_publish(
+        wbuf,
+        protocol,
+        &d.msg.topic,
+        &d.msg.payload,
+        d.qos,
+        d.retain,
+        dup,
+        packet_id,
+        props,
+    );
+}
+
 fn front_durable(
     pending: &mut VecDeque<PendingAck>,
 ) -> impl Future<Output = Result<(), String>> + '_ {
@@ -587,20 +618,13 @@ impl Conn {
         let st = self.session.state.lock();
         let now = Instant::now();
         for (pid, d) in &st.inflight {
-            let props = if self.protocol == Protocol::V5 {
-                d.msg.properties_at(now)
-            } else {
-                None
-            };
-            encode_publish(
+            let props = properties_for(self.protocol, d, now);
+            encode_delivery(
                 &mut self.wbuf,
                 self.protocol,
-                &d.msg.topic,
-                &d.msg.payload,
-                d.qos,
-                d.retain,
-                true,
+                d,
                 Some(*pid),
+                true,
                 props.as_ref(),
             );
         }
@@ -629,11 +653,7 @@ impl Conn {
                     Metrics::add(&self.shared.metrics.dropped_expired, 1);
                     continue;
                 }
-                let props = if self.protocol == Protocol::V5 {
-                    d.msg.properties_at(now)
-                } else {
-                    None
-                };
+                let props = properties_for(self.protocol, &d, now);
                 let size = encoded_publish_len(
                     self.protocol,
                     &d.msg.topic,
@@ -651,15 +671,12 @@ impl Conn {
                 } else {
                     Some(st.allocate_packet_id())
                 };
-                encode_publish(
+                encode_delivery(
                     &mut self.wbuf,
                     self.protocol,
-                    &d.msg.topic,
-                    &d.msg.payload,
-                    d.qos,
-                    d.retain,
-                    false,
+                    &d,
                     pid,
+                    false,
                     props.as_ref(),
                 );
                 if let Some(pid) = pid {

@@ -198,16 +198,7 @@ pub async fn disable_device(
     store: &dyn Store,
     id: &str,
 ) -> Result<DisableOutcome, HubError> {
-    store
-        .set_device_status(id, DeviceStatus::Disabled)
-        .await
-        .map_err(|e| match e {
-            rampart_store::StoreError::NotFound { .. } => HubError::DeviceNotFound(id.to_owned()),
-            other => other.into(),
-        })?;
-    store
-        .audit(&audit("device.disable", id, String::new()))
-        .await?;
+    set_status(store, id, DeviceStatus::Disabled, "device.disable").await?;
     let response = control::request(
         &dir.socket_path(),
         &Request::DeviceChanged { id: id.to_owned() },
@@ -226,16 +217,24 @@ pub async fn disable_device(
 
 /// Re-enables a disabled device.
 pub async fn enable_device(store: &dyn Store, id: &str) -> Result<(), HubError> {
+    set_status(store, id, DeviceStatus::Active, "device.enable").await
+}
+
+/// Changes a device's status and records it in the audit log.
+async fn set_status(
+    store: &dyn Store,
+    id: &str,
+    status: DeviceStatus,
+    action: &str,
+) -> Result<(), HubError> {
     store
-        .set_device_status(id, DeviceStatus::Active)
+        .set_device_status(id, status)
         .await
         .map_err(|e| match e {
             rampart_store::StoreError::NotFound { .. } => HubError::DeviceNotFound(id.to_owned()),
             other => other.into(),
         })?;
-    store
-        .audit(&audit("device.enable", id, String::new()))
-        .await?;
+    store.audit(&audit(action, id, String::new())).await?;
     Ok(())
 }
 

@@ -65,9 +65,41 @@ enum Command {
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<SocketAddr>,
     },
-    /// Register, inspect and disable devices.
+    /// Register, inspect, approve, quarantine, revoke and disable devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Service identities: backends, pipelines and tools that connect with a certificate.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Claim certificates for fleet provisioning in the factory.
+    #[command(subcommand)]
+    Claim(ClaimCommand),
+    /// The provisioning allow-list.
+    #[command(subcommand)]
+    Provision(ProvisionCommand),
+    /// Certificate authorities: just-in-time registration and revocation lists.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Policies: who may connect, publish, subscribe and receive what.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Run the identity audit (expiring or old certificates, revoked certificates still
+    /// connected, shared certificates, weak keys, overly permissive policies).
+    Audit {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the audit log (every registry change, newest first).
+    Log {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a device's stored telemetry.
     Telemetry {
         /// The device id.
@@ -167,6 +199,193 @@ enum DeviceCommand {
         #[command(flatten)]
         dir: DataDirArg,
     },
+    /// Approve a device registered just in time by a CA that requires approval.
+    Approve {
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Revoke all certificates of a device: the CRL is re-signed, the next handshake fails and
+    /// the live session is dropped at once.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// key-compromise, superseded, cessation-of-operation, affiliation-changed,
+        /// privilege-withdrawn or unspecified.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Quarantine a device: only its update and diagnostics topics stay open, applied to the
+    /// live session without reconnecting.
+    Quarantine {
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Release a device from quarantine.
+    Release {
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Set a device's group and attributes (used by policies).
+    Set {
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// The group (policies attached to group:NAME apply).
+        #[arg(long)]
+        group: Option<String>,
+        /// Remove the device from its group.
+        #[arg(long, conflicts_with = "group")]
+        no_group: bool,
+        /// An attribute, NAME=VALUE (replaces all attributes when given). Repeatable.
+        #[arg(long = "attr", value_name = "NAME=VALUE")]
+        attrs: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Register a service identity and issue its certificate (its rights come from the
+    /// policies attached to service:NAME).
+    Add {
+        name: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Directory for the bundle (key, certificate, CA chain).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Sign this CSR (PEM) instead of creating a key.
+        #[arg(long, value_name = "FILE")]
+        csr: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClaimCommand {
+    /// Create a claim certificate: shared by a production batch, it only lets a factory-fresh
+    /// device ask for its own certificate.
+    Add {
+        name: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// How many devices may provision with it.
+        #[arg(long)]
+        max_uses: Option<i64>,
+        /// How long it is valid (certificate lifetime and provisioning window), e.g. 30d.
+        #[arg(long, default_value = "30d")]
+        valid_for: humantime::Duration,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProvisionCommand {
+    /// Allow a serial number to provision (once).
+    Allow {
+        serial: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// The device id it gets (default: the serial number).
+        #[arg(long)]
+        device_id: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long = "attr", value_name = "NAME=VALUE")]
+        attrs: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Trust another CA: unknown devices whose certificate it signed are registered on their
+    /// first connection (just-in-time registration).
+    Register {
+        /// The CA certificate (PEM).
+        cert: PathBuf,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Register new devices as pending until `rampart device approve` (default: active).
+        #[arg(long)]
+        pending: bool,
+        /// Group new devices join.
+        #[arg(long)]
+        group: Option<String>,
+        /// Policy attached to each new device.
+        #[arg(long)]
+        policy: Option<String>,
+        /// An attribute taken from the certificate subject, NAME=FIELD (FIELD: CN, O, OU, L,
+        /// ST, C, serialNumber). Repeatable.
+        #[arg(long = "attr", value_name = "NAME=FIELD")]
+        attrs: Vec<String>,
+    },
+    /// List trusted CAs.
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-sign the device CA's certificate revocation list and print it (or write it).
+    Crl {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Create or update a policy from a TOML or JSON file (applies to live sessions at once).
+    Put {
+        file: PathBuf,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// List policies and where they are attached.
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Print a policy (the current version, or --version N).
+    Show {
+        name: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// Attach a policy to fleet, claims, device:ID, group:NAME, service:NAME or claim:NAME.
+    Attach {
+        name: String,
+        target: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Detach a policy.
+    Detach {
+        name: String,
+        target: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Delete a policy and its attachments.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Check a policy file: syntax, overly permissive statements, statements that never match.
+    /// Exits 1 if it finds an error or a warning.
+    Lint { file: PathBuf },
 }
 
 /// A failed command: the error and, where one helps, what to do about it.
@@ -266,7 +485,98 @@ async fn main() -> ExitCode {
                 commands::device::disable(&dir.data_dir, &id).await
             }
             DeviceCommand::Enable { id, dir } => commands::device::enable(&dir.data_dir, &id).await,
+            DeviceCommand::Approve { id, dir } => {
+                commands::device::approve(&dir.data_dir, &id).await
+            }
+            DeviceCommand::Revoke { id, dir, reason } => {
+                commands::device::revoke(&dir.data_dir, &id, &reason).await
+            }
+            DeviceCommand::Quarantine { id, dir } => {
+                commands::device::quarantine(&dir.data_dir, &id, true).await
+            }
+            DeviceCommand::Release { id, dir } => {
+                commands::device::quarantine(&dir.data_dir, &id, false).await
+            }
+            DeviceCommand::Set {
+                id,
+                dir,
+                group,
+                no_group,
+                attrs,
+            } => commands::device::set(&dir.data_dir, &id, group, no_group, &attrs).await,
         },
+        Command::Service(ServiceCommand::Add {
+            name,
+            dir,
+            out,
+            csr,
+            force,
+        }) => {
+            commands::identity::add_service(
+                &dir.data_dir,
+                &name,
+                out.as_deref(),
+                csr.as_deref(),
+                force,
+            )
+            .await
+        }
+        Command::Claim(ClaimCommand::Add {
+            name,
+            dir,
+            out,
+            max_uses,
+            valid_for,
+            force,
+        }) => {
+            commands::identity::add_claim(
+                &dir.data_dir,
+                &name,
+                &out,
+                max_uses,
+                valid_for.into(),
+                force,
+            )
+            .await
+        }
+        Command::Provision(ProvisionCommand::Allow {
+            serial,
+            dir,
+            device_id,
+            group,
+            attrs,
+        }) => commands::identity::allow(&dir.data_dir, &serial, device_id, group, &attrs).await,
+        Command::Ca(cmd) => match cmd {
+            CaCommand::Register {
+                cert,
+                dir,
+                pending,
+                group,
+                policy,
+                attrs,
+            } => commands::ca::register(&dir.data_dir, &cert, pending, group, policy, &attrs).await,
+            CaCommand::List { dir, json } => commands::ca::list(&dir.data_dir, json).await,
+            CaCommand::Crl { dir, out } => commands::ca::crl(&dir.data_dir, out.as_deref()).await,
+        },
+        Command::Policy(cmd) => match cmd {
+            PolicyCommand::Put { file, dir } => commands::policy::put(&dir.data_dir, &file).await,
+            PolicyCommand::List { dir } => commands::policy::list(&dir.data_dir).await,
+            PolicyCommand::Show { name, dir, version } => {
+                commands::policy::show(&dir.data_dir, &name, version).await
+            }
+            PolicyCommand::Attach { name, target, dir } => {
+                commands::policy::attach(&dir.data_dir, &name, &target, true).await
+            }
+            PolicyCommand::Detach { name, target, dir } => {
+                commands::policy::attach(&dir.data_dir, &name, &target, false).await
+            }
+            PolicyCommand::Delete { name, dir } => {
+                commands::policy::delete(&dir.data_dir, &name).await
+            }
+            PolicyCommand::Lint { file } => commands::policy::lint(&file),
+        },
+        Command::Audit { dir, json } => commands::audit::run(&dir.data_dir, json).await,
+        Command::Log { dir, limit, json } => commands::audit::log(&dir.data_dir, limit, json).await,
         Command::Telemetry {
             id,
             dir,

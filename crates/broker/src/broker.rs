@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
 use rampart_mqtt::{Protocol, Publish, QoS, Will, reason};
 use rampart_policy::{Action, Authorizer, Decision, Identity};
 use rustls::ServerConfig;
@@ -39,6 +40,8 @@ pub struct ClientInfo {
 
 pub(crate) struct Shared {
     pub config: BrokerConfig,
+    /// The listener's TLS configuration; replaced when CAs or revocation lists change.
+    pub tls: RwLock<Arc<ServerConfig>>,
     pub hooks: Arc<dyn Hooks>,
     pub authorizer: Arc<dyn Authorizer>,
     pub router: Router,
@@ -75,12 +78,14 @@ impl Broker {
     /// Creates a broker. It serves nothing until [`Broker::serve`] is called.
     pub fn new(
         config: BrokerConfig,
+        tls: Arc<ServerConfig>,
         hooks: Arc<dyn Hooks>,
         authorizer: Arc<dyn Authorizer>,
     ) -> Self {
         Broker {
             shared: Arc::new(Shared {
                 config,
+                tls: RwLock::new(tls),
                 hooks,
                 authorizer,
                 router: Router::default(),
@@ -90,6 +95,12 @@ impl Broker {
                 generation: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Replaces the TLS configuration for new connections (e.g. a new revocation list or a
+    /// newly trusted CA). Established connections are judged by [`Broker::disconnect_where`].
+    pub fn set_tls_config(&self, tls: Arc<ServerConfig>) {
+        *self.shared.tls.write() = tls;
     }
 
     /// Loads retained messages saved by a previous run. Corrupt or expired entries are
@@ -115,12 +126,7 @@ impl Broker {
     }
 
     /// Accepts connections on `listener` until [`Broker::shutdown`].
-    pub async fn serve(
-        &self,
-        listener: TcpListener,
-        tls: Arc<ServerConfig>,
-    ) -> std::io::Result<()> {
-        let acceptor = TlsAcceptor::from(tls);
+    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
         let shared = &self.shared;
         loop {
             let accepted = tokio::select! {
@@ -152,24 +158,26 @@ impl Broker {
                     .with_time(Duration::from_secs(120))
                     .with_interval(Duration::from_secs(30)),
             );
-            tokio::spawn(crate::connection::run(
-                shared.clone(),
-                tcp,
-                addr,
-                acceptor.clone(),
-            ));
+            let acceptor = TlsAcceptor::from(shared.tls.read().clone());
+            tokio::spawn(crate::connection::run(shared.clone(), tcp, addr, acceptor));
         }
     }
 
     /// Closes every live connection whose certificate identity is `identity_id` (e.g. when a
     /// device is disabled). Returns how many connections were closed.
     pub fn disconnect_identity(&self, identity_id: &str, why: &str) -> usize {
+        self.disconnect_where(|i| &*i.id == identity_id, why)
+    }
+
+    /// Closes every live connection whose identity satisfies `pred` (MQTT 5 clients get
+    /// DISCONNECT 0x98, administrative action). Returns how many were closed.
+    pub fn disconnect_where(&self, pred: impl Fn(&Identity) -> bool, why: &str) -> usize {
         let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();
         let mut n = 0;
         for s in sessions {
             let st = s.state.lock();
-            if &*st.identity.id == identity_id
-                && let Some(c) = &st.connection
+            if let Some(c) = &st.connection
+                && pred(&st.identity)
             {
                 c.kick(Kick {
                     reason: reason::ADMINISTRATIVE_ACTION,
@@ -180,6 +188,36 @@ impl Broker {
             }
         }
         n
+    }
+
+    /// Identities of the live connections (for audits such as "revoked but still connected").
+    pub fn connected_identities(&self) -> Vec<Identity> {
+        let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();
+        sessions
+            .iter()
+            .filter_map(|s| {
+                let st = s.state.lock();
+                st.connection.as_ref().map(|_| st.identity.clone())
+            })
+            .collect()
+    }
+
+    /// Publishes a message from the hub itself (responses on `$rampart/...` topics, for
+    /// instance): routed to subscribers like any message, retained if asked.
+    pub async fn publish(&self, topic: &str, payload: Bytes, qos: QoS, retain: bool) {
+        let msg = Arc::new(Message {
+            topic: topic.into(),
+            payload,
+            qos,
+            retain,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+        });
+        if retain && let Err(e) = self.shared.retain(&msg).await {
+            tracing::error!(%topic, error = %e, "could not store retained message");
+        }
+        self.shared.route(msg).await;
     }
 
     /// Stops accepting and closes every connection (MQTT 5 clients are told "server shutting

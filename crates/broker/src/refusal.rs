@@ -50,6 +50,10 @@ reasons! {
     UnknownDevice => "unknown_device", reason::NOT_AUTHORIZED, 5;
     UnknownCertificate => "unknown_certificate", reason::NOT_AUTHORIZED, 5;
     DeviceDisabled => "device_disabled", reason::BANNED, 5;
+    DevicePending => "device_pending", reason::NOT_AUTHORIZED, 5;
+    CertificateRevoked => "certificate_revoked", reason::NOT_AUTHORIZED, 5;
+    CertificateRetired => "certificate_retired", reason::NOT_AUTHORIZED, 5;
+    ClaimExhausted => "claim_exhausted", reason::NOT_AUTHORIZED, 5;
     ConnectNotAuthorized => "connect_not_authorized", reason::NOT_AUTHORIZED, 5;
     BadAuthenticationMethod => "bad_authentication_method", reason::BAD_AUTHENTICATION_METHOD, 5;
     ServerBusy => "server_busy", reason::SERVER_BUSY, 3;

@@ -218,7 +218,9 @@ mod tests {
             Identity {
                 kind: IdentityKind::Device,
                 id: id.into(),
+                client_id: id.into(),
                 cert_serial: "00".into(),
+                cert_fingerprint: "00".into(),
             },
             Protocol::V5,
             10,

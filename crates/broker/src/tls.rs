@@ -87,8 +87,12 @@ pub fn server_config(m: TlsMaterial) -> Result<Arc<ServerConfig>, TlsSetupError>
             .add(ca)
             .map_err(|e| TlsSetupError::ClientCa(e.to_string()))?;
     }
+    // Revocation is checked on the client's own certificate against the CRLs given; CAs
+    // without a CRL here (just-in-time CAs of other vendors) are checked by the registry.
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(m.crls)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
         .build()
         .map_err(|e| TlsSetupError::ClientCa(e.to_string()))?;
     let config = ServerConfig::builder_with_provider(provider)

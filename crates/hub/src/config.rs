@@ -2,7 +2,8 @@
 //!
 //! Every field has a default, a comment in the file `rampart init` writes, and a check at
 //! start; an unknown field or an out-of-range value stops the hub with a message that names
-//! the field. Relative paths are relative to the data directory.
+//! the field. Relative paths are relative to the data directory. Durations are humantime
+//! strings ("90d", "24h", "30s").
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,8 +23,12 @@ pub struct HubConfig {
     pub mqtt: MqttConfig,
     pub tls: TlsConfig,
     pub pki: PkiConfig,
+    pub policy: PolicyConfig,
+    pub provisioning: ProvisioningConfig,
+    pub device_api: DeviceApiConfig,
     pub storage: StorageConfig,
     pub metrics: MetricsConfig,
+    pub audit: AuditConfig,
 }
 
 /// `[mqtt]`: the device-facing MQTT/TLS listener.
@@ -77,15 +82,21 @@ impl Default for TlsConfig {
     }
 }
 
-/// `[pki]`: the certificate authority that issues device certificates.
+/// `[pki]`: the certificate authority, certificate lifetimes, revocation and tokens.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PkiConfig {
     pub root_ca_cert: PathBuf,
     pub device_ca_cert: PathBuf,
     pub device_ca_key: PathBuf,
-    pub device_cert_days: u32,
+    pub crl_file: PathBuf,
+    pub token_key: PathBuf,
+    pub device_cert_lifetime: String,
     pub key_algorithm: String,
+    pub renewal: bool,
+    pub rotation_overlap: String,
+    pub crl_validity: String,
+    pub token_lifetime: String,
 }
 
 impl Default for PkiConfig {
@@ -94,8 +105,67 @@ impl Default for PkiConfig {
             root_ca_cert: "pki/root-ca.crt".into(),
             device_ca_cert: "pki/device-ca.crt".into(),
             device_ca_key: "pki/device-ca.key".into(),
-            device_cert_days: 90,
+            crl_file: "pki/device-ca.crl".into(),
+            token_key: "pki/token.key".into(),
+            device_cert_lifetime: "90d".into(),
             key_algorithm: "ecdsa-p256".into(),
+            renewal: true,
+            rotation_overlap: "24h".into(),
+            crl_validity: "7d".into(),
+            token_lifetime: "1h".into(),
+        }
+    }
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub quarantine: String,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            quarantine: "quarantine".into(),
+        }
+    }
+}
+
+/// `[provisioning]`: fleet provisioning by claim certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisioningConfig {
+    pub allowlist: bool,
+    pub hook_command: String,
+    pub hook_url: String,
+    pub hook_ca: PathBuf,
+    pub hook_timeout: String,
+}
+
+impl Default for ProvisioningConfig {
+    fn default() -> Self {
+        ProvisioningConfig {
+            allowlist: true,
+            hook_command: String::new(),
+            hook_url: String::new(),
+            hook_ca: PathBuf::new(),
+            hook_timeout: "5s".into(),
+        }
+    }
+}
+
+/// `[device_api]`: HTTPS endpoints for devices (client certificate + token).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceApiConfig {
+    pub listen: String,
+}
+
+impl Default for DeviceApiConfig {
+    fn default() -> Self {
+        DeviceApiConfig {
+            listen: "0.0.0.0:8443".into(),
         }
     }
 }
@@ -138,13 +208,35 @@ impl Default for MetricsConfig {
     }
 }
 
+/// `[audit]`: the identity audit.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub interval: String,
+    pub certificate_expiry_warning: String,
+    pub max_certificate_age: String,
+    pub ca_expiry_warning: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            interval: "24h".into(),
+            certificate_expiry_warning: "14d".into(),
+            max_certificate_age: "365d".into(),
+            ca_expiry_warning: "90d".into(),
+        }
+    }
+}
+
 /// The file `rampart init` writes: every field, its default and what it means.
 pub fn template(hostnames: &[String]) -> String {
     let d = HubConfig::default();
     format!(
         r#"# Rampart hub configuration (rampart.toml).
 # Every field is optional; the values below are the defaults. Relative paths are relative to
-# the data directory that holds this file. See docs/configuration.md.
+# the data directory that holds this file. Durations: "30s", "24h", "90d". See
+# docs/configuration.md.
 
 [mqtt]
 # Address of the device-facing MQTT over TLS listener. `rampart hub --listen` overrides it.
@@ -171,20 +263,53 @@ max_connections = {mc}
 # The hub's server certificate and key (SANs: {names}).
 server_cert = "{sc}"
 server_key = "{sk}"
-# CA certificate(s) whose client certificates may connect: the device CA.
+# CA certificate whose client certificates may connect: the device CA. CAs registered with
+# `rampart ca register` are trusted in addition.
 client_ca = "{cca}"
 
 [pki]
 # Root CA certificate (what devices trust to authenticate the hub). Its private key,
 # pki/root-ca.key, is needed only to re-issue the hub or device CA: move it offline.
 root_ca_cert = "{root}"
-# The device issuing CA, used by `rampart device add`.
+# The device issuing CA, used by `rampart device add`, provisioning and renewals.
 device_ca_cert = "{dca}"
 device_ca_key = "{dcak}"
-# Lifetime of device certificates, in days.
-device_cert_days = {days}
+# The device CA's revocation list, rewritten on every revocation (`rampart ca crl`).
+crl_file = "{crl}"
+# The key that signs device session tokens (created on first start if missing).
+token_key = "{tk}"
+# Lifetime of device certificates.
+device_cert_lifetime = "{life}"
 # Key type for keys the hub creates: "ecdsa-p256" or "ed25519".
 key_algorithm = "{alg}"
+# Whether devices may renew their certificate over MQTT (by CSR, with a new key).
+renewal = {renewal}
+# After a renewal the old certificate stays valid this long, then it is retired.
+rotation_overlap = "{overlap}"
+# Validity of each CRL; the hub re-signs it well before it expires.
+crl_validity = "{crlv}"
+# Lifetime of device session tokens (at most 1h).
+token_lifetime = "{tl}"
+
+[policy]
+# The policy a quarantined device gets instead of its own.
+quarantine = "{quarantine}"
+
+[provisioning]
+# Provisioning by claim certificate: a serial number must be on the allow-list
+# (`rampart provision allow SERIAL`) or be allowed by a hook.
+allowlist = {allowlist}
+# A command run with the request as JSON on stdin; it prints {{"allow": true|false, ...}}.
+hook_command = "{hookc}"
+# An http(s) URL the request is POSTed to as JSON; it answers the same JSON.
+hook_url = "{hooku}"
+# CA bundle (PEM) that authenticates an https hook_url.
+hook_ca = "{hookca}"
+hook_timeout = "{hookt}"
+
+[device_api]
+# HTTPS endpoints for devices (client certificate and a session token required); "" disables.
+listen = "{api}"
 
 [storage]
 # "sqlite" (embedded default).
@@ -200,6 +325,15 @@ ingest_queue = {iq}
 [metrics]
 # Prometheus endpoint (GET /metrics, /healthz). Loopback by default; "" disables it.
 listen = "{ml}"
+
+[audit]
+# How often the hub runs the identity audit (`rampart audit` runs it on demand).
+interval = "{ai}"
+# Warn about device certificates expiring within this time, or older than the maximum age.
+certificate_expiry_warning = "{cew}"
+max_certificate_age = "{mca}"
+# Warn about CA certificates expiring within this time.
+ca_expiry_warning = "{caw}"
 "#,
         listen = d.mqtt.listen,
         mps = d.mqtt.max_packet_size,
@@ -217,15 +351,38 @@ listen = "{ml}"
         root = d.pki.root_ca_cert.display(),
         dca = d.pki.device_ca_cert.display(),
         dcak = d.pki.device_ca_key.display(),
-        days = d.pki.device_cert_days,
+        crl = d.pki.crl_file.display(),
+        tk = d.pki.token_key.display(),
+        life = d.pki.device_cert_lifetime,
         alg = d.pki.key_algorithm,
+        renewal = d.pki.renewal,
+        overlap = d.pki.rotation_overlap,
+        crlv = d.pki.crl_validity,
+        tl = d.pki.token_lifetime,
+        quarantine = d.policy.quarantine,
+        allowlist = d.provisioning.allowlist,
+        hookc = d.provisioning.hook_command,
+        hooku = d.provisioning.hook_url,
+        hookca = d.provisioning.hook_ca.display(),
+        hookt = d.provisioning.hook_timeout,
+        api = d.device_api.listen,
         backend = d.storage.backend,
         db = d.storage.sqlite_path.display(),
         sync = d.storage.synchronous,
         ib = d.storage.ingest_batch,
         iq = d.storage.ingest_queue,
         ml = d.metrics.listen,
+        ai = d.audit.interval,
+        cew = d.audit.certificate_expiry_warning,
+        mca = d.audit.max_certificate_age,
+        caw = d.audit.ca_expiry_warning,
     )
+}
+
+/// Parses a humantime duration from a configuration field.
+fn duration(field: &str, value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value)
+        .map_err(|e| format!("{field} = {value:?}: {e} (e.g. \"30s\", \"24h\", \"90d\")"))
 }
 
 impl HubConfig {
@@ -264,12 +421,18 @@ impl HubConfig {
                 Ok(())
             }
         }
-        self.mqtt.listen.parse::<SocketAddr>().map_err(|e| {
-            format!(
-                "mqtt.listen = {:?}: {e} (expected ADDR:PORT)",
-                self.mqtt.listen
-            )
-        })?;
+        fn addr(field: &str, v: &str, optional: bool) -> Result<(), String> {
+            if optional && v.is_empty() {
+                return Ok(());
+            }
+            v.parse::<SocketAddr>().map(|_| ()).map_err(|e| {
+                format!(
+                    "{field} = {v:?}: {e} (expected ADDR:PORT{})",
+                    if optional { " or \"\"" } else { "" }
+                )
+            })
+        }
+        addr("mqtt.listen", &self.mqtt.listen, false)?;
         within(
             "mqtt.max_packet_size",
             self.mqtt.max_packet_size,
@@ -313,8 +476,42 @@ impl HubConfig {
             1,
             10_000_000,
         )?;
-        within("pki.device_cert_days", self.pki.device_cert_days, 1, 3650)?;
+        let life = self.device_cert_lifetime()?;
+        if life < Duration::from_secs(60) || life > Duration::from_secs(10 * 365 * 86_400) {
+            return Err(format!(
+                "pki.device_cert_lifetime = {:?} is out of range (1m to 3650d)",
+                self.pki.device_cert_lifetime
+            ));
+        }
         self.key_algorithm()?;
+        self.rotation_overlap()?;
+        let crl = self.crl_validity()?;
+        if crl < Duration::from_secs(3600) {
+            return Err("pki.crl_validity must be at least 1h".into());
+        }
+        let tl = self.token_lifetime()?;
+        if tl.is_zero() || tl > Duration::from_secs(3600) {
+            return Err(format!(
+                "pki.token_lifetime = {:?} is out of range (1s to 1h)",
+                self.pki.token_lifetime
+            ));
+        }
+        if self.policy.quarantine.is_empty() {
+            return Err("policy.quarantine must name a policy".into());
+        }
+        self.hook_timeout()?;
+        let url = &self.provisioning.hook_url;
+        if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err(format!(
+                "provisioning.hook_url = {url:?}: expected an http:// or https:// URL"
+            ));
+        }
+        if self.provisioning.hook_url.starts_with("https://")
+            && self.provisioning.hook_ca.as_os_str().is_empty()
+        {
+            return Err("provisioning.hook_ca is required for an https:// hook_url".into());
+        }
+        addr("device_api.listen", &self.device_api.listen, true)?;
         if self.storage.backend != "sqlite" {
             return Err(format!(
                 "storage.backend = {:?}: only \"sqlite\" is available in this build",
@@ -334,14 +531,12 @@ impl HubConfig {
             1,
             10_000_000,
         )?;
-        if !self.metrics.listen.is_empty() {
-            self.metrics.listen.parse::<SocketAddr>().map_err(|e| {
-                format!(
-                    "metrics.listen = {:?}: {e} (expected ADDR:PORT or \"\")",
-                    self.metrics.listen
-                )
-            })?;
+        addr("metrics.listen", &self.metrics.listen, true)?;
+        let interval = self.audit_interval()?;
+        if interval < Duration::from_secs(1) {
+            return Err("audit.interval must be at least 1s".into());
         }
+        self.audit_thresholds()?;
         Ok(())
     }
 
@@ -359,6 +554,42 @@ impl HubConfig {
             .synchronous
             .parse()
             .map_err(|e| format!("storage.synchronous: {e}"))
+    }
+
+    pub fn device_cert_lifetime(&self) -> Result<Duration, String> {
+        duration("pki.device_cert_lifetime", &self.pki.device_cert_lifetime)
+    }
+
+    pub fn rotation_overlap(&self) -> Result<Duration, String> {
+        duration("pki.rotation_overlap", &self.pki.rotation_overlap)
+    }
+
+    pub fn crl_validity(&self) -> Result<Duration, String> {
+        duration("pki.crl_validity", &self.pki.crl_validity)
+    }
+
+    pub fn token_lifetime(&self) -> Result<Duration, String> {
+        duration("pki.token_lifetime", &self.pki.token_lifetime)
+    }
+
+    pub fn hook_timeout(&self) -> Result<Duration, String> {
+        duration("provisioning.hook_timeout", &self.provisioning.hook_timeout)
+    }
+
+    pub fn audit_interval(&self) -> Result<Duration, String> {
+        duration("audit.interval", &self.audit.interval)
+    }
+
+    /// (certificate expiry warning, maximum certificate age, CA expiry warning).
+    pub fn audit_thresholds(&self) -> Result<(Duration, Duration, Duration), String> {
+        Ok((
+            duration(
+                "audit.certificate_expiry_warning",
+                &self.audit.certificate_expiry_warning,
+            )?,
+            duration("audit.max_certificate_age", &self.audit.max_certificate_age)?,
+            duration("audit.ca_expiry_warning", &self.audit.ca_expiry_warning)?,
+        ))
     }
 
     /// Broker limits from `[mqtt]`.
@@ -394,6 +625,20 @@ mod tests {
             ("[mqtt]\nlisten = \"nope\"", "mqtt.listen"),
             ("[mqtt]\nmax_packet_size = 10", "mqtt.max_packet_size"),
             ("[pki]\nkey_algorithm = \"rsa\"", "pki.key_algorithm"),
+            (
+                "[pki]\ndevice_cert_lifetime = \"soon\"",
+                "pki.device_cert_lifetime",
+            ),
+            (
+                "[pki]\ndevice_cert_lifetime = \"10s\"",
+                "pki.device_cert_lifetime",
+            ),
+            ("[pki]\ntoken_lifetime = \"2h\"", "pki.token_lifetime"),
+            (
+                "[provisioning]\nhook_url = \"ftp://x\"",
+                "provisioning.hook_url",
+            ),
+            ("[device_api]\nlisten = \"x\"", "device_api.listen"),
             (
                 "[storage]\nsynchronous = \"sometimes\"",
                 "storage.synchronous",

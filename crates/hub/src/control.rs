@@ -3,14 +3,13 @@
 //! A Unix socket in the data directory (`hub.sock`, mode 0600, inside the 0700 data
 //! directory), never a network port. One JSON request per line, one JSON response per line.
 //! The CLI changes the registry itself and then tells the hub, which applies the change to
-//! live sessions (e.g. a disabled device is disconnected at once).
+//! live sessions (e.g. a disabled device is disconnected at once). What the hub does with each
+//! request lives in `live`.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rampart_broker::Broker;
-use rampart_store::{DeviceStatus, Store};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -22,8 +21,17 @@ use crate::metrics::MetricsSnapshot;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// The registry entry of a device changed: re-read it and apply it to live sessions.
+    /// The registry entry of an identity changed (status, approval, group, attributes,
+    /// quarantine): re-read it and apply it to live sessions.
     DeviceChanged { id: String },
+    /// Policies or attachments changed.
+    PoliciesChanged,
+    /// Trusted CAs or the CRL changed: rebuild the TLS configuration.
+    TrustChanged,
+    /// Certificates were revoked: rebuild TLS and drop sessions that use them.
+    CertificatesRevoked { serials: Vec<String> },
+    /// Run the identity audit with the live sessions.
+    Audit,
     /// Counters and connected clients.
     Status,
 }
@@ -53,60 +61,23 @@ pub struct Response {
     pub metrics: Option<MetricsSnapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clients: Option<Vec<ClientReport>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Vec<crate::audit::Finding>>,
 }
 
-pub(crate) struct Handler {
-    pub broker: Broker,
-    pub store: Arc<dyn Store>,
-    pub snapshot: Arc<dyn Fn() -> MetricsSnapshot + Send + Sync>,
-}
+impl Response {
+    pub(crate) fn ok() -> Self {
+        Response {
+            ok: true,
+            ..Default::default()
+        }
+    }
 
-impl Handler {
-    async fn handle(&self, req: Request) -> Response {
-        match req {
-            Request::DeviceChanged { id } => match self.store.device(&id).await {
-                Ok(Some(d)) if d.status == DeviceStatus::Active => Response {
-                    ok: true,
-                    disconnected: Some(0),
-                    ..Default::default()
-                },
-                Ok(_) => {
-                    let n = self
-                        .broker
-                        .disconnect_identity(&id, "device disabled or removed by the operator");
-                    tracing::info!(device = %id, connections = n, "device disabled: live sessions closed");
-                    Response {
-                        ok: true,
-                        disconnected: Some(n),
-                        ..Default::default()
-                    }
-                }
-                Err(e) => Response {
-                    ok: false,
-                    error: Some(e.to_string()),
-                    ..Default::default()
-                },
-            },
-            Request::Status => Response {
-                ok: true,
-                metrics: Some((self.snapshot)()),
-                clients: Some(
-                    self.broker
-                        .clients()
-                        .into_iter()
-                        .map(|c| ClientReport {
-                            client_id: c.client_id,
-                            identity: c.identity,
-                            protocol: c.protocol.to_string(),
-                            connected: c.connected,
-                            subscriptions: c.subscriptions,
-                            queued: c.queued,
-                            inflight: c.inflight,
-                        })
-                        .collect(),
-                ),
-                ..Default::default()
-            },
+    pub(crate) fn error(e: impl std::fmt::Display) -> Self {
+        Response {
+            ok: false,
+            error: Some(e.to_string()),
+            ..Default::default()
         }
     }
 }
@@ -136,7 +107,7 @@ pub(crate) async fn bind(path: &Path) -> Result<UnixListener, HubError> {
     Ok(listener)
 }
 
-pub(crate) async fn serve(listener: UnixListener, handler: Arc<Handler>) {
+pub(crate) async fn serve(listener: UnixListener, handler: Arc<crate::live::Live>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

@@ -18,8 +18,11 @@ use rampart_bms::TelemetryMessage;
 use rampart_broker::{ConnectRequest, Durable, Hooks, Refusal, RefusalReason};
 use rampart_mqtt::Publish;
 use rampart_policy::{DEVICE_TOPIC_ROOT, Identity, IdentityKind};
-use rampart_store::{CertificateStatus, DeviceStatus, IngestQueue, Seen, Store, TelemetryRow};
+use rampart_store::{CertificateUsage, IngestQueue, Seen, Store, TelemetryRow};
 use time::OffsetDateTime;
+
+use crate::identity::Authenticator;
+use crate::server_topics::ServerTopics;
 
 /// Suffix of the telemetry topic under a device's namespace.
 pub const TELEMETRY_SUFFIX: &str = "/telemetry";
@@ -28,6 +31,8 @@ pub(crate) struct HubHooks {
     pub store: Arc<dyn Store>,
     pub ingest: IngestQueue,
     pub seen: Arc<SeenBatcher>,
+    pub auth: Arc<Authenticator>,
+    pub server: Arc<ServerTopics>,
 }
 
 /// The device id of a telemetry topic `devices/{id}/telemetry`.
@@ -65,80 +70,19 @@ pub(crate) fn telemetry_row(device_id: &str, msg: &TelemetryMessage, body: Strin
 #[async_trait]
 impl Hooks for HubHooks {
     async fn authenticate(&self, req: &ConnectRequest<'_>) -> Result<Identity, Refusal> {
-        let info = &req.certificate.info;
-        let cn = info.common_name.as_deref().ok_or_else(|| {
-            Refusal::new(
-                RefusalReason::UnknownDevice,
-                "client certificate has no subject CN",
-            )
-        })?;
-        let storage_err = |e: rampart_store::StoreError| {
-            Refusal::new(
-                RefusalReason::ServerBusy,
-                format!("registry unavailable: {e}"),
-            )
-        };
-        let device = self
-            .store
-            .device(cn)
-            .await
-            .map_err(storage_err)?
-            .ok_or_else(|| {
-                Refusal::new(
-                    RefusalReason::UnknownDevice,
-                    format!("device {cn:?} is not registered"),
-                )
-            })?;
-        if device.status == DeviceStatus::Disabled {
-            return Err(Refusal::new(
-                RefusalReason::DeviceDisabled,
-                format!("device {cn:?} is disabled"),
-            ));
-        }
-        let cert = self
-            .store
-            .certificate_by_fingerprint(&info.fingerprint)
-            .await
-            .map_err(storage_err)?;
-        match cert {
-            Some(c) if c.device_id == cn && c.status == CertificateStatus::Valid => {}
-            Some(c) if c.device_id != cn => {
-                return Err(Refusal::new(
-                    RefusalReason::UnknownCertificate,
-                    format!(
-                        "certificate {} is registered to another device",
-                        info.serial
-                    ),
-                ));
-            }
-            Some(c) => {
-                return Err(Refusal::new(
-                    RefusalReason::UnknownCertificate,
-                    format!("certificate {} is {}", info.serial, c.status.as_str()),
-                ));
-            }
-            None => {
-                return Err(Refusal::new(
-                    RefusalReason::UnknownCertificate,
-                    format!(
-                        "certificate {} (CN {cn:?}) is signed by the device CA but not registered",
-                        info.serial
-                    ),
-                ));
-            }
-        }
-        Ok(Identity {
-            kind: IdentityKind::Device,
-            id: cn.into(),
-            cert_serial: info.serial.as_str().into(),
-        })
+        let identity = self.auth.authenticate(req).await?;
+        self.seen.used(&identity);
+        Ok(identity)
     }
 
     async fn on_publish(
         &self,
-        _identity: &Identity,
+        identity: &Identity,
         publish: &Publish,
     ) -> Result<Option<Durable>, Refusal> {
+        if self.server.dispatch(identity, publish) {
+            return Ok(None);
+        }
         let Some(device_id) = telemetry_device(&publish.topic) else {
             return Ok(None);
         };
@@ -175,10 +119,12 @@ impl Hooks for HubHooks {
     }
 }
 
-/// Coalesces "device seen" updates and writes them once a second.
+/// Coalesces "device seen" updates and certificate usage, and writes them once a second, so
+/// a connect storm does not become a write storm.
 #[derive(Default)]
 pub(crate) struct SeenBatcher {
     pending: Mutex<HashMap<String, (OffsetDateTime, String)>>,
+    usage: Mutex<HashMap<(String, String), OffsetDateTime>>,
 }
 
 impl SeenBatcher {
@@ -186,6 +132,16 @@ impl SeenBatcher {
         self.pending.lock().insert(
             device_id.to_owned(),
             (OffsetDateTime::now_utc(), address.to_string()),
+        );
+    }
+
+    fn used(&self, identity: &Identity) {
+        self.usage.lock().insert(
+            (
+                identity.cert_fingerprint.to_string(),
+                identity.client_id.to_string(),
+            ),
+            OffsetDateTime::now_utc(),
         );
     }
 
@@ -201,11 +157,26 @@ impl SeenBatcher {
                 address,
             })
             .collect();
-        if batch.is_empty() {
-            return;
-        }
-        if let Err(e) = store.record_seen_many(&batch).await {
+        if !batch.is_empty()
+            && let Err(e) = store.record_seen_many(&batch).await
+        {
             tracing::warn!(error = %e, devices = batch.len(), "could not record last-seen times");
+        }
+        let usage: Vec<CertificateUsage> = self
+            .usage
+            .lock()
+            .drain()
+            .map(|((fingerprint, client_id), at)| CertificateUsage {
+                fingerprint,
+                client_id,
+                first_seen: at,
+                last_seen: at,
+            })
+            .collect();
+        if !usage.is_empty()
+            && let Err(e) = store.record_certificate_usage(&usage).await
+        {
+            tracing::warn!(error = %e, "could not record certificate usage");
         }
     }
 

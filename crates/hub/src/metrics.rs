@@ -8,6 +8,30 @@ use std::sync::atomic::Ordering;
 
 use rampart_broker::{Metrics, RefusalReason};
 use rampart_store::IngestStats;
+
+use crate::audit::{Finding, Severity};
+use crate::device_api::ApiMetrics;
+
+/// Findings of the last scheduled audit, by severity (low, medium, high, critical).
+#[derive(Debug, Default)]
+pub struct AuditCounts([std::sync::atomic::AtomicU64; 4]);
+
+impl AuditCounts {
+    pub(crate) fn set(&self, findings: &[Finding]) {
+        for (i, sev) in [
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        ]
+        .iter()
+        .enumerate()
+        {
+            let n = findings.iter().filter(|f| f.severity == *sev).count() as u64;
+            self.0[i].store(n, Ordering::Relaxed);
+        }
+    }
+}
 use serde::{Deserialize, Serialize};
 
 /// Counter and gauge values at one instant.
@@ -123,8 +147,13 @@ const DEFS: &[Def] = &[
     },
 ];
 
-/// Takes a snapshot of broker and ingest counters.
-pub fn snapshot(m: &Metrics, ingest: &Arc<IngestStats>) -> MetricsSnapshot {
+/// Takes a snapshot of broker, ingest, device API and audit counters.
+pub fn snapshot(
+    m: &Metrics,
+    ingest: &Arc<IngestStats>,
+    api: &ApiMetrics,
+    audit: &AuditCounts,
+) -> MetricsSnapshot {
     let u = |a: &std::sync::atomic::AtomicU64| {
         i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
     };
@@ -149,6 +178,18 @@ pub fn snapshot(m: &Metrics, ingest: &Arc<IngestStats>) -> MetricsSnapshot {
         u(&ingest.inserted),
         u(&ingest.batches),
         u(&ingest.failed),
+        u(&api.requests),
+        u(&api.tls_refused),
+        u(&api.certificate_refused),
+        u(&api.token_missing),
+        u(&api.token_expired),
+        u(&api.token_forged),
+        u(&api.token_wrong_device),
+        u(&api.token_malformed),
+        u(&audit.0[0]),
+        u(&audit.0[1]),
+        u(&audit.0[2]),
+        u(&audit.0[3]),
     ];
     MetricsSnapshot {
         values: DEFS
@@ -191,7 +232,12 @@ mod tests {
     #[test]
     fn exposition_lists_every_metric_and_reason() {
         let m = Metrics::default();
-        let s = snapshot(&m, &Arc::new(IngestStats::default()));
+        let s = snapshot(
+            &m,
+            &Arc::new(IngestStats::default()),
+            &ApiMetrics::default(),
+            &AuditCounts::default(),
+        );
         let text = render(&s);
         for d in DEFS {
             assert!(text.contains(&format!("# TYPE {} {}", d.name, d.kind)));

@@ -1,22 +1,31 @@
 //! Starting and stopping the hub.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use rampart_broker::Broker;
-use rampart_broker::tls::{TlsMaterial, server_config};
-use rampart_policy::DeviceNamespace;
-use rampart_store::{IngestQueue, SqliteOptions, SqliteStore, Store};
+use rampart_store::{AuditEntry, IngestQueue, SqliteOptions, SqliteStore, Store};
+use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::audit;
 use crate::config::HubConfig;
 use crate::control;
 use crate::datadir::DataDir;
+use crate::device_api::{self, ApiMetrics, ApiState};
 use crate::error::HubError;
 use crate::hooks::{HubHooks, SeenBatcher};
-use crate::metrics::{self, MetricsSnapshot};
+use crate::identity::Authenticator;
+use crate::live::Live;
+use crate::metrics::{self, AuditCounts, MetricsSnapshot};
+use crate::pki_state;
+use crate::policies;
+use crate::provision_hook::Hook;
+use crate::server_topics::{ServerTopicConfig, ServerTopics};
 
 /// A running hub.
 pub struct Hub {
@@ -26,9 +35,11 @@ pub struct Hub {
     seen: Arc<SeenBatcher>,
     mqtt_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    api_addr: Option<SocketAddr>,
     serve: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
     socket_path: std::path::PathBuf,
+    snapshot: Arc<dyn Fn() -> MetricsSnapshot + Send + Sync>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -36,20 +47,47 @@ impl std::fmt::Debug for Hub {
         f.debug_struct("Hub")
             .field("mqtt_addr", &self.mqtt_addr)
             .field("metrics_addr", &self.metrics_addr)
+            .field("api_addr", &self.api_addr)
             .finish_non_exhaustive()
     }
 }
 
-/// Opens the store a configuration names.
+/// Opens the store a configuration names, installing the built-in policies in a new one.
 pub async fn open_store(dir: &DataDir, cfg: &HubConfig) -> Result<SqliteStore, HubError> {
     let mut opts = SqliteOptions::new(dir.resolve(&cfg.storage.sqlite_path));
     opts.synchronous = cfg.synchronous().map_err(HubError::Invalid)?;
-    Ok(SqliteStore::open(&opts).await?)
+    let store = SqliteStore::open(&opts).await?;
+    if policies::install_builtin(&store).await? {
+        tracing::info!(
+            "installed the built-in policies: fleet-default (fleet), quarantine, provisioning (claims)"
+        );
+    }
+    Ok(store)
+}
+
+async fn bind(addr: &str, what: &str) -> Result<Option<(TcpListener, SocketAddr)>, HubError> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let a: SocketAddr = addr
+        .parse()
+        .map_err(|e| HubError::Invalid(format!("{what}: {e}")))?;
+    let l = TcpListener::bind(a)
+        .await
+        .map_err(|source| HubError::Bind {
+            addr: a.to_string(),
+            source,
+        })?;
+    let bound = l.local_addr().map_err(|source| HubError::Bind {
+        addr: a.to_string(),
+        source,
+    })?;
+    Ok(Some((l, bound)))
 }
 
 impl Hub {
-    /// Starts the hub of `dir`: store, broker, MQTT/TLS listener, metrics endpoint and control
-    /// socket. `listen` overrides `mqtt.listen`.
+    /// Starts the hub of `dir`: store, policy engine, broker, MQTT/TLS listener, device API,
+    /// metrics endpoint, control socket and background tasks. `listen` overrides `mqtt.listen`.
     pub async fn start(
         dir: &DataDir,
         cfg: HubConfig,
@@ -57,108 +95,161 @@ impl Hub {
     ) -> Result<Hub, HubError> {
         let store = Arc::new(open_store(dir, &cfg).await?);
         let dyn_store: Arc<dyn Store> = store.clone();
+        let engine = Arc::new(policies::load_engine(&*dyn_store, &cfg).await?);
+        let auth = Arc::new(
+            Authenticator::new(
+                dyn_store.clone(),
+                engine.clone(),
+                cfg.policy.quarantine.clone(),
+            )
+            .await?,
+        );
         let ingest = IngestQueue::spawn(
             dyn_store.clone(),
             cfg.storage.ingest_queue,
             cfg.storage.ingest_batch,
         );
         let seen = Arc::new(SeenBatcher::default());
+        let ca = Arc::new(dir.device_ca(&cfg)?);
+        let token_key = Arc::new(pki_state::token_key(dir, &cfg)?);
+        if !dir.resolve(&cfg.pki.crl_file).exists() {
+            pki_state::publish_crl(dir, &cfg, &*dyn_store).await?;
+        }
+        let tls = pki_state::tls_config(dir, &cfg, &*dyn_store).await?;
+        let tls_holder = Arc::new(RwLock::new(tls.clone()));
+
+        let hook = if !cfg.provisioning.hook_command.is_empty() {
+            Some(Hook::Command(cfg.provisioning.hook_command.clone()))
+        } else if !cfg.provisioning.hook_url.is_empty() {
+            Some(Hook::Url {
+                url: cfg.provisioning.hook_url.clone(),
+                ca: (!cfg.provisioning.hook_ca.as_os_str().is_empty())
+                    .then(|| dir.resolve(&cfg.provisioning.hook_ca)),
+            })
+        } else {
+            None
+        };
+        let ca_chain_pem =
+            std::fs::read_to_string(dir.resolve(&cfg.pki.root_ca_cert)).map_err(|source| {
+                HubError::Io {
+                    path: dir.resolve(&cfg.pki.root_ca_cert),
+                    source,
+                }
+            })?;
+        let server = Arc::new(ServerTopics {
+            store: dyn_store.clone(),
+            engine: engine.clone(),
+            ca,
+            token_key: token_key.clone(),
+            config: ServerTopicConfig {
+                cert_lifetime: cfg.device_cert_lifetime().map_err(HubError::Invalid)?,
+                renewal: cfg.pki.renewal,
+                rotation_overlap: cfg.rotation_overlap().map_err(HubError::Invalid)?,
+                token_lifetime: cfg.token_lifetime().map_err(HubError::Invalid)?,
+                allowlist: cfg.provisioning.allowlist,
+                hook,
+                hook_timeout: cfg.hook_timeout().map_err(HubError::Invalid)?,
+                ca_chain_pem,
+            },
+            broker: OnceLock::new(),
+        });
         let hooks = Arc::new(HubHooks {
             store: dyn_store.clone(),
             ingest: ingest.clone(),
             seen: seen.clone(),
+            auth: auth.clone(),
+            server: server.clone(),
         });
-        let broker = Broker::new(cfg.broker_config(), hooks, Arc::new(DeviceNamespace));
-        let retained = store.retained().await?;
-        let loaded = broker.load_retained(retained);
+        let broker = Broker::new(cfg.broker_config(), tls, hooks, engine.clone());
+        // Set once, right after construction: the handlers publish their answers through it.
+        let _ = server.broker.set(broker.clone());
+        let loaded = broker.load_retained(dyn_store.retained().await?);
 
-        let tls = server_config(TlsMaterial::from_pem_files(
-            &dir.resolve(&cfg.tls.server_cert),
-            &dir.resolve(&cfg.tls.server_key),
-            &dir.resolve(&cfg.tls.client_ca),
-        )?)?;
-        let addr: SocketAddr = match listen {
-            Some(a) => a,
-            None => cfg
-                .mqtt
-                .listen
-                .parse()
-                .map_err(|e| HubError::Invalid(format!("mqtt.listen: {e}")))?,
+        let listen_addr = match listen {
+            Some(a) => a.to_string(),
+            None => cfg.mqtt.listen.clone(),
         };
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| HubError::Bind {
-                addr: addr.to_string(),
-                source,
-            })?;
-        let mqtt_addr = listener.local_addr().map_err(|source| HubError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
+        let Some((listener, mqtt_addr)) = bind(&listen_addr, "mqtt.listen").await? else {
+            return Err(HubError::Invalid("mqtt.listen is empty".into()));
+        };
 
+        let api_metrics = Arc::new(ApiMetrics::default());
+        let audit_counts = Arc::new(AuditCounts::default());
         let snapshot: Arc<dyn Fn() -> MetricsSnapshot + Send + Sync> = {
             let m = broker.metrics();
             let stats = ingest.stats().clone();
-            Arc::new(move || metrics::snapshot(&m, &stats))
+            let api = api_metrics.clone();
+            let counts = audit_counts.clone();
+            Arc::new(move || metrics::snapshot(&m, &stats, &api, &counts))
         };
         let mut background = Vec::new();
-        let metrics_addr = if cfg.metrics.listen.is_empty() {
-            None
-        } else {
-            let maddr: SocketAddr = cfg
-                .metrics
-                .listen
-                .parse()
-                .map_err(|e| HubError::Invalid(format!("metrics.listen: {e}")))?;
-            let l = TcpListener::bind(maddr)
-                .await
-                .map_err(|source| HubError::Bind {
-                    addr: maddr.to_string(),
-                    source,
-                })?;
-            let bound = l.local_addr().ok();
-            let snap = snapshot.clone();
-            let app = axum::Router::new()
-                .route(
-                    "/metrics",
-                    axum::routing::get(move || {
-                        let s = snap();
-                        async move {
-                            (
-                                [("content-type", "text/plain; version=0.0.4")],
-                                metrics::render(&s),
-                            )
-                        }
+        let metrics_addr = match bind(&cfg.metrics.listen, "metrics.listen").await? {
+            None => None,
+            Some((l, bound)) => {
+                let snap = snapshot.clone();
+                let app = axum::Router::new()
+                    .route(
+                        "/metrics",
+                        axum::routing::get(move || {
+                            let s = snap();
+                            async move {
+                                (
+                                    [("content-type", "text/plain; version=0.0.4")],
+                                    metrics::render(&s),
+                                )
+                            }
+                        }),
+                    )
+                    .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+                background.push(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, app).await {
+                        tracing::error!(error = %e, "metrics endpoint stopped");
+                    }
+                }));
+                Some(bound)
+            }
+        };
+        let api_addr = match bind(&cfg.device_api.listen, "device_api.listen").await? {
+            None => None,
+            Some((l, bound)) => {
+                background.push(tokio::spawn(device_api::serve(
+                    l,
+                    tls_holder.clone(),
+                    Arc::new(ApiState {
+                        auth: auth.clone(),
+                        token_key,
+                        metrics: api_metrics,
                     }),
-                )
-                .route("/healthz", axum::routing::get(|| async { "ok\n" }));
-            background.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, app).await {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
-                }
-            }));
-            bound
+                )));
+                Some(bound)
+            }
         };
 
+        let live = Arc::new(Live {
+            dir: dir.clone(),
+            cfg: cfg.clone(),
+            broker: broker.clone(),
+            store: dyn_store.clone(),
+            engine,
+            auth,
+            tls: tls_holder,
+            snapshot: snapshot.clone(),
+        });
         let socket_path = dir.socket_path();
         let control_listener = control::bind(&socket_path).await?;
-        background.push(tokio::spawn(control::serve(
-            control_listener,
-            Arc::new(control::Handler {
-                broker: broker.clone(),
-                store: dyn_store.clone(),
-                snapshot,
-            }),
-        )));
+        background.push(tokio::spawn(control::serve(control_listener, live.clone())));
         background.push(tokio::spawn(seen.clone().run(dyn_store.clone())));
+        background.push(tokio::spawn(retire_certificates(live.clone())));
+        background.push(tokio::spawn(refresh_crl(live.clone())));
+        background.push(tokio::spawn(scheduled_audit(live, audit_counts)));
 
         let serve = {
             let broker = broker.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move { broker.serve(listener, tls).await })
+            tokio::spawn(async move { broker.serve(listener).await })
         };
         tracing::info!(
             mqtt = %mqtt_addr,
+            device_api = %api_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             database = %store.path().display(),
             retained = loaded,
@@ -171,9 +262,11 @@ impl Hub {
             seen,
             mqtt_addr,
             metrics_addr,
+            api_addr,
             serve,
             background,
             socket_path,
+            snapshot,
         })
     }
 
@@ -187,6 +280,11 @@ impl Hub {
         self.metrics_addr
     }
 
+    /// Address of the device HTTPS API, if enabled.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
@@ -197,7 +295,7 @@ impl Hub {
 
     /// Current counters.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        metrics::snapshot(&self.broker.metrics(), self.ingest.stats())
+        (self.snapshot)()
     }
 
     /// Completes if the listener fails (it never ends on its own otherwise).
@@ -217,22 +315,18 @@ impl Hub {
     pub async fn stop(self) {
         self.broker.shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.serve).await;
-        // Let connection tasks finish their last acknowledgements.
         let m = self.broker.metrics();
         for _ in 0..50 {
-            if m.connections_active
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 0
-            {
+            if m.connections_active.load(Ordering::Relaxed) == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let stats = self.ingest.stats().clone();
         for _ in 0..50 {
-            use std::sync::atomic::Ordering::Relaxed;
-            let done = stats.committed.load(Relaxed) + stats.failed.load(Relaxed);
-            if done >= stats.submitted.load(Relaxed) {
+            let done =
+                stats.committed.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
+            if done >= stats.submitted.load(Ordering::Relaxed) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -244,5 +338,86 @@ impl Hub {
         let _ = std::fs::remove_file(&self.socket_path);
         self.store.close().await;
         tracing::info!("hub stopped");
+    }
+}
+
+/// Retires certificates whose renewal overlap window has ended and closes sessions still using
+/// them.
+async fn retire_certificates(live: Arc<Live>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let retired = match live.store.retire_due(OffsetDateTime::now_utc()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "could not retire certificates");
+                continue;
+            }
+        };
+        for c in retired {
+            let n = live.broker.disconnect_where(
+                |i| *i.cert_serial == *c.serial,
+                "certificate retired after renewal",
+            );
+            tracing::info!(device = %c.device_id, serial = %c.serial, connections = n, "certificate retired after its renewal overlap window");
+            let _ = live
+                .store
+                .audit(&AuditEntry {
+                    at: OffsetDateTime::now_utc(),
+                    actor: "hub".into(),
+                    action: "certificate.retire".into(),
+                    subject: c.device_id.clone(),
+                    detail: format!("certificate {} retired after renewal", c.serial),
+                })
+                .await;
+        }
+    }
+}
+
+/// Re-signs the CRL when half of its validity has passed.
+async fn refresh_crl(live: Arc<Live>) {
+    let Ok(validity) = live.cfg.crl_validity() else {
+        return;
+    };
+    let path = live.dir.resolve(&live.cfg.pki.crl_file);
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let age = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|a| a < validity / 2) {
+            continue;
+        }
+        match pki_state::publish_crl(&live.dir, &live.cfg, &*live.store).await {
+            Ok(_) => {
+                if let Err(e) = live.trust_changed().await {
+                    tracing::error!(error = %e, "could not load the new CRL");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not re-sign the CRL"),
+        }
+    }
+}
+
+/// Runs the identity audit every `audit.interval` and reports what it finds.
+async fn scheduled_audit(live: Arc<Live>, counts: Arc<AuditCounts>) {
+    let Ok(interval) = live.cfg.audit_interval() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let connected = live.broker.connected_identities();
+        match audit::run(&live.dir, &live.cfg, &*live.store, Some(&connected)).await {
+            Ok(findings) => {
+                counts.set(&findings);
+                for f in &findings {
+                    tracing::warn!(check = %f.check, severity = ?f.severity, subject = %f.subject, message = %f.message, hint = %f.hint, "audit finding");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "audit failed"),
+        }
     }
 }

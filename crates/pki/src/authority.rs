@@ -4,8 +4,9 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::CertificateDer;
@@ -69,6 +70,77 @@ impl IssuedCert {
             info,
         })
     }
+}
+
+/// Why a certificate was revoked (RFC 5280 5.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationReason {
+    Unspecified,
+    KeyCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+    PrivilegeWithdrawn,
+}
+
+impl RevocationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationReason::Unspecified => "unspecified",
+            RevocationReason::KeyCompromise => "key-compromise",
+            RevocationReason::AffiliationChanged => "affiliation-changed",
+            RevocationReason::Superseded => "superseded",
+            RevocationReason::CessationOfOperation => "cessation-of-operation",
+            RevocationReason::PrivilegeWithdrawn => "privilege-withdrawn",
+        }
+    }
+
+    fn rcgen(self) -> rcgen::RevocationReason {
+        match self {
+            RevocationReason::Unspecified => rcgen::RevocationReason::Unspecified,
+            RevocationReason::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
+            RevocationReason::AffiliationChanged => rcgen::RevocationReason::AffiliationChanged,
+            RevocationReason::Superseded => rcgen::RevocationReason::Superseded,
+            RevocationReason::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
+            RevocationReason::PrivilegeWithdrawn => rcgen::RevocationReason::PrivilegeWithdrawn,
+        }
+    }
+}
+
+impl std::str::FromStr for RevocationReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "unspecified" => RevocationReason::Unspecified,
+            "key-compromise" => RevocationReason::KeyCompromise,
+            "affiliation-changed" => RevocationReason::AffiliationChanged,
+            "superseded" => RevocationReason::Superseded,
+            "cessation-of-operation" => RevocationReason::CessationOfOperation,
+            "privilege-withdrawn" => RevocationReason::PrivilegeWithdrawn,
+            other => {
+                return Err(format!(
+                    "unknown revocation reason {other:?} (unspecified, key-compromise, affiliation-changed, \
+                     superseded, cessation-of-operation, privilege-withdrawn)"
+                ));
+            }
+        })
+    }
+}
+
+/// One entry of a CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedEntry {
+    /// Serial number, hex.
+    pub serial: String,
+    pub revoked_at: OffsetDateTime,
+    pub reason: RevocationReason,
+}
+
+/// A signed certificate revocation list.
+#[derive(Debug, Clone)]
+pub struct IssuedCrl {
+    pub pem: String,
+    pub der: Vec<u8>,
 }
 
 /// A CA that can sign certificates: its certificate and its signing key.
@@ -252,6 +324,40 @@ impl Authority {
     /// Parsed details of the CA certificate.
     pub fn info(&self) -> &CertInfo {
         &self.info
+    }
+
+    /// Signs a CRL listing `revoked`, valid from `this_update` to `next_update`.
+    pub fn crl(
+        &self,
+        revoked: &[RevokedEntry],
+        number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<IssuedCrl, PkiError> {
+        let mut revoked_certs = Vec::with_capacity(revoked.len());
+        for r in revoked {
+            let serial = hex::decode(&r.serial)
+                .map_err(|_| PkiError::Validity("revoked serial is not hex"))?;
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: r.revoked_at,
+                reason_code: Some(r.reason.rcgen()),
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).map_err(PkiError::Signing)?;
+        Ok(IssuedCrl {
+            pem: crl.pem().map_err(PkiError::Signing)?,
+            der: crl.der().to_vec(),
+        })
     }
 
     /// Issues a TLS server certificate for the hub, valid for every name in `names` (DNS names

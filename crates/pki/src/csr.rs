@@ -112,6 +112,13 @@ impl CheckedCsr {
         })
     }
 
+    /// Drops the requested subject: for flows where the CA, not the device, decides the
+    /// identity (fleet provisioning). Only the verified public key is used then.
+    pub fn without_subject(mut self) -> Self {
+        self.subject_cn = None;
+        self
+    }
+
     /// Refuses a CSR that names a different device than the one being issued for.
     pub(crate) fn check_subject(&self, device_id: &str) -> Result<(), PkiError> {
         match &self.subject_cn {

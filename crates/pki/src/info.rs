@@ -24,6 +24,10 @@ pub struct CertInfo {
     pub is_ca: bool,
     /// "ecdsa-p256", "ed25519" or the key's OID.
     pub key_algorithm: String,
+    /// Full issuer, RFC 4514 style.
+    pub issuer: String,
+    /// Subject attributes by short name (`CN`, `O`, `OU`, `L`, `ST`, `C`, `serialNumber`).
+    pub subject_fields: std::collections::BTreeMap<String, String>,
 }
 
 /// SHA-256 fingerprint of a DER certificate, lowercase hex.
@@ -85,6 +89,8 @@ impl CertInfo {
             not_after: cert.validity().not_after.to_datetime(),
             is_ca: cert.is_ca(),
             key_algorithm,
+            issuer: cert.issuer().to_string(),
+            subject_fields: subject_fields(cert.subject()),
         })
     }
 
@@ -113,4 +119,48 @@ fn rsa_bits(spki: &SubjectPublicKeyInfo<'_>) -> Option<usize> {
         x509_parser::public_key::PublicKey::RSA(rsa) => Some(rsa.key_size()),
         _ => None,
     }
+}
+
+fn subject_fields(name: &X509Name<'_>) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for attr in name.iter_attributes() {
+        let key = match attr.attr_type().to_id_string().as_str() {
+            "2.5.4.3" => "CN",
+            "2.5.4.10" => "O",
+            "2.5.4.11" => "OU",
+            "2.5.4.7" => "L",
+            "2.5.4.8" => "ST",
+            "2.5.4.6" => "C",
+            "2.5.4.5" => "serialNumber",
+            _ => continue,
+        };
+        if let Ok(v) = attr.as_str() {
+            out.entry(key.to_owned()).or_insert_with(|| v.to_owned());
+        }
+    }
+    out
+}
+
+/// True if `ca_der`'s key signed `cert_der` (used to tell which trusted CA issued a client
+/// certificate that rustls has already verified against the set of all of them).
+pub fn issued_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        X509Certificate::from_der(cert_der),
+        X509Certificate::from_der(ca_der),
+    ) else {
+        return false;
+    };
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
+/// DER of every certificate in a PEM text.
+pub fn pem_certs(pem: &str) -> Result<Vec<Vec<u8>>, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::CertParse {
+            path: None,
+            why: e.to_string(),
+        })
 }

@@ -18,10 +18,13 @@ pub mod files;
 mod id;
 mod info;
 mod key;
+pub mod token;
 
-pub use authority::{Authority, IssuedCert, Validity, random_hex};
+pub use authority::{
+    Authority, IssuedCert, IssuedCrl, RevocationReason, RevokedEntry, Validity, random_hex,
+};
 pub use csr::{CheckedCsr, create_csr};
 pub use error::PkiError;
 pub use id::{MAX_DEVICE_ID_LEN, validate_device_id};
-pub use info::{CertInfo, fingerprint_sha256};
+pub use info::{CertInfo, fingerprint_sha256, issued_by, pem_certs};
 pub use key::{KeyAlgorithm, PrivateKey};

@@ -225,3 +225,57 @@ fn ed25519_keys_are_written_in_the_form_openssl_reads_and_load_back() {
         );
     }
 }
+
+#[test]
+fn crl_lists_revoked_serials_and_is_signed_by_the_ca() {
+    let (_, ca) = root_and_device_ca(KeyAlgorithm::EcdsaP256);
+    let (cert, _) = ca
+        .issue_device("gw-r", KeyAlgorithm::EcdsaP256, Validity::days_from_now(1))
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let crl = ca
+        .crl(
+            &[rampart_pki::RevokedEntry {
+                serial: cert.info.serial.clone(),
+                revoked_at: now,
+                reason: "key-compromise".parse().unwrap(),
+            }],
+            7,
+            now,
+            now + time::Duration::days(1),
+        )
+        .unwrap();
+    assert!(crl.pem.starts_with("-----BEGIN X509 CRL-----"));
+    use x509_parser::prelude::FromDer;
+    let (_, parsed) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(&crl.der).unwrap();
+    let serials: Vec<String> = parsed
+        .iter_revoked_certificates()
+        .map(|r| hex::encode(r.raw_serial()))
+        .collect();
+    assert_eq!(serials, vec![cert.info.serial.clone()]);
+    assert_eq!(parsed.crl_number().map(|n| n.to_string()), Some("7".into()));
+    let ca_der = rampart_pki::pem_certs(ca.cert_pem()).unwrap().remove(0);
+    let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+    parsed
+        .verify_signature(ca_cert.public_key())
+        .expect("signed by the CA");
+    assert!("nonsense".parse::<rampart_pki::RevocationReason>().is_err());
+}
+
+#[test]
+fn issuer_of_a_certificate_is_identified_by_signature() {
+    let (_, ca_a) = root_and_device_ca(KeyAlgorithm::EcdsaP256);
+    let (_, ca_b) = root_and_device_ca(KeyAlgorithm::EcdsaP256); // same name, other key
+    let (cert, _) = ca_a
+        .issue_device("gw", KeyAlgorithm::Ed25519, Validity::days_from_now(1))
+        .unwrap();
+    let der_a = rampart_pki::pem_certs(ca_a.cert_pem()).unwrap().remove(0);
+    let der_b = rampart_pki::pem_certs(ca_b.cert_pem()).unwrap().remove(0);
+    assert!(rampart_pki::issued_by(&cert.der, &der_a));
+    assert!(!rampart_pki::issued_by(&cert.der, &der_b));
+    assert_eq!(
+        cert.info.subject_fields.get("CN").map(String::as_str),
+        Some("gw")
+    );
+}

@@ -15,4 +15,10 @@ pub enum StoreError {
     Corrupt { table: &'static str, why: String },
     #[error("the ingest queue is closed (the hub is shutting down)")]
     IngestClosed,
+    #[error("{what} {id:?} is used up: {why}")]
+    Exhausted {
+        what: &'static str,
+        id: String,
+        why: String,
+    },
 }

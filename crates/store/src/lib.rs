@@ -1,12 +1,20 @@
 //! Rampart's storage.
 //!
-//! [`Store`] is the storage contract the rest of the platform depends on: the device registry
-//! (devices and their certificates), telemetry, retained MQTT messages and the audit log.
-//! [`SqliteStore`] is the embedded default; a PostgreSQL backend implements the same trait.
+//! The storage contract is a set of small traits, one per concern, gathered by [`Store`]:
 //!
-//! [`IngestQueue`] sits in front of a store on the publish path: it batches telemetry rows from
-//! many connections into one transaction (group commit) and tells each submitter when its row
-//! is durable, so the broker can send PUBACK only after the commit.
+//! | trait | holds |
+//! |---|---|
+//! | [`Registry`] | identities (devices, services, claims), their certificates, revocation, rotation |
+//! | [`TelemetryStore`] | telemetry readings |
+//! | [`RetainedStore`] | retained MQTT messages |
+//! | [`PolicyStore`] | policies (versioned) and where they are attached |
+//! | [`PkiStore`] | trusted CAs for just-in-time registration, CRL numbers, certificate usage |
+//! | [`ProvisioningStore`] | claim limits and the provisioning allow-list |
+//! | [`AuditStore`] | the append-only audit log |
+//!
+//! [`SqliteStore`] implements all of them (the embedded default); a PostgreSQL backend
+//! implements the same traits. [`IngestQueue`] batches telemetry from many connections into
+//! one transaction (group commit) and tells each submitter when its row is durable.
 
 mod error;
 mod ingest;
@@ -21,32 +29,50 @@ pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-/// The storage contract. Every method is a complete unit of work (its own transaction).
+/// Identities and their certificates.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Registers a new device with its first certificate. Fails with
-    /// [`StoreError::AlreadyExists`] if the id is taken.
-    async fn add_device(&self, device_id: &str, cert: &NewCertificate) -> Result<(), StoreError>;
-    /// Adds another certificate to an existing device.
-    async fn add_certificate(
-        &self,
-        device_id: &str,
-        cert: &NewCertificate,
-    ) -> Result<(), StoreError>;
-    async fn device(&self, device_id: &str) -> Result<Option<Device>, StoreError>;
-    async fn devices(&self) -> Result<Vec<Device>, StoreError>;
-    /// Changes a device's status; [`StoreError::NotFound`] if it does not exist.
-    async fn set_device_status(
-        &self,
-        device_id: &str,
-        status: DeviceStatus,
-    ) -> Result<(), StoreError>;
-    async fn certificates(&self, device_id: &str) -> Result<Vec<CertificateRecord>, StoreError>;
+pub trait Registry: Send + Sync {
+    /// Registers a new identity with its first certificate. [`StoreError::AlreadyExists`] if
+    /// the id or the certificate is taken.
+    async fn add_identity(&self, identity: &NewIdentity) -> Result<(), StoreError>;
+    /// Adds another certificate to an existing identity.
+    async fn add_certificate(&self, id: &str, cert: &NewCertificate) -> Result<(), StoreError>;
+    async fn device(&self, id: &str) -> Result<Option<Device>, StoreError>;
+    /// Identities of one kind (all kinds with `None`), ordered by id.
+    async fn identities(&self, kind: Option<IdentityKind>) -> Result<Vec<Device>, StoreError>;
+    /// Devices (kind `device`), ordered by id.
+    async fn devices(&self) -> Result<Vec<Device>, StoreError> {
+        self.identities(Some(IdentityKind::Device)).await
+    }
+    /// Changes an identity's status; [`StoreError::NotFound`] if it does not exist.
+    async fn set_device_status(&self, id: &str, status: DeviceStatus) -> Result<(), StoreError>;
+    /// Changes group, attributes, quarantine or approval of an identity.
+    async fn update_device(&self, id: &str, update: &DeviceUpdate) -> Result<(), StoreError>;
+    async fn certificates(&self, id: &str) -> Result<Vec<CertificateRecord>, StoreError>;
+    async fn all_certificates(&self) -> Result<Vec<CertificateRecord>, StoreError>;
     async fn certificate_by_fingerprint(
         &self,
         fingerprint: &str,
     ) -> Result<Option<CertificateRecord>, StoreError>;
-    /// Records that a device connected (or disconnected) now, from `address`.
+    /// Revokes every valid or retiring certificate of `id`; returns what was revoked.
+    async fn revoke_certificates(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<Vec<CertificateRecord>, StoreError>;
+    /// Revoked certificates issued by the CA with `issuer` fingerprint (for its CRL).
+    async fn revoked_certificates(
+        &self,
+        issuer: &str,
+    ) -> Result<Vec<CertificateRecord>, StoreError>;
+    /// Marks a certificate to be retired at `at` (end of a renewal's overlap window).
+    async fn schedule_retirement(&self, serial: &str, at: OffsetDateTime)
+    -> Result<(), StoreError>;
+    /// Retires certificates whose overlap window has ended; returns them.
+    async fn retire_due(&self, now: OffsetDateTime) -> Result<Vec<CertificateRecord>, StoreError>;
+    /// Records connection events in one transaction.
+    async fn record_seen_many(&self, seen: &[Seen]) -> Result<(), StoreError>;
+    /// Records that a device connected now, from `address`.
     async fn record_seen(
         &self,
         device_id: &str,
@@ -60,12 +86,13 @@ pub trait Store: Send + Sync + 'static {
         }])
         .await
     }
-    /// Records many connection events in one transaction (the hub batches them so a connect
-    /// storm does not become a write storm).
-    async fn record_seen_many(&self, seen: &[Seen]) -> Result<(), StoreError>;
+}
 
-    /// Stores telemetry rows in one transaction; rows already stored (same device and seq)
-    /// are skipped. Returns the number of new rows.
+/// Telemetry.
+#[async_trait]
+pub trait TelemetryStore: Send + Sync {
+    /// Stores rows in one transaction; rows already stored (same device and seq) are skipped.
+    /// Returns the number of new rows.
     async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError>;
     /// Telemetry of one device with `ts >= since`, oldest first, at most `limit` rows (the
     /// newest ones when there are more).
@@ -75,14 +102,105 @@ pub trait Store: Send + Sync + 'static {
         since: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<TelemetryRow>, StoreError>;
+}
 
+/// Retained MQTT messages.
+#[async_trait]
+pub trait RetainedStore: Send + Sync {
     /// Sets (`Some`) or clears (`None`) the retained message of `topic`.
     async fn put_retained(&self, topic: &str, message: Option<&[u8]>) -> Result<(), StoreError>;
     /// All retained messages, for the broker to load at start.
     async fn retained(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
 
-    /// Appends to the audit log.
+/// Policies and their attachments.
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    /// Creates or updates a policy; returns its new version (1 for a new policy).
+    async fn put_policy(&self, name: &str, document: &str) -> Result<i64, StoreError>;
+    async fn policy(&self, name: &str) -> Result<Option<PolicyRecord>, StoreError>;
+    async fn policy_version(
+        &self,
+        name: &str,
+        version: i64,
+    ) -> Result<Option<PolicyRecord>, StoreError>;
+    async fn policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
+    async fn delete_policy(&self, name: &str) -> Result<(), StoreError>;
+    async fn attach_policy(&self, name: &str, target: &str) -> Result<(), StoreError>;
+    async fn detach_policy(&self, name: &str, target: &str) -> Result<(), StoreError>;
+    /// (policy, target) pairs.
+    async fn attachments(&self) -> Result<Vec<(String, String)>, StoreError>;
+}
+
+/// PKI state beyond certificates.
+#[async_trait]
+pub trait PkiStore: Send + Sync {
+    async fn add_trusted_ca(&self, ca: &TrustedCa) -> Result<(), StoreError>;
+    async fn trusted_cas(&self) -> Result<Vec<TrustedCa>, StoreError>;
+    async fn remove_trusted_ca(&self, fingerprint: &str) -> Result<(), StoreError>;
+    /// Increments and returns the CRL number of a CA (RFC 5280 5.2.3: monotonically increasing).
+    async fn next_crl_number(&self, ca_fingerprint: &str) -> Result<i64, StoreError>;
+    /// Records which client ids certificates were used with.
+    async fn record_certificate_usage(&self, usage: &[CertificateUsage]) -> Result<(), StoreError>;
+    async fn certificate_usage(&self) -> Result<Vec<CertificateUsage>, StoreError>;
+}
+
+/// Claim limits and the provisioning allow-list.
+#[async_trait]
+pub trait ProvisioningStore: Send + Sync {
+    async fn set_claim_limits(
+        &self,
+        name: &str,
+        max_uses: Option<i64>,
+        not_after: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError>;
+    async fn claim(&self, name: &str) -> Result<Option<ClaimRecord>, StoreError>;
+    /// Uses a claim once: fails with [`StoreError::Exhausted`] when its use count or lifetime
+    /// is spent. Atomic.
+    async fn consume_claim(
+        &self,
+        name: &str,
+        now: OffsetDateTime,
+    ) -> Result<ClaimRecord, StoreError>;
+    async fn allow_serial(&self, entry: &AllowEntry) -> Result<(), StoreError>;
+    /// Takes an unused allow-list entry (marking it used by `device_id`); `None` if the serial
+    /// is not listed or already used.
+    async fn take_allowed_serial(
+        &self,
+        serial_number: &str,
+        device_id: &str,
+    ) -> Result<Option<AllowEntry>, StoreError>;
+}
+
+/// The append-only audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
-    /// The newest `limit` audit entries, newest first.
+    /// The newest `limit` entries, newest first.
     async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// Everything the hub stores.
+pub trait Store:
+    Registry
+    + TelemetryStore
+    + RetainedStore
+    + PolicyStore
+    + PkiStore
+    + ProvisioningStore
+    + AuditStore
+    + 'static
+{
+}
+
+impl<T> Store for T where
+    T: Registry
+        + TelemetryStore
+        + RetainedStore
+        + PolicyStore
+        + PkiStore
+        + ProvisioningStore
+        + AuditStore
+        + 'static
+{
 }

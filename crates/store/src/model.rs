@@ -1,6 +1,8 @@
 //! The records the store keeps.
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// Whether a device may connect.
@@ -28,11 +30,46 @@ impl DeviceStatus {
     }
 }
 
-/// A registered device.
+/// What an identity is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityKind {
+    Device,
+    Service,
+    Claim,
+}
+
+impl IdentityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Device => "device",
+            IdentityKind::Service => "service",
+            IdentityKind::Claim => "claim",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "device" => Some(IdentityKind::Device),
+            "service" => Some(IdentityKind::Service),
+            "claim" => Some(IdentityKind::Claim),
+            _ => None,
+        }
+    }
+}
+
+/// A registered identity (a device, a service or a claim).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Device {
     pub id: String,
+    pub kind: IdentityKind,
     pub status: DeviceStatus,
+    /// Waiting for `rampart device approve` (just-in-time registration).
+    pub pending: bool,
+    pub quarantined: bool,
+    pub group: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+    pub registered_via: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -76,6 +113,45 @@ pub struct NewCertificate {
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub key_algorithm: String,
+    /// Fingerprint of the issuing CA.
+    pub issuer: String,
+}
+
+/// An identity to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewIdentity {
+    pub id: String,
+    pub kind: IdentityKind,
+    pub group: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+    pub pending: bool,
+    pub registered_via: String,
+    pub certificate: NewCertificate,
+}
+
+impl NewIdentity {
+    /// A device registered by the operator, active at once.
+    pub fn device(id: &str, certificate: NewCertificate, registered_via: &str) -> Self {
+        NewIdentity {
+            id: id.to_owned(),
+            kind: IdentityKind::Device,
+            group: None,
+            attributes: BTreeMap::new(),
+            pending: false,
+            registered_via: registered_via.to_owned(),
+            certificate,
+        }
+    }
+}
+
+/// Changes to an identity; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceUpdate {
+    /// `Some(None)` removes the group.
+    pub group: Option<Option<String>>,
+    pub attributes: Option<BTreeMap<String, String>>,
+    pub quarantined: Option<bool>,
+    pub pending: Option<bool>,
 }
 
 /// A registered certificate.
@@ -92,6 +168,12 @@ pub struct CertificateRecord {
     #[serde(with = "time::serde::rfc3339")]
     pub issued_at: OffsetDateTime,
     pub status: CertificateStatus,
+    pub issuer: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    pub revocation_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub retire_at: Option<OffsetDateTime>,
 }
 
 /// One stored telemetry reading: the pack-level values as typed columns (for queries) and the
@@ -119,6 +201,73 @@ pub struct TelemetryRow {
     pub alarms: Vec<String>,
     /// The full JSON document.
     pub body: String,
+}
+
+/// A stored policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyRecord {
+    pub name: String,
+    pub version: i64,
+    pub document: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// How a just-in-time CA registers unknown devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaTemplate {
+    /// Group new devices join.
+    pub group: Option<String>,
+    /// Policy attached to each new device (in addition to fleet-wide policies).
+    pub policy: Option<String>,
+    /// Attribute name → certificate subject field (`O`, `OU`, `L`, `ST`, `C`, `serialNumber`).
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A CA trusted for just-in-time registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrustedCa {
+    pub fingerprint: String,
+    pub subject: String,
+    /// PEM.
+    pub certificate: String,
+    /// Register devices as active (`true`) or pending approval (`false`).
+    pub auto_activate: bool,
+    pub template: CaTemplate,
+    #[serde(with = "time::serde::rfc3339")]
+    pub added_at: OffsetDateTime,
+}
+
+/// A certificate seen with a client id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateUsage {
+    pub fingerprint: String,
+    pub client_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_seen: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+}
+
+/// Usage limits and count of a claim identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClaimRecord {
+    pub name: String,
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_after: Option<OffsetDateTime>,
+}
+
+/// A serial number allowed to provision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AllowEntry {
+    pub serial_number: String,
+    /// Device id to give it (default: the serial number).
+    pub device_id: Option<String>,
+    pub group: Option<String>,
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// A device seen connecting or disconnecting.

@@ -19,7 +19,12 @@ fn cert(serial: &str) -> NewCertificate {
         not_before: now,
         not_after: now + Duration::days(90),
         key_algorithm: "ecdsa-p256".into(),
+        issuer: "ca-fp".into(),
     }
+}
+
+fn device(id: &str, serial: &str) -> NewIdentity {
+    NewIdentity::device(id, cert(serial), "cli")
 }
 
 fn row(device: &str, seq: i64) -> TelemetryRow {
@@ -46,17 +51,23 @@ fn row(device: &str, seq: i64) -> TelemetryRow {
 async fn registry_lifecycle() {
     let dir = tempfile::tempdir().expect("tmp");
     let s = open(&dir).await;
-    s.add_device("gw-1", &cert("01")).await.expect("add");
+    s.add_identity(&device("gw-1", "01")).await.expect("add");
     let e = s
-        .add_device("gw-1", &cert("02"))
+        .add_identity(&device("gw-1", "02"))
         .await
         .expect_err("duplicate id");
     assert!(
-        matches!(e, StoreError::AlreadyExists { what: "device", .. }),
+        matches!(
+            e,
+            StoreError::AlreadyExists {
+                what: "identity",
+                ..
+            }
+        ),
         "{e}"
     );
     let e = s
-        .add_device("gw-2", &cert("01"))
+        .add_identity(&device("gw-2", "01"))
         .await
         .expect_err("duplicate serial");
     assert!(
@@ -236,4 +247,204 @@ async fn audit_log_is_append_only_in_order() {
         log.iter().map(|e| e.subject.as_str()).collect::<Vec<_>>(),
         vec!["gw-2", "gw-1"]
     );
+}
+
+#[tokio::test]
+async fn identity_kinds_groups_quarantine_and_approval() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = open(&dir).await;
+    let mut n = device("gw-j", "11");
+    n.pending = true;
+    n.group = Some("berlin".into());
+    n.attributes.insert("site".into(), "plant-7".into());
+    n.registered_via = "jit:abc".into();
+    s.add_identity(&n).await.unwrap();
+    let mut svc = device("pipeline", "12");
+    svc.kind = IdentityKind::Service;
+    s.add_identity(&svc).await.unwrap();
+    let d = s.device("gw-j").await.unwrap().unwrap();
+    assert!(d.pending && !d.quarantined);
+    assert_eq!(d.group.as_deref(), Some("berlin"));
+    assert_eq!(
+        d.attributes.get("site").map(String::as_str),
+        Some("plant-7")
+    );
+    assert_eq!(d.registered_via, "jit:abc");
+    assert_eq!(
+        s.devices().await.unwrap().len(),
+        1,
+        "services are not devices"
+    );
+    assert_eq!(s.identities(None).await.unwrap().len(), 2);
+    s.update_device(
+        "gw-j",
+        &DeviceUpdate {
+            pending: Some(false),
+            quarantined: Some(true),
+            group: Some(None),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let d = s.device("gw-j").await.unwrap().unwrap();
+    assert!(!d.pending && d.quarantined && d.group.is_none());
+    assert_eq!(d.attributes.len(), 1, "untouched fields stay");
+    assert!(matches!(
+        s.update_device("nope", &DeviceUpdate::default()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn revocation_retirement_and_crl_numbers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = open(&dir).await;
+    s.add_identity(&device("gw-1", "01")).await.unwrap();
+    s.add_certificate("gw-1", &cert("02")).await.unwrap();
+    // Rotation: the old certificate retires when its overlap window ends.
+    let now = OffsetDateTime::now_utc();
+    s.schedule_retirement("01", now + Duration::seconds(60))
+        .await
+        .unwrap();
+    assert!(s.retire_due(now).await.unwrap().is_empty());
+    let retired = s.retire_due(now + Duration::seconds(61)).await.unwrap();
+    assert_eq!(
+        retired
+            .iter()
+            .map(|c| c.serial.as_str())
+            .collect::<Vec<_>>(),
+        vec!["01"]
+    );
+    assert_eq!(
+        s.certificate_by_fingerprint("fp-01")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        CertificateStatus::Retired
+    );
+    // Revocation takes what is still valid.
+    let revoked = s
+        .revoke_certificates("gw-1", "key compromise")
+        .await
+        .unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].serial, "02");
+    let crl = s.revoked_certificates("ca-fp").await.unwrap();
+    assert_eq!(crl.len(), 1);
+    assert_eq!(crl[0].revocation_reason.as_deref(), Some("key compromise"));
+    assert!(crl[0].revoked_at.is_some());
+    assert_eq!(s.next_crl_number("ca-fp").await.unwrap(), 1);
+    assert_eq!(s.next_crl_number("ca-fp").await.unwrap(), 2);
+    assert_eq!(s.next_crl_number("other").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn policies_are_versioned_and_attached() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = open(&dir).await;
+    assert_eq!(s.put_policy("p", "v1").await.unwrap(), 1);
+    assert_eq!(s.put_policy("p", "v2").await.unwrap(), 2);
+    assert_eq!(s.policy("p").await.unwrap().unwrap().document, "v2");
+    assert_eq!(
+        s.policy_version("p", 1).await.unwrap().unwrap().document,
+        "v1"
+    );
+    s.attach_policy("p", "fleet").await.unwrap();
+    s.attach_policy("p", "fleet").await.unwrap();
+    s.attach_policy("p", "group:berlin").await.unwrap();
+    assert!(matches!(
+        s.attach_policy("nope", "fleet").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(s.attachments().await.unwrap().len(), 2);
+    s.detach_policy("p", "fleet").await.unwrap();
+    assert!(s.detach_policy("p", "fleet").await.is_err());
+    s.delete_policy("p").await.unwrap();
+    assert!(
+        s.attachments().await.unwrap().is_empty(),
+        "attachments go with the policy"
+    );
+}
+
+#[tokio::test]
+async fn claims_are_limited_in_uses_and_lifetime() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = open(&dir).await;
+    let mut c = device("factory", "21");
+    c.kind = IdentityKind::Claim;
+    s.add_identity(&c).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    s.set_claim_limits("factory", Some(2), Some(now + Duration::hours(1)))
+        .await
+        .unwrap();
+    assert_eq!(s.consume_claim("factory", now).await.unwrap().uses, 1);
+    assert_eq!(s.consume_claim("factory", now).await.unwrap().uses, 2);
+    let e = s.consume_claim("factory", now).await.unwrap_err();
+    assert!(e.to_string().contains("all 2 uses are spent"), "{e}");
+    s.set_claim_limits("factory", None, Some(now - Duration::seconds(1)))
+        .await
+        .unwrap();
+    let e = s.consume_claim("factory", now).await.unwrap_err();
+    assert!(e.to_string().contains("lifetime has ended"), "{e}");
+    // Allow-list entries are used once.
+    s.allow_serial(&AllowEntry {
+        serial_number: "SN-1".into(),
+        device_id: Some("gw-sn1".into()),
+        group: None,
+        attributes: Default::default(),
+    })
+    .await
+    .unwrap();
+    assert!(s.take_allowed_serial("SN-2", "x").await.unwrap().is_none());
+    let e = s
+        .take_allowed_serial("SN-1", "gw-sn1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.device_id.as_deref(), Some("gw-sn1"));
+    assert!(
+        s.take_allowed_serial("SN-1", "gw-sn1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn trusted_cas_and_certificate_usage() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = open(&dir).await;
+    let ca = TrustedCa {
+        fingerprint: "cafp".into(),
+        subject: "CN=Vendor CA".into(),
+        certificate: "PEM".into(),
+        auto_activate: false,
+        template: CaTemplate {
+            group: Some("vendor".into()),
+            ..Default::default()
+        },
+        added_at: OffsetDateTime::now_utc(),
+    };
+    s.add_trusted_ca(&ca).await.unwrap();
+    assert!(matches!(
+        s.add_trusted_ca(&ca).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let back = s.trusted_cas().await.unwrap();
+    assert_eq!(back[0].template.group.as_deref(), Some("vendor"));
+    let now = OffsetDateTime::now_utc();
+    let u = |c: &str| CertificateUsage {
+        fingerprint: "f".into(),
+        client_id: c.into(),
+        first_seen: now,
+        last_seen: now,
+    };
+    s.record_certificate_usage(&[u("a"), u("b"), u("a")])
+        .await
+        .unwrap();
+    assert_eq!(s.certificate_usage().await.unwrap().len(), 2);
+    s.remove_trusted_ca("cafp").await.unwrap();
+    assert!(s.trusted_cas().await.unwrap().is_empty());
 }

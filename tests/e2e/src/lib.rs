@@ -131,6 +131,7 @@ pub struct TestHub {
     pub data: PathBuf,
     pub port: u16,
     pub metrics_port: u16,
+    pub api_port: u16,
     child: Option<Child>,
     pub logs: Lines,
 }
@@ -152,6 +153,7 @@ impl TestHub {
         );
         let port = free_port();
         let metrics_port = free_port();
+        let api_port = free_port();
         let cfg_path = data.join("rampart.toml");
         let cfg = std::fs::read_to_string(&cfg_path)
             .unwrap()
@@ -162,6 +164,10 @@ impl TestHub {
             .replace(
                 "listen = \"127.0.0.1:9883\"",
                 &format!("listen = \"127.0.0.1:{metrics_port}\""),
+            )
+            .replace(
+                "listen = \"0.0.0.0:8443\"",
+                &format!("listen = \"127.0.0.1:{api_port}\""),
             );
         std::fs::write(&cfg_path, cfg).unwrap();
         TestHub {
@@ -169,6 +175,7 @@ impl TestHub {
             data,
             port,
             metrics_port,
+            api_port,
             child: None,
             logs: Lines::default(),
         }

@@ -49,6 +49,7 @@ pub async fn run(o: DemoOptions) -> Result<(), CliError> {
     let mut cfg = dir.load_config()?;
     cfg.mqtt.listen = format!("127.0.0.1:{}", o.port);
     cfg.metrics.listen = "127.0.0.1:0".into();
+    cfg.device_api.listen = "127.0.0.1:0".into();
     let hub = Hub::start(&dir, cfg.clone(), None).await?;
     let addr = hub.mqtt_addr();
     let store = hub.store();

@@ -7,7 +7,7 @@ use rampart_agent::AgentConfig;
 use rampart_hub::HubConfig;
 use rampart_hub::ops::{self, KeySource};
 use rampart_pki::{KeyAlgorithm, files};
-use rampart_store::Store;
+use rampart_store::{DeviceUpdate, Registry};
 
 use super::{num, when};
 use crate::CliError;
@@ -105,15 +105,21 @@ pub async fn list(data_dir: &Path, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:24} {:9} {:26} {:26} ADDRESS",
-        "DEVICE", "STATUS", "CREATED", "LAST SEEN"
+        "{:24} {:9} {:12} {:12} {:26} ADDRESS",
+        "DEVICE", "STATUS", "STATE", "GROUP", "LAST SEEN"
     );
     for d in devices {
+        let state = match (d.pending, d.quarantined) {
+            (true, _) => "pending",
+            (_, true) => "quarantined",
+            _ => "-",
+        };
         println!(
-            "{:24} {:9} {:26} {:26} {}",
+            "{:24} {:9} {:12} {:12} {:26} {}",
             d.id,
             d.status.as_str(),
-            when(Some(d.created_at)),
+            state,
+            d.group.as_deref().unwrap_or("-"),
             when(d.last_seen_at),
             d.last_address.as_deref().unwrap_or("-")
         );
@@ -122,30 +128,64 @@ pub async fn list(data_dir: &Path, json: bool) -> Result<(), CliError> {
 }
 
 pub async fn show(data_dir: &Path, id: &str, json: bool) -> Result<(), CliError> {
-    let (_, _, store) = super::open(data_dir).await?;
-    let d = ops::show_device(&store, id).await?;
+    let (_, cfg, store) = super::open(data_dir).await?;
+    let d = ops::show_device(&cfg, &store, id).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
         return Ok(());
     }
-    println!("device      {}", d.device.id);
-    println!("status      {}", d.device.status.as_str());
-    println!("created     {}", when(Some(d.device.created_at)));
+    let dev = &d.device;
+    println!("{:11} {}", dev.kind.as_str(), dev.id);
+    println!(
+        "status      {}{}{}",
+        dev.status.as_str(),
+        if dev.pending {
+            ", pending approval"
+        } else {
+            ""
+        },
+        if dev.quarantined { ", quarantined" } else { "" }
+    );
+    println!("group       {}", dev.group.as_deref().unwrap_or("-"));
+    if !dev.attributes.is_empty() {
+        let attrs: Vec<String> = dev
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("attributes  {}", attrs.join(" "));
+    }
+    println!(
+        "policies    {}",
+        if d.policies.is_empty() {
+            "-".to_string()
+        } else {
+            d.policies.join(", ")
+        }
+    );
+    println!(
+        "registered  {} via {}",
+        when(Some(dev.created_at)),
+        dev.registered_via
+    );
     println!(
         "last seen   {} from {}",
-        when(d.device.last_seen_at),
-        d.device.last_address.as_deref().unwrap_or("-")
+        when(dev.last_seen_at),
+        dev.last_address.as_deref().unwrap_or("-")
     );
     println!("certificates:");
     for c in &d.certificates {
         println!(
-            "  {}  {}  {}  valid {} .. {}  sha256:{}",
+            "  {}  {:8}  {}  valid {} .. {}  sha256:{}{}",
             c.serial,
             c.status.as_str(),
             c.key_algorithm,
             when(Some(c.not_before)),
             when(Some(c.not_after)),
-            c.fingerprint
+            c.fingerprint,
+            c.retire_at
+                .map(|t| format!("  retires {}", when(Some(t))))
+                .unwrap_or_default()
         );
     }
     match &d.latest {
@@ -165,10 +205,12 @@ pub async fn show(data_dir: &Path, id: &str, json: bool) -> Result<(), CliError>
 
 pub async fn disable(data_dir: &Path, id: &str) -> Result<(), CliError> {
     let (dir, _, store) = super::open(data_dir).await?;
-    let outcome = ops::disable_device(&dir, &store, id).await?;
-    match outcome.disconnected {
-        Some(n) => println!("Disabled {id}; the running hub closed {n} live connection(s)."),
-        None => println!(
+    let o = ops::disable_device(&dir, &store, id).await?;
+    match (o.hub_running, o.disconnected) {
+        (true, Some(n)) => {
+            println!("Disabled {id}; the running hub closed {n} live connection(s).")
+        }
+        _ => println!(
             "Disabled {id}; no hub is running, the device will be refused when it connects."
         ),
     }
@@ -176,8 +218,112 @@ pub async fn disable(data_dir: &Path, id: &str) -> Result<(), CliError> {
 }
 
 pub async fn enable(data_dir: &Path, id: &str) -> Result<(), CliError> {
-    let (_, _, store) = super::open(data_dir).await?;
-    ops::enable_device(&store, id).await?;
+    let (dir, _, store) = super::open(data_dir).await?;
+    ops::enable_device(&dir, &store, id).await?;
     println!("Enabled {id}.");
+    Ok(())
+}
+
+pub async fn approve(data_dir: &Path, id: &str) -> Result<(), CliError> {
+    let (dir, _, store) = super::open(data_dir).await?;
+    let d = store
+        .device(id)
+        .await?
+        .ok_or_else(|| CliError::from(rampart_hub::HubError::DeviceNotFound(id.into())))?;
+    if !d.pending {
+        println!("{id} is not pending approval.");
+        return Ok(());
+    }
+    let o = ops::update_device(
+        &dir,
+        &store,
+        id,
+        DeviceUpdate {
+            pending: Some(false),
+            ..Default::default()
+        },
+        "device.approve",
+    )
+    .await?;
+    println!(
+        "Approved {id}: it can connect now ({}).",
+        super::live_note(&o)
+    );
+    Ok(())
+}
+
+pub async fn revoke(data_dir: &Path, id: &str, reason: &str) -> Result<(), CliError> {
+    let reason: rampart_pki::RevocationReason =
+        reason.parse().map_err(|e: String| CliError::new(e, None))?;
+    let (dir, cfg, store) = super::open(data_dir).await?;
+    let (revoked, o) = ops::revoke_device(&dir, &cfg, &store, id, reason).await?;
+    if revoked.is_empty() {
+        println!("{id} had no valid certificate to revoke; the CRL was re-signed anyway.");
+    } else {
+        for c in &revoked {
+            println!(
+                "Revoked certificate {} of {id} ({}).",
+                c.serial,
+                reason.as_str()
+            );
+        }
+    }
+    println!("CRL: {}", dir.resolve(&cfg.pki.crl_file).display());
+    println!("{}", super::live_note(&o));
+    Ok(())
+}
+
+pub async fn quarantine(data_dir: &Path, id: &str, on: bool) -> Result<(), CliError> {
+    let (dir, cfg, store) = super::open(data_dir).await?;
+    let o = ops::update_device(
+        &dir,
+        &store,
+        id,
+        DeviceUpdate {
+            quarantined: Some(on),
+            ..Default::default()
+        },
+        if on {
+            "device.quarantine"
+        } else {
+            "device.release"
+        },
+    )
+    .await?;
+    if on {
+        println!(
+            "Quarantined {id}: only policy {:?} applies ({}).",
+            cfg.policy.quarantine,
+            super::live_note(&o)
+        );
+    } else {
+        println!("Released {id} from quarantine ({}).", super::live_note(&o));
+    }
+    Ok(())
+}
+
+pub async fn set(
+    data_dir: &Path,
+    id: &str,
+    group: Option<String>,
+    no_group: bool,
+    attrs: &[String],
+) -> Result<(), CliError> {
+    let (dir, _, store) = super::open(data_dir).await?;
+    let update = DeviceUpdate {
+        group: if no_group {
+            Some(None)
+        } else {
+            group.map(Some)
+        },
+        attributes: if attrs.is_empty() {
+            None
+        } else {
+            Some(super::pairs(attrs, "--attr")?)
+        },
+        ..Default::default()
+    };
+    let o = ops::update_device(&dir, &store, id, update, "device.set").await?;
+    println!("Updated {id} ({}).", super::live_note(&o));
     Ok(())
 }

@@ -1,9 +1,13 @@
 //! One module per command.
 
+pub mod audit;
+pub mod ca;
 pub mod demo;
 pub mod device;
 pub mod hub;
+pub mod identity;
 pub mod init;
+pub mod policy;
 pub mod status;
 pub mod telemetry;
 
@@ -56,4 +60,31 @@ pub fn when(t: Option<time::OffsetDateTime>) -> String {
             .ok()
     })
     .unwrap_or_else(|| "-".into())
+}
+
+/// Parses repeated `NAME=VALUE` options.
+pub fn pairs(
+    items: &[String],
+    what: &str,
+) -> Result<std::collections::BTreeMap<String, String>, CliError> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| CliError::new(format!("{what} {kv:?}: expected NAME=VALUE"), None))
+        })
+        .collect()
+}
+
+/// Tells the operator what a change did to the running hub.
+pub fn live_note(o: &rampart_hub::ops::LiveOutcome) -> String {
+    match (o.hub_running, o.disconnected) {
+        (false, _) => "no hub is running; it applies the change when it starts".into(),
+        (true, Some(n)) if n > 0 => {
+            format!("the running hub applied it and closed {n} live connection(s)")
+        }
+        (true, _) => "the running hub applied it to live sessions".into(),
+    }
 }

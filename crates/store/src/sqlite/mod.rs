@@ -1,0 +1,139 @@
+//! The embedded SQLite backend.
+//!
+//! WAL journal, one writer at a time (SQLite's rule; sqlx serialises through the pool), and a
+//! configurable `synchronous` level: `full` (the default) fsyncs the WAL on every commit, so a
+//! reading acknowledged to a device survives a power cut; `normal` survives a crash of the hub
+//! process but may lose the last commits on power loss.
+//!
+//! One file per storage trait: `registry`, `telemetry`, `retained`, `policies`, `pki`,
+//! `provisioning`, `audit`.
+
+mod audit;
+mod pki;
+mod policies;
+mod provisioning;
+mod registry;
+mod retained;
+mod telemetry;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::StoreError;
+
+/// Durability level of commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: durable across power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: durable across process crashes.
+    Normal,
+}
+
+impl FromStr for Synchronous {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(Synchronous::Full),
+            "normal" => Ok(Synchronous::Normal),
+            other => Err(format!(
+                "unknown synchronous level {other:?} (full or normal)"
+            )),
+        }
+    }
+}
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// Connections in the pool (readers; writes are serialised by SQLite).
+    pub max_connections: u32,
+}
+
+impl SqliteOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteOptions {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            max_connections: 4,
+        }
+    }
+}
+
+/// SQLite implementation of the storage traits.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub async fn open(options: &SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let connect = SqliteConnectOptions::new()
+            .filename(&options.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match options.synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            })
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .connect_with(connect)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStore {
+            pool,
+            path: options.path.clone(),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+pub(crate) fn corrupt(table: &'static str, why: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        why: why.to_string(),
+    }
+}
+
+pub(crate) fn json_map(
+    text: &str,
+    table: &'static str,
+) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt(table, format!("attributes: {e}")))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(
+    v: &T,
+    table: &'static str,
+) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| corrupt(table, e))
+}

@@ -1,0 +1,117 @@
+//! Trusted CAs, CRL numbers and certificate usage.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::{SqliteStore, corrupt, is_unique_violation, to_json};
+use crate::model::{from_ms, to_ms};
+use crate::{CaTemplate, CertificateUsage, PkiStore, StoreError, TrustedCa};
+
+#[async_trait]
+impl PkiStore for SqliteStore {
+    async fn add_trusted_ca(&self, ca: &TrustedCa) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO trusted_cas (fingerprint, subject, certificate, auto_activate, template, added_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&ca.fingerprint)
+        .bind(&ca.subject)
+        .bind(&ca.certificate)
+        .bind(i64::from(ca.auto_activate))
+        .bind(to_json(&ca.template, "trusted_cas")?)
+        .bind(to_ms(ca.added_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::AlreadyExists {
+                    what: "trusted CA",
+                    id: ca.fingerprint.clone(),
+                }
+            } else {
+                StoreError::Database(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn trusted_cas(&self) -> Result<Vec<TrustedCa>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM trusted_cas ORDER BY added_at, fingerprint")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let template: String = r.try_get("template")?;
+                Ok(TrustedCa {
+                    fingerprint: r.try_get("fingerprint")?,
+                    subject: r.try_get("subject")?,
+                    certificate: r.try_get("certificate")?,
+                    auto_activate: r.try_get::<i64, _>("auto_activate")? != 0,
+                    template: serde_json::from_str::<CaTemplate>(&template)
+                        .map_err(|e| corrupt("trusted_cas", e))?,
+                    added_at: from_ms(r.try_get("added_at")?, "trusted_cas")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_trusted_ca(&self, fingerprint: &str) -> Result<(), StoreError> {
+        let r = sqlx::query("DELETE FROM trusted_cas WHERE fingerprint = ?")
+            .bind(fingerprint)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "trusted CA",
+                id: fingerprint.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn next_crl_number(&self, ca_fingerprint: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO crl_numbers (ca_fingerprint, number) VALUES (?, 1) \
+             ON CONFLICT (ca_fingerprint) DO UPDATE SET number = number + 1 RETURNING number",
+        )
+        .bind(ca_fingerprint)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("number")?)
+    }
+
+    async fn record_certificate_usage(&self, usage: &[CertificateUsage]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for u in usage {
+            sqlx::query(
+                "INSERT INTO certificate_usage (fingerprint, client_id, first_seen, last_seen) \
+                 VALUES (?, ?, ?, ?) ON CONFLICT (fingerprint, client_id) \
+                 DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+            )
+            .bind(&u.fingerprint)
+            .bind(&u.client_id)
+            .bind(to_ms(u.first_seen))
+            .bind(to_ms(u.last_seen))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn certificate_usage(&self) -> Result<Vec<CertificateUsage>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM certificate_usage ORDER BY fingerprint, client_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CertificateUsage {
+                    fingerprint: r.try_get("fingerprint")?,
+                    client_id: r.try_get("client_id")?,
+                    first_seen: from_ms(r.try_get("first_seen")?, "certificate_usage")?,
+                    last_seen: from_ms(r.try_get("last_seen")?, "certificate_usage")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,130 @@
+//! Claim limits and the provisioning allow-list.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use time::OffsetDateTime;
+
+use super::{SqliteStore, json_map, to_json};
+use crate::model::{from_ms, to_ms};
+use crate::{AllowEntry, ClaimRecord, ProvisioningStore, StoreError};
+
+fn claim_from_row(r: &SqliteRow) -> Result<ClaimRecord, StoreError> {
+    Ok(ClaimRecord {
+        name: r.try_get("name")?,
+        max_uses: r.try_get("max_uses")?,
+        uses: r.try_get("uses")?,
+        not_after: r
+            .try_get::<Option<i64>, _>("not_after")?
+            .map(|ms| from_ms(ms, "claims"))
+            .transpose()?,
+    })
+}
+
+fn allow_from_row(r: &SqliteRow) -> Result<AllowEntry, StoreError> {
+    let attributes: String = r.try_get("attributes")?;
+    Ok(AllowEntry {
+        serial_number: r.try_get("serial_number")?,
+        device_id: r.try_get("device_id")?,
+        group: r.try_get("group_name")?,
+        attributes: json_map(&attributes, "provisioning_allowlist")?,
+    })
+}
+
+#[async_trait]
+impl ProvisioningStore for SqliteStore {
+    async fn set_claim_limits(
+        &self,
+        name: &str,
+        max_uses: Option<i64>,
+        not_after: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO claims (name, max_uses, not_after) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET max_uses = excluded.max_uses, not_after = excluded.not_after",
+        )
+        .bind(name)
+        .bind(max_uses)
+        .bind(not_after.map(to_ms))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim(&self, name: &str) -> Result<Option<ClaimRecord>, StoreError> {
+        sqlx::query("SELECT * FROM claims WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(claim_from_row)
+            .transpose()
+    }
+
+    async fn consume_claim(
+        &self,
+        name: &str,
+        now: OffsetDateTime,
+    ) -> Result<ClaimRecord, StoreError> {
+        // One statement: the check and the increment cannot be separated by another provisioning.
+        let row = sqlx::query(
+            "UPDATE claims SET uses = uses + 1 WHERE name = ? \
+             AND (max_uses IS NULL OR uses < max_uses) AND (not_after IS NULL OR not_after > ?) \
+             RETURNING *",
+        )
+        .bind(name)
+        .bind(to_ms(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => claim_from_row(&r),
+            None => {
+                let why = match self.claim(name).await? {
+                    None => "no such claim".to_string(),
+                    Some(c) if c.not_after.is_some_and(|t| t <= now) => {
+                        "its lifetime has ended".into()
+                    }
+                    Some(c) => format!("all {} uses are spent", c.max_uses.unwrap_or(0)),
+                };
+                Err(StoreError::Exhausted {
+                    what: "claim",
+                    id: name.to_owned(),
+                    why,
+                })
+            }
+        }
+    }
+
+    async fn allow_serial(&self, e: &AllowEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO provisioning_allowlist (serial_number, device_id, group_name, attributes, added_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial_number) DO UPDATE SET device_id = excluded.device_id, \
+             group_name = excluded.group_name, attributes = excluded.attributes",
+        )
+        .bind(&e.serial_number)
+        .bind(&e.device_id)
+        .bind(&e.group)
+        .bind(to_json(&e.attributes, "provisioning_allowlist")?)
+        .bind(to_ms(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_allowed_serial(
+        &self,
+        serial_number: &str,
+        device_id: &str,
+    ) -> Result<Option<AllowEntry>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE provisioning_allowlist SET used_at = ?, used_by = ? \
+             WHERE serial_number = ? AND used_at IS NULL RETURNING *",
+        )
+        .bind(to_ms(OffsetDateTime::now_utc()))
+        .bind(device_id)
+        .bind(serial_number)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(allow_from_row).transpose()
+    }
+}

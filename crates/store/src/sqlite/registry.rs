@@ -1,0 +1,339 @@
+//! Identities and certificates.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use time::OffsetDateTime;
+
+use super::{SqliteStore, corrupt, is_unique_violation, json_map, to_json};
+use crate::model::{from_ms, to_ms};
+use crate::{
+    CertificateRecord, CertificateStatus, Device, DeviceStatus, DeviceUpdate, IdentityKind,
+    NewCertificate, NewIdentity, Registry, Seen, StoreError,
+};
+
+pub(crate) fn device_from_row(row: &SqliteRow) -> Result<Device, StoreError> {
+    let status: String = row.try_get("status")?;
+    let kind: String = row.try_get("kind")?;
+    let attributes: String = row.try_get("attributes")?;
+    Ok(Device {
+        id: row.try_get("id")?,
+        kind: IdentityKind::parse(&kind)
+            .ok_or_else(|| corrupt("devices", format!("kind {kind:?}")))?,
+        status: DeviceStatus::parse(&status)
+            .ok_or_else(|| corrupt("devices", format!("status {status:?}")))?,
+        pending: row.try_get::<i64, _>("pending")? != 0,
+        quarantined: row.try_get::<i64, _>("quarantined")? != 0,
+        group: row.try_get("group_name")?,
+        attributes: json_map(&attributes, "devices")?,
+        registered_via: row.try_get("registered_via")?,
+        created_at: from_ms(row.try_get("created_at")?, "devices")?,
+        last_seen_at: row
+            .try_get::<Option<i64>, _>("last_seen_at")?
+            .map(|ms| from_ms(ms, "devices"))
+            .transpose()?,
+        last_address: row.try_get("last_address")?,
+    })
+}
+
+pub(crate) fn cert_from_row(row: &SqliteRow) -> Result<CertificateRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    let opt_ms = |col: &str| -> Result<Option<OffsetDateTime>, StoreError> {
+        row.try_get::<Option<i64>, _>(col)?
+            .map(|ms| from_ms(ms, "certificates"))
+            .transpose()
+    };
+    Ok(CertificateRecord {
+        serial: row.try_get("serial")?,
+        device_id: row.try_get("device_id")?,
+        fingerprint: row.try_get("fingerprint")?,
+        not_before: from_ms(row.try_get("not_before")?, "certificates")?,
+        not_after: from_ms(row.try_get("not_after")?, "certificates")?,
+        key_algorithm: row.try_get("key_algorithm")?,
+        issued_at: from_ms(row.try_get("issued_at")?, "certificates")?,
+        status: CertificateStatus::parse(&status)
+            .ok_or_else(|| corrupt("certificates", format!("status {status:?}")))?,
+        issuer: row.try_get("issuer")?,
+        revoked_at: opt_ms("revoked_at")?,
+        revocation_reason: row.try_get("revocation_reason")?,
+        retire_at: opt_ms("retire_at")?,
+    })
+}
+
+async fn insert_cert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &str,
+    cert: &NewCertificate,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO certificates \
+         (serial, device_id, fingerprint, not_before, not_after, key_algorithm, issued_at, status, issuer) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'valid', ?)",
+    )
+    .bind(&cert.serial)
+    .bind(id)
+    .bind(&cert.fingerprint)
+    .bind(to_ms(cert.not_before))
+    .bind(to_ms(cert.not_after))
+    .bind(&cert.key_algorithm)
+    .bind(now)
+    .bind(&cert.issuer)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists {
+                what: "certificate",
+                id: cert.serial.clone(),
+            }
+        } else {
+            StoreError::Database(e)
+        }
+    })?;
+    Ok(())
+}
+
+fn not_found(id: &str) -> StoreError {
+    StoreError::NotFound {
+        what: "identity",
+        id: id.to_owned(),
+    }
+}
+
+#[async_trait]
+impl Registry for SqliteStore {
+    async fn add_identity(&self, n: &NewIdentity) -> Result<(), StoreError> {
+        let now = to_ms(OffsetDateTime::now_utc());
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO devices (id, kind, status, pending, group_name, attributes, registered_via, created_at) \
+             VALUES (?, ?, 'active', ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&n.id)
+        .bind(n.kind.as_str())
+        .bind(i64::from(n.pending))
+        .bind(&n.group)
+        .bind(to_json(&n.attributes, "devices")?)
+        .bind(&n.registered_via)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::AlreadyExists {
+                what: "identity",
+                id: n.id.clone(),
+            });
+        }
+        insert_cert(&mut tx, &n.id, &n.certificate, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_certificate(&self, id: &str, cert: &NewCertificate) -> Result<(), StoreError> {
+        let now = to_ms(OffsetDateTime::now_utc());
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM devices WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(not_found(id));
+        }
+        insert_cert(&mut tx, id, cert, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
+        sqlx::query("SELECT * FROM devices WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(device_from_row)
+            .transpose()
+    }
+
+    async fn identities(&self, kind: Option<IdentityKind>) -> Result<Vec<Device>, StoreError> {
+        let rows = match kind {
+            Some(k) => {
+                sqlx::query("SELECT * FROM devices WHERE kind = ? ORDER BY id")
+                    .bind(k.as_str())
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM devices ORDER BY id")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn set_device_status(&self, id: &str, status: DeviceStatus) -> Result<(), StoreError> {
+        let r = sqlx::query("UPDATE devices SET status = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(not_found(id));
+        }
+        Ok(())
+    }
+
+    async fn update_device(&self, id: &str, u: &DeviceUpdate) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT * FROM devices WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        let current = device_from_row(&row)?;
+        let group = match &u.group {
+            Some(g) => g.clone(),
+            None => current.group,
+        };
+        let attributes = u.attributes.clone().unwrap_or(current.attributes);
+        let quarantined = u.quarantined.unwrap_or(current.quarantined);
+        let pending = u.pending.unwrap_or(current.pending);
+        sqlx::query(
+            "UPDATE devices SET group_name = ?, attributes = ?, quarantined = ?, pending = ? WHERE id = ?",
+        )
+        .bind(group)
+        .bind(to_json(&attributes, "devices")?)
+        .bind(i64::from(quarantined))
+        .bind(i64::from(pending))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn certificates(&self, id: &str) -> Result<Vec<CertificateRecord>, StoreError> {
+        sqlx::query("SELECT * FROM certificates WHERE device_id = ? ORDER BY issued_at, serial")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(cert_from_row)
+            .collect()
+    }
+
+    async fn all_certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        sqlx::query("SELECT * FROM certificates ORDER BY device_id, issued_at, serial")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(cert_from_row)
+            .collect()
+    }
+
+    async fn certificate_by_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<CertificateRecord>, StoreError> {
+        sqlx::query("SELECT * FROM certificates WHERE fingerprint = ?")
+            .bind(fingerprint)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(cert_from_row)
+            .transpose()
+    }
+
+    async fn revoke_certificates(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        let now = to_ms(OffsetDateTime::now_utc());
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM devices WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(not_found(id));
+        }
+        let rows = sqlx::query(
+            "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ? \
+             WHERE device_id = ? AND status = 'valid' RETURNING *",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    async fn revoked_certificates(
+        &self,
+        issuer: &str,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM certificates WHERE status = 'revoked' AND issuer = ? ORDER BY revoked_at, serial",
+        )
+        .bind(issuer)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(cert_from_row)
+        .collect()
+    }
+
+    async fn schedule_retirement(
+        &self,
+        serial: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "UPDATE certificates SET retire_at = ? WHERE serial = ? AND status = 'valid'",
+        )
+        .bind(to_ms(at))
+        .bind(serial)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "valid certificate",
+                id: serial.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn retire_due(&self, now: OffsetDateTime) -> Result<Vec<CertificateRecord>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE certificates SET status = 'retired' \
+             WHERE status = 'valid' AND retire_at IS NOT NULL AND retire_at <= ? RETURNING *",
+        )
+        .bind(to_ms(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    async fn record_seen_many(&self, seen: &[Seen]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for s in seen {
+            sqlx::query(
+                "UPDATE devices SET last_seen_at = ?, last_address = ? WHERE id = ? \
+                 AND (last_seen_at IS NULL OR last_seen_at <= ?)",
+            )
+            .bind(to_ms(s.at))
+            .bind(&s.address)
+            .bind(&s.device_id)
+            .bind(to_ms(s.at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

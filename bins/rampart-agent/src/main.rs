@@ -79,19 +79,43 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return report(&e),
             };
-            if let Err(e) = rampart_agent::tls::client_config(
-                &cfg.resolve(&cfg.hub.ca),
-                &cfg.resolve(&cfg.hub.cert),
-                &cfg.resolve(&cfg.hub.key),
-            ) {
-                return report(&e);
+            let cert = cfg.resolve(&cfg.hub.cert);
+            let key = cfg.resolve(&cfg.hub.key);
+            let ca = cfg.resolve(&cfg.hub.ca);
+            if cert.exists() {
+                if let Err(e) = rampart_agent::tls::client_config(&ca, &cert, &key) {
+                    return report(&e);
+                }
+                let id = rampart_agent::credentials::Pair { cert, key }
+                    .info()
+                    .ok()
+                    .and_then(|i| i.common_name)
+                    .unwrap_or_default();
+                println!(
+                    "{}: ok (device {id}, hub {})",
+                    config.display(),
+                    cfg.hub.address
+                );
+            } else if let Some(p) = &cfg.provisioning {
+                let (claim_cert, claim_key) =
+                    (cfg.resolve(&p.claim_cert), cfg.resolve(&p.claim_key));
+                if let Err(e) = rampart_agent::tls::client_config(&ca, &claim_cert, &claim_key) {
+                    return report(&e);
+                }
+                println!(
+                    "{}: ok (no device certificate yet; will provision as serial {} with {}, hub {})",
+                    config.display(),
+                    p.serial_number,
+                    claim_cert.display(),
+                    cfg.hub.address
+                );
+            } else {
+                eprintln!(
+                    "error: no device certificate at {} and no [provisioning] section",
+                    cert.display()
+                );
+                return ExitCode::FAILURE;
             }
-            println!(
-                "{}: ok (device {}, hub {})",
-                config.display(),
-                cfg.device_id,
-                cfg.hub.address
-            );
             ExitCode::SUCCESS
         }
         Command::Run { config } => {

@@ -12,8 +12,10 @@ use crate::error::AgentError;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The device id: must equal the CN of the device certificate.
-    pub device_id: String,
+    /// The device id. Optional: it is the CN of the device certificate, which a provisioned
+    /// device only learns from the hub. When set, it must equal that CN.
+    #[serde(default)]
+    pub device_id: Option<String>,
     /// Where the agent keeps its state (sequence counter).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -24,6 +26,13 @@ pub struct AgentConfig {
     pub reconnect: ReconnectSection,
     #[serde(default)]
     pub bms: BmsSection,
+    #[serde(default)]
+    pub credentials: CredentialsSection,
+    /// Present on factory-fresh devices that provision themselves with a claim certificate.
+    #[serde(default)]
+    pub provisioning: Option<ProvisioningSection>,
+    #[serde(default)]
+    pub tokens: TokensSection,
     /// Directory of the file, for resolving relative paths (not read from the file).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -104,6 +113,71 @@ impl Default for ReconnectSection {
     }
 }
 
+/// `[credentials]`: certificate renewal.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsSection {
+    /// Renew when this fraction of the certificate's lifetime has passed.
+    pub renew_at: f64,
+    /// Key type of renewed keys: "ecdsa-p256" or "ed25519".
+    pub key_algorithm: String,
+    /// How long to wait for the hub's answer to a renewal request.
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+}
+
+impl Default for CredentialsSection {
+    fn default() -> Self {
+        CredentialsSection {
+            renew_at: 2.0 / 3.0,
+            key_algorithm: "ecdsa-p256".into(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[provisioning]`: fleet provisioning by claim certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningSection {
+    /// The factory claim certificate and key (shared by a production batch).
+    #[serde(default = "default_claim_cert")]
+    pub claim_cert: PathBuf,
+    #[serde(default = "default_claim_key")]
+    pub claim_key: PathBuf,
+    /// This device's serial number: what the hub's allow-list or hook decides on.
+    pub serial_number: String,
+    /// Extra facts sent to the provisioning hook.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+fn default_claim_cert() -> PathBuf {
+    "claim.crt".into()
+}
+fn default_claim_key() -> PathBuf {
+    "claim.key".into()
+}
+
+/// `[tokens]`: short-lived session tokens for the hub's HTTPS endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensSection {
+    /// Request a token after connecting and renew it before it expires.
+    pub enabled: bool,
+    /// Renew when this fraction of the token's lifetime has passed.
+    pub renew_at: f64,
+}
+
+impl Default for TokensSection {
+    fn default() -> Self {
+        TokensSection {
+            enabled: true,
+            renew_at: 0.8,
+        }
+    }
+}
+
 /// `[bms]`: the battery source. `kind` selects the driver.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -150,10 +224,33 @@ impl AgentConfig {
         };
         let mut cfg: AgentConfig = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         cfg.base_dir = base_dir.to_path_buf();
-        if cfg.device_id.is_empty() || cfg.device_id.contains(['/', '+', '#']) {
+        if let Some(id) = &cfg.device_id
+            && (id.is_empty() || id.contains(['/', '+', '#']))
+        {
+            return Err(err(format!("device_id = {id:?} is not a valid device id")));
+        }
+        let c = &cfg.credentials;
+        if !(0.1..=0.95).contains(&c.renew_at) {
             return Err(err(format!(
-                "device_id = {:?} is not a valid device id",
-                cfg.device_id
+                "credentials.renew_at = {} must be between 0.1 and 0.95",
+                c.renew_at
+            )));
+        }
+        c.key_algorithm
+            .parse::<rampart_pki::KeyAlgorithm>()
+            .map_err(|e| err(format!("credentials.key_algorithm: {e}")))?;
+        if !(0.1..=0.95).contains(&cfg.tokens.renew_at) {
+            return Err(err(format!(
+                "tokens.renew_at = {} must be between 0.1 and 0.95",
+                cfg.tokens.renew_at
+            )));
+        }
+        if let Some(p) = &cfg.provisioning
+            && (p.serial_number.is_empty() || p.serial_number.contains(['/', '+', '#']))
+        {
+            return Err(err(format!(
+                "provisioning.serial_number = {:?}: must be non-empty, without / + #",
+                p.serial_number
             )));
         }
         cfg.hub_host_port().map_err(err)?;
@@ -236,6 +333,17 @@ interval = "5s"
 # and counted.
 queue = 1000
 
+[credentials]
+# Renew the certificate (new key, CSR over MQTT) when this fraction of its lifetime has passed.
+renew_at = 0.667
+key_algorithm = "ecdsa-p256"
+request_timeout = "30s"
+
+[tokens]
+# Keep a short-lived session token for the hub's HTTPS endpoints (state/token, 0600).
+enabled = true
+renew_at = 0.8
+
 [reconnect]
 # Exponential backoff with full jitter between connection attempts.
 initial_backoff = "1s"
@@ -268,7 +376,7 @@ mod tests {
         let t = AgentConfig::template("gw-1", "localhost:8883");
         let c = AgentConfig::parse(&t, Path::new("agent.toml"), Path::new("/etc/rampart"))
             .expect("template parses");
-        assert_eq!(c.device_id, "gw-1");
+        assert_eq!(c.device_id.as_deref(), Some("gw-1"));
         assert_eq!(c.hub_host_port().expect("addr"), ("localhost".into(), 8883));
         assert_eq!(c.telemetry.interval, Duration::from_secs(5));
         assert_eq!(

@@ -9,9 +9,11 @@
 //! - `config`: `agent.toml`, documented and validated.
 //! - `tls`: the rustls client configuration (ring provider).
 //! - `sequence`: the sequence counter that survives restarts.
+//! - `credentials`: certificate and key files, renewal with atomic swap and rollback.
 //! - `runner`: the main loop.
 
 pub mod config;
+pub mod credentials;
 mod error;
 pub mod runner;
 pub mod sequence;

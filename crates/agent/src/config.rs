@@ -304,6 +304,29 @@ impl AgentConfig {
         }
     }
 
+    /// The factory `agent.toml` that `rampart claim add --out DIR` writes: no device
+    /// credentials yet, a `[provisioning]` section whose `serial_number` each device sets.
+    pub fn provisioning_template(hub_address: &str) -> String {
+        let device = Self::template("-", hub_address);
+        let device = device
+            .replace(
+                "# The device id: equals the CN of device.crt and the MQTT client id.\ndevice_id = \"-\"\n",
+                "# No device_id: the hub assigns it when the device provisions (the CN of device.crt).\n",
+            );
+        format!(
+            r#"{device}
+[provisioning]
+# Factory-fresh: no device.crt/device.key yet. The agent makes its own key, sends a CSR with
+# its serial number over the claim certificate's connection, and stores the certificate it
+# gets. The claim certificate only allows that exchange.
+claim_cert = "claim.crt"
+claim_key = "claim.key"
+# Set per device at the factory (the hub's allow-list or provisioning hook decides on it).
+serial_number = "SERIAL"
+"#
+        )
+    }
+
     /// The `agent.toml` that `rampart device add --out DIR` writes next to the bundle.
     pub fn template(device_id: &str, hub_address: &str) -> String {
         format!(
@@ -384,6 +407,14 @@ mod tests {
             PathBuf::from("/etc/rampart/device.key")
         );
         assert_eq!(c.bms, BmsSection::Simulator(SimulatorConfig::default()));
+    }
+
+    #[test]
+    fn provisioning_template_parses() {
+        let t = AgentConfig::provisioning_template("hub:8883");
+        let c = AgentConfig::parse(&t, Path::new("agent.toml"), Path::new("/f")).expect("parses");
+        assert_eq!(c.device_id, None);
+        assert_eq!(c.provisioning.expect("section").serial_number, "SERIAL");
     }
 
     #[test]

@@ -325,22 +325,21 @@ impl<'a> Session<'a> {
             QoS::AtLeastOnce,
             true,
         );
-        let (client, mut eventloop) = mqtt_client(self.cfg, pair, self.device_id, Some(will))?;
+        let (client, eventloop) = mqtt_client(self.cfg, pair, self.device_id, Some(will))?;
         if pending {
             tracing::info!(cert = %pair.cert.display(), "connecting with the renewed certificate");
         }
+        let mut events = EventTask::spawn(eventloop, self.cfg);
         let mut promoted = !pending;
         let mut connected = false;
-        let mut failures: u32 = 0;
         let (mut published, mut acked) = (0u64, 0u64);
         let mut draining: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             let window_open = connected && draining.is_none() && published - acked < PUBLISH_WINDOW;
             tokio::select! {
-                ev = eventloop.poll() => match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        failures = 0;
+                ev = events.rx.recv() => match ev {
+                    Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                         connected = true;
                         self.stats.connects.fetch_add(1, Ordering::Relaxed);
                         self.stats.connected.store(true, Ordering::Relaxed);
@@ -354,41 +353,41 @@ impl<'a> Session<'a> {
                         for t in [self.topic("certs/renew/response"), self.topic("token/response")] {
                             let _ = client.try_subscribe(t, QoS::AtLeastOnce);
                         }
-                        let _ = client.try_publish(status_topic.as_str(), QoS::AtLeastOnce, true, status_payload("online"));
-                        published += 1;
+                        if client
+                            .try_publish(status_topic.as_str(), QoS::AtLeastOnce, true, status_payload("online"))
+                            .is_ok()
+                        {
+                            published += 1;
+                        }
                         if self.cfg.tokens.enabled {
                             self.request_token(&client, &mut published);
                         }
                     }
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    Some(Ok(Event::Incoming(Packet::PubAck(_)))) => {
                         acked += 1;
                         self.stats.acknowledged.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                    Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                         if self.answer(&p.topic, &p.payload)? {
                             draining = Some(tokio::time::Instant::now() + Duration::from_secs(10));
                         }
                     }
-                    Ok(Event::Incoming(Packet::Disconnect)) => tracing::warn!("the hub closed the session"),
-                    Ok(_) => {}
-                    Err(e) => {
+                    Some(Ok(Event::Incoming(Packet::Disconnect))) => {
+                        tracing::warn!("the hub closed the session");
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
                         connected = false;
                         self.stats.connected.store(false, Ordering::Relaxed);
                         self.stats.connection_failures.fetch_add(1, Ordering::Relaxed);
                         if !promoted {
-                            return Ok(End::PendingFailed(explain(&e)));
+                            events.stop();
+                            return Ok(End::PendingFailed(e));
                         }
-                        // The event loop keeps unacknowledged publishes and re-sends them
-                        // after it reconnects, so a session only ends once they are
-                        // acknowledged (or on shutdown).
-                        let delay = backoff(failures, self.cfg.reconnect.initial_backoff, self.cfg.reconnect.max_backoff);
-                        failures = failures.saturating_add(1);
-                        tracing::warn!(error = %explain(&e), retry_in = ?delay, attempt = failures, "connection to the hub failed");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = shutdown.cancelled() => return Ok(End::Shutdown),
-                        }
+                        // The event task backs off and reconnects; it keeps unacknowledged
+                        // publishes and re-sends them once connected again.
                     }
+                    None => return Err(AgentError::Tls("the MQTT event loop stopped".into())),
                 },
                 Some((n, payload)) = queue.recv(), if window_open => {
                     match client.publish(telemetry_topic.as_str(), QoS::AtLeastOnce, false, payload).await {
@@ -406,7 +405,7 @@ impl<'a> Session<'a> {
                         if acked < published {
                             tracing::warn!(unacknowledged = published - acked, "switching certificates before every publish was acknowledged");
                         }
-                        disconnect(&client, &mut eventloop, self.stats).await;
+                        events.disconnect(&client, self.stats).await;
                         return Ok(End::UsePending);
                     }
                     if connected && draining.is_none() {
@@ -416,21 +415,26 @@ impl<'a> Session<'a> {
                 }
                 _ = shutdown.cancelled() => {
                     if connected {
-                        let _ = client.try_publish(status_topic.as_str(), QoS::AtLeastOnce, true, status_payload("offline"));
-                        published += 1;
+                        if client
+                            .try_publish(status_topic.as_str(), QoS::AtLeastOnce, true, status_payload("offline"))
+                            .is_ok()
+                        {
+                            published += 1;
+                        }
                         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                        while acked < published && tokio::time::Instant::now() < deadline {
-                            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                        while acked < published {
+                            match tokio::time::timeout_at(deadline, events.rx.recv()).await {
+                                Ok(Some(Ok(Event::Incoming(Packet::PubAck(_))))) => {
                                     acked += 1;
                                     self.stats.acknowledged.fetch_add(1, Ordering::Relaxed);
                                 }
-                                Ok(Ok(_)) => {}
+                                Ok(Some(Ok(_))) => {}
                                 _ => break,
                             }
                         }
-                        disconnect(&client, &mut eventloop, self.stats).await;
+                        events.disconnect(&client, self.stats).await;
                     }
+                    events.stop();
                     self.stats.connected.store(false, Ordering::Relaxed);
                     return Ok(End::Shutdown);
                 }
@@ -579,21 +583,74 @@ impl<'a> Session<'a> {
     }
 }
 
-async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, stats: &AgentStats) {
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    stats.acknowledged.fetch_add(1, Ordering::Relaxed);
+/// The MQTT event loop, polled to completion in its own task: rumqttc's connect is not
+/// cancel-safe, so it must never sit in a `select!` beside timers. Errors are reported and
+/// followed by a backoff sleep (exponential, full jitter) before the next attempt.
+struct EventTask {
+    rx: mpsc::Receiver<Result<Event, String>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl EventTask {
+    fn spawn(mut eventloop: EventLoop, cfg: &AgentConfig) -> EventTask {
+        let (tx, rx) = mpsc::channel(256);
+        let (initial, max) = (cfg.reconnect.initial_backoff, cfg.reconnect.max_backoff);
+        let handle = tokio::spawn(async move {
+            let mut failures: u32 = 0;
+            loop {
+                match eventloop.poll().await {
+                    Ok(ev) => {
+                        if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
+                            failures = 0;
+                        }
+                        if tx.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let delay = backoff(failures, initial, max);
+                        failures = failures.saturating_add(1);
+                        let why = explain(&e);
+                        tracing::warn!(error = %why, retry_in = ?delay, attempt = failures, "connection to the hub failed");
+                        if tx.send(Err(why)).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(delay).await;
+                    }
                 }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
             }
-        }
-    })
-    .await;
-    stats.connected.store(false, Ordering::Relaxed);
+        });
+        EventTask { rx, handle }
+    }
+
+    /// Sends DISCONNECT and waits (up to 3 s) until it is out, then stops the task.
+    async fn disconnect(&mut self, client: &AsyncClient, stats: &AgentStats) {
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while let Some(ev) = self.rx.recv().await {
+                match ev {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        stats.acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        self.stop();
+        stats.connected.store(false, Ordering::Relaxed);
+    }
+
+    fn stop(&self) {
+        self.handle.abort();
+    }
+}
+
+impl Drop for EventTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
 }
 
 /// Fleet provisioning: connect with the claim certificate, send a CSR for a key made here,

@@ -49,7 +49,7 @@ struct Def {
     help: &'static str,
 }
 
-const DEFS: &[Def] = &[
+const DEFS: [Def; METRIC_COUNT] = [
     Def {
         name: "rampart_connections_accepted_total",
         kind: "counter",
@@ -145,7 +145,70 @@ const DEFS: &[Def] = &[
         kind: "counter",
         help: "Telemetry rows whose transaction failed (not acknowledged).",
     },
+    Def {
+        name: "rampart_device_api_requests_total",
+        kind: "counter",
+        help: "Device API requests with a registered client certificate.",
+    },
+    Def {
+        name: "rampart_device_api_tls_refused_total",
+        kind: "counter",
+        help: "Device API connections refused in TLS (no or untrusted certificate).",
+    },
+    Def {
+        name: "rampart_device_api_certificate_refused_total",
+        kind: "counter",
+        help: "Device API connections whose certificate the registry refused.",
+    },
+    Def {
+        name: "rampart_device_api_token_missing_total",
+        kind: "counter",
+        help: "Device API requests without a token.",
+    },
+    Def {
+        name: "rampart_device_api_token_expired_total",
+        kind: "counter",
+        help: "Device API requests with an expired token.",
+    },
+    Def {
+        name: "rampart_device_api_token_forged_total",
+        kind: "counter",
+        help: "Device API requests with a token whose signature does not verify.",
+    },
+    Def {
+        name: "rampart_device_api_token_wrong_device_total",
+        kind: "counter",
+        help: "Device API requests with a token of another device or certificate.",
+    },
+    Def {
+        name: "rampart_device_api_token_invalid_total",
+        kind: "counter",
+        help: "Device API requests with a malformed token.",
+    },
+    Def {
+        name: "rampart_audit_findings_low",
+        kind: "gauge",
+        help: "Low findings of the last scheduled identity audit.",
+    },
+    Def {
+        name: "rampart_audit_findings_medium",
+        kind: "gauge",
+        help: "Medium findings of the last scheduled identity audit.",
+    },
+    Def {
+        name: "rampart_audit_findings_high",
+        kind: "gauge",
+        help: "High findings of the last scheduled identity audit.",
+    },
+    Def {
+        name: "rampart_audit_findings_critical",
+        kind: "gauge",
+        help: "Critical findings of the last scheduled identity audit.",
+    },
 ];
+
+/// Number of metrics in [`DEFS`]; `snapshot` must produce exactly this many values.
+const METRIC_COUNT: usize = 31;
 
 /// Takes a snapshot of broker, ingest, device API and audit counters.
 pub fn snapshot(
@@ -158,7 +221,9 @@ pub fn snapshot(
         i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
     };
     let g = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed);
-    let values = [
+    // Typed as an array of METRIC_COUNT: a value without a definition (or the reverse)
+    // does not compile.
+    let values: [i64; METRIC_COUNT] = [
         u(&m.connections_accepted),
         g(&m.connections_active),
         u(&m.tls_handshakes),

@@ -102,11 +102,7 @@ pub async fn add_identity(
         Some(l) => l,
         None => cfg.device_cert_lifetime().map_err(HubError::Invalid)?,
     };
-    let now = OffsetDateTime::now_utc();
-    let validity = Validity {
-        not_before: now - time::Duration::minutes(5),
-        not_after: now + lifetime,
-    };
+    let validity = Validity::for_lifetime(lifetime);
     let (cert, key, via) = match key_source {
         KeySource::Generate(alg) => {
             let (cert, key) = ca.issue_device(id, alg, validity)?;

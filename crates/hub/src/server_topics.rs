@@ -169,11 +169,7 @@ impl ServerTopics {
     }
 
     fn validity(&self) -> Validity {
-        let now = OffsetDateTime::now_utc();
-        Validity {
-            not_before: now - time::Duration::minutes(5),
-            not_after: now + self.config.cert_lifetime,
-        }
+        Validity::for_lifetime(self.config.cert_lifetime)
     }
 
     /// Fleet provisioning: a claim identity trades a CSR for a device certificate.

@@ -10,7 +10,7 @@ use rcgen::{
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::CertificateDer;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::csr::CheckedCsr;
 use crate::error::PkiError;
@@ -26,12 +26,20 @@ pub struct Validity {
 }
 
 impl Validity {
-    /// Valid from five minutes ago (tolerating clock skew between hub and devices) for `days`.
+    /// Valid for `days` from now (see [`Validity::for_lifetime`]).
     pub fn days_from_now(days: u32) -> Validity {
+        Self::for_lifetime(std::time::Duration::from_secs(u64::from(days) * 86_400))
+    }
+
+    /// Valid from slightly in the past — tolerating clock skew between hub and devices — until
+    /// `lifetime` from now. The backdating is 5 minutes, or a tenth of the lifetime if that is
+    /// less, so that short-lived certificates keep their renewal point where it belongs.
+    pub fn for_lifetime(lifetime: std::time::Duration) -> Validity {
         let now = OffsetDateTime::now_utc();
+        let skew = (lifetime / 10).min(std::time::Duration::from_secs(300));
         Validity {
-            not_before: now - Duration::minutes(5),
-            not_after: now + Duration::days(i64::from(days)),
+            not_before: now - skew,
+            not_after: now + lifetime,
         }
     }
 

@@ -102,9 +102,17 @@ pub async fn add_claim(
         std::fs::rename(&f, &t)
             .map_err(|e| CliError::new(format!("{}: {e}", t.display()), None))?;
     }
-    let _ = files::create_private_dir(out);
+    let address = super::device::default_hub_address(&cfg);
+    files::write_public(
+        &out.join("agent.toml"),
+        rampart_agent::AgentConfig::provisioning_template(&address).as_bytes(),
+        force,
+    )
+    .map_err(|e| CliError::new(e.to_string(), None))?;
     println!("Created claim {name}: {}", out.display());
-    println!("  claim.key (0600), claim.crt, ca-chain.crt");
+    println!(
+        "  claim.key (0600), claim.crt, ca-chain.crt, agent.toml (set serial_number per device)"
+    );
     println!(
         "  uses: {}, valid until {}",
         max_uses

@@ -448,3 +448,37 @@ async fn trusted_cas_and_certificate_usage() {
     s.remove_trusted_ca("cafp").await.unwrap();
     assert!(s.trusted_cas().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_then_write_transactions_survive_a_busy_writer() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = Arc::new(open(&dir).await);
+    s.add_identity(&device("gw-1", "01")).await.unwrap();
+    // A writer committing as fast as it can, like the telemetry group commit under load.
+    let writer = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                s.insert_telemetry(&[row("gw-1", i + 1)]).await.unwrap();
+            }
+        })
+    };
+    // Meanwhile, transactions that read before they write.
+    for i in 0..100 {
+        s.update_device(
+            "gw-1",
+            &DeviceUpdate {
+                quarantined: Some(i % 2 == 0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        s.add_certificate("gw-1", &cert(&format!("c{i}")))
+            .await
+            .unwrap();
+        s.put_policy("p", &format!("v{i}")).await.unwrap();
+    }
+    writer.await.unwrap();
+    assert_eq!(s.certificates("gw-1").await.unwrap().len(), 101);
+}

@@ -102,6 +102,16 @@ impl SqliteStore {
         })
     }
 
+    /// Starts a write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred
+    /// transaction that reads first and writes later fails with SQLITE_BUSY_SNAPSHOT — not
+    /// retried by the busy timeout — whenever another writer (the telemetry group commit, many
+    /// times a second) committed in between.
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path

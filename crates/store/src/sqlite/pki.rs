@@ -81,7 +81,7 @@ impl PkiStore for SqliteStore {
     }
 
     async fn record_certificate_usage(&self, usage: &[CertificateUsage]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for u in usage {
             sqlx::query(
                 "INSERT INTO certificate_usage (fingerprint, client_id, first_seen, last_seen) \

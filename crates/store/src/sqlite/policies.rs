@@ -22,7 +22,7 @@ fn policy_from_row(row: &SqliteRow, time_col: &str) -> Result<PolicyRecord, Stor
 impl PolicyStore for SqliteStore {
     async fn put_policy(&self, name: &str, document: &str) -> Result<i64, StoreError> {
         let now = to_ms(OffsetDateTime::now_utc());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let current: Option<i64> = sqlx::query("SELECT version FROM policies WHERE name = ?")
             .bind(name)
             .fetch_optional(&mut *tx)

@@ -105,7 +105,7 @@ fn not_found(id: &str) -> StoreError {
 impl Registry for SqliteStore {
     async fn add_identity(&self, n: &NewIdentity) -> Result<(), StoreError> {
         let now = to_ms(OffsetDateTime::now_utc());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let inserted = sqlx::query(
             "INSERT INTO devices (id, kind, status, pending, group_name, attributes, registered_via, created_at) \
              VALUES (?, ?, 'active', ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
@@ -132,7 +132,7 @@ impl Registry for SqliteStore {
 
     async fn add_certificate(&self, id: &str, cert: &NewCertificate) -> Result<(), StoreError> {
         let now = to_ms(OffsetDateTime::now_utc());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let exists = sqlx::query("SELECT 1 FROM devices WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -185,7 +185,7 @@ impl Registry for SqliteStore {
     }
 
     async fn update_device(&self, id: &str, u: &DeviceUpdate) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query("SELECT * FROM devices WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -251,7 +251,7 @@ impl Registry for SqliteStore {
         reason: &str,
     ) -> Result<Vec<CertificateRecord>, StoreError> {
         let now = to_ms(OffsetDateTime::now_utc());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let exists = sqlx::query("SELECT 1 FROM devices WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -320,7 +320,7 @@ impl Registry for SqliteStore {
     }
 
     async fn record_seen_many(&self, seen: &[Seen]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for s in seen {
             sqlx::query(
                 "UPDATE devices SET last_seen_at = ?, last_address = ? WHERE id = ? \

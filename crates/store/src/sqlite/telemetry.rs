@@ -33,7 +33,7 @@ fn telemetry_from_row(row: &SqliteRow) -> Result<TelemetryRow, StoreError> {
 #[async_trait]
 impl TelemetryStore for SqliteStore {
     async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut inserted = 0;
         for r in rows {
             inserted += sqlx::query(

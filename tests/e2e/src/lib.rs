@@ -590,8 +590,10 @@ impl TestHub {
 
     /// Runs SQL on the hub's database (crafting registry states for audit tests).
     pub fn sql(&self, statement: &str) {
+        // A busy timeout, as the hub writes concurrently (last-seen batches, telemetry).
         run_ok(
             Command::new("sqlite3")
+                .args(["-cmd", ".timeout 10000"])
                 .arg(self.data.join("rampart.db"))
                 .arg(statement),
         );

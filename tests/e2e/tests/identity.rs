@@ -515,3 +515,90 @@ fn the_agent_renews_its_token_in_band_and_it_works() {
     let (code, body) = hub.api_get(&dev, "/v1/device/whoami", Some(token.trim()));
     assert_eq!(code, 200, "{body}");
 }
+
+#[test]
+fn a_service_identity_reads_across_devices_under_its_own_client_ids() {
+    let hub = TestHub::start_new();
+    let dev = hub.add_device("gw-s");
+    let svc_dir = hub.tmp.path().join("pipeline");
+    ok(hub.rampart(&[
+        "service",
+        "add",
+        "pipeline",
+        "--out",
+        svc_dir.to_str().unwrap(),
+    ]));
+    let svc = Bundle {
+        id: "pipeline".into(),
+        dir: svc_dir,
+    };
+    // Without a policy the service has no rights at all.
+    let out = hub.mosquitto_pub(&svc, &["-t", "x", "-m", "x"]);
+    assert!(!out.status.success());
+    hub.expect_refusal("connect_not_authorized", 1);
+    let policy = write_policy(
+        &hub,
+        "reader",
+        r#"
+name = "telemetry-reader"
+[[statement]]
+effect = "allow"
+actions = ["connect"]
+resources = ["*"]
+[[statement]]
+effect = "allow"
+actions = ["subscribe", "receive"]
+resources = ["devices/+/telemetry"]
+"#,
+    );
+    ok(hub.rampart(&["policy", "put", &policy]));
+    ok(hub.rampart(&["policy", "attach", "telemetry-reader", "service:pipeline"]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Two workers of the same service, each with its own client id.
+        let (mut w1, r1) = RawClient::connect(
+            hub.addr(),
+            &svc,
+            Protocol::V5,
+            "pipeline-worker-1",
+            true,
+            30,
+            None,
+            Default::default(),
+        )
+        .await;
+        let (mut w2, r2) = RawClient::connect(
+            hub.addr(),
+            &svc,
+            Protocol::V5,
+            "pipeline-worker-2",
+            true,
+            30,
+            None,
+            Default::default(),
+        )
+        .await;
+        for r in [r1, r2] {
+            assert!(
+                matches!(r, Received::Packet(Packet::ConnAck(ref a)) if a.code == 0),
+                "{r:?}"
+            );
+        }
+        w1.send(&subscribe(1, "devices/+/telemetry")).await;
+        let Packet::SubAck(s) = w1.expect(T, |p| matches!(p, Packet::SubAck(_))).await else {
+            unreachable!()
+        };
+        assert_eq!(s.codes, vec![1]);
+        // It may read, not write.
+        w2.send(&publish("devices/gw-s/telemetry", 2, TELEMETRY))
+            .await;
+        assert_eq!(puback(&mut w2, 2).await, reason::NOT_AUTHORIZED);
+        let mut d = RawClient::connect_ok(hub.addr(), &dev, Protocol::V311).await;
+        d.send(&publish("devices/gw-s/telemetry", 3, TELEMETRY))
+            .await;
+        let Packet::Publish(m) = w1.expect(T, |p| matches!(p, Packet::Publish(_))).await else {
+            unreachable!()
+        };
+        assert_eq!(&*m.topic, "devices/gw-s/telemetry");
+    });
+}

@@ -226,3 +226,63 @@ fn a_provisioning_hook_decides_for_serials_not_on_the_allow_list() {
         bad.logs.text()
     );
 }
+
+#[test]
+fn an_http_provisioning_hook_is_asked_over_the_network() {
+    // An independent HTTP peer: Python's http.server, answering like a manufacturer's ERP.
+    let port = free_port();
+    let script = format!(
+        r#"
+import json, http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+        ok = req['serial_number'].startswith('ERP-')
+        body = json.dumps({{'allow': ok, 'device_id': 'gw-' + req['serial_number'].lower(), 'reason': 'not in the ERP'}}).encode()
+        self.send_response(200); self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()
+"#
+    );
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let mut hub = TestHub::init();
+    hub.configure("allowlist = true", "allowlist = false");
+    hub.configure(
+        "hook_url = \"\"",
+        &format!("hook_url = \"http://127.0.0.1:{port}/provision\""),
+    );
+    hub.start();
+    let claim_dir = claim(&hub, "batch-http", &[]);
+    let agent = Agent::start(&fresh_device(&hub, &claim_dir, "ERP-9"), "500ms");
+    let ok_seen = wait_until(Duration::from_secs(20), || {
+        !hub.telemetry("gw-erp-9").is_empty()
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(ok_seen, "{}\n{}", agent.logs.text(), hub.logs.text());
+}
+
+#[test]
+fn a_claim_certificate_stops_working_when_its_lifetime_ends() {
+    let hub = TestHub::start_new();
+    let claim_dir = claim(&hub, "short-lived", &["--valid-for", "3s"]);
+    std::thread::sleep(Duration::from_secs(4));
+    ok(hub.rampart(&["provision", "allow", "SN-LATE"]));
+    let agent = Agent::start(&fresh_device(&hub, &claim_dir, "SN-LATE"), "500ms");
+    hub.expect_refusal("tls_certificate_expired", 1);
+    assert!(
+        agent
+            .logs
+            .wait_for(&["provisioning rejected"], Duration::from_secs(10)),
+        "{}",
+        agent.logs.text()
+    );
+    assert!(hub.telemetry("SN-LATE").is_empty());
+}

@@ -6,14 +6,25 @@
 //!   the agent sends (`TelemetryMessage`, documented in docs/topics.md) with its validation.
 //! - `source`: the `BmsSource` trait behind which protocol drivers live.
 //! - `simulator`: a pack simulator for demos and tests.
+//! - `jbd`: JBD / Xiaoxiang UART protocol (commands 0x03 and 0x04) over any serial stream.
+//! - `pylontech`: Pylontech/SMA-style CAN frames (0x351..0x35E) decoded into readings.
+//! - `can` (feature `socketcan`): live SocketCAN source for the same protocol.
+//! - `candump`: candump log files parsed and replayed as a CAN source.
+//! - `modbus`: Modbus TCP/RTU registers mapped to the reading by a configured register map.
 
+#[cfg(feature = "socketcan")]
+pub mod can;
+pub mod candump;
+pub mod jbd;
+pub mod modbus;
+pub mod pylontech;
 pub mod reading;
 pub mod simulator;
 pub mod source;
 pub mod units;
 
 pub use reading::{
-    Alarm, Fets, Limits, Pack, Reading, SourceInfo, TelemetryMessage, ValidationError,
+    Alarm, Fets, Limits, Pack, Reading, Requests, SourceInfo, TelemetryMessage, ValidationError,
 };
 pub use simulator::{SimulatedPack, SimulatorConfig};
 pub use source::{BmsError, BmsSource};

@@ -21,8 +21,9 @@ pub struct Pack {
     pub current: Amps,
     #[serde(rename = "soc_pct")]
     pub soc: Percent,
-    #[serde(rename = "soh_pct")]
-    pub soh: Percent,
+    /// State of health, where the BMS reports it.
+    #[serde(rename = "soh_pct", default, skip_serializing_if = "Option::is_none")]
+    pub soh: Option<Percent>,
     #[serde(
         rename = "remaining_ah",
         default,
@@ -77,6 +78,10 @@ pub enum Alarm {
     DischargeOverCurrent,
     ShortCircuit,
     CellImbalance,
+    /// Over-temperature, where the BMS does not say whether charging or discharging.
+    OverTemperature,
+    /// Under-temperature, where the BMS does not say whether charging or discharging.
+    UnderTemperature,
     SystemError,
 }
 
@@ -96,9 +101,21 @@ impl Alarm {
             Alarm::DischargeOverCurrent => "discharge_over_current",
             Alarm::ShortCircuit => "short_circuit",
             Alarm::CellImbalance => "cell_imbalance",
+            Alarm::OverTemperature => "over_temperature",
+            Alarm::UnderTemperature => "under_temperature",
             Alarm::SystemError => "system_error",
         }
     }
+}
+
+/// What the BMS asks of the charger or inverter (Pylontech/SMA 0x35C).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requests {
+    pub charge_enable: bool,
+    pub discharge_enable: bool,
+    pub force_charge: bool,
+    pub full_charge: bool,
 }
 
 /// Where a reading came from.
@@ -111,6 +128,12 @@ pub struct SourceInfo {
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manufacturer: Option<String>,
+    /// BMS firmware or hardware version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Production date of the BMS or pack (ISO 8601 date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufactured: Option<String>,
 }
 
 /// One normalized reading of a battery.
@@ -129,8 +152,16 @@ pub struct Reading {
     pub limits: Option<Limits>,
     #[serde(default)]
     pub alarms: Vec<Alarm>,
+    /// Conditions approaching a protection limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Alarm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fets: Option<Fets>,
+    /// Cells being balanced, by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub balancing: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<Requests>,
     pub source: SourceInfo,
 }
 
@@ -241,7 +272,9 @@ impl TelemetryMessage {
         range("pack.voltage_v", r.pack.voltage.0, 0.0, 2000.0)?;
         range("pack.current_a", r.pack.current.0, -10_000.0, 10_000.0)?;
         range("pack.soc_pct", r.pack.soc.0, 0.0, 100.0)?;
-        range("pack.soh_pct", r.pack.soh.0, 0.0, 100.0)?;
+        if let Some(soh) = r.pack.soh {
+            range("pack.soh_pct", soh.0, 0.0, 100.0)?;
+        }
         if let Some(a) = r.pack.remaining {
             range("pack.remaining_ah", a.0, 0.0, 100_000.0)?;
         }
@@ -304,7 +337,7 @@ mod tests {
                     voltage: Volts(52.1),
                     current: Amps(-3.2),
                     soc: Percent(81.0),
-                    soh: Percent(98.5),
+                    soh: Some(Percent(98.5)),
                     remaining: Some(AmpHours(81.0)),
                     full_capacity: Some(AmpHours(100.0)),
                     cycles: Some(12),
@@ -313,14 +346,19 @@ mod tests {
                 temperatures: vec![Celsius(24.0)],
                 limits: None,
                 alarms: vec![Alarm::CellImbalance],
+                warnings: vec![],
                 fets: Some(Fets {
                     charge: true,
                     discharge: true,
                 }),
+                balancing: vec![],
+                requests: None,
                 source: SourceInfo {
                     kind: "simulator".into(),
                     model: None,
                     manufacturer: None,
+                    version: None,
+                    manufactured: None,
                 },
             },
         }

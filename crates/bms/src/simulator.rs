@@ -254,7 +254,7 @@ impl SimulatedPack {
                 voltage: Volts(round(voltage, 2)),
                 current: Amps(round(self.current, 1)),
                 soc: Percent(round(self.soc * 100.0, 1)),
-                soh: Percent(round(self.soh * 100.0, 1)),
+                soh: Some(Percent(round(self.soh * 100.0, 1))),
                 remaining: Some(AmpHours(round(full * self.soc, 2))),
                 full_capacity: Some(AmpHours(round(full, 2))),
                 cycles: Some((self.throughput_ah / (2.0 * self.cfg.capacity_ah.max(1e-6))) as u32),
@@ -276,6 +276,9 @@ impl SimulatedPack {
                 discharge_voltage: Some(Volts(round(2.8 * n as f64, 1))),
             }),
             alarms: self.alarms.clone(),
+            warnings: Vec::new(),
+            balancing: Vec::new(),
+            requests: None,
             fets: Some(Fets {
                 charge: self.charge_fet,
                 discharge: self.discharge_fet,
@@ -293,6 +296,8 @@ impl SimulatedPack {
                 self.cfg.capacity_ah
             )),
             manufacturer: Some("Rampart".into()),
+            version: None,
+            manufactured: None,
         }
     }
 

@@ -57,7 +57,7 @@ pub(crate) fn telemetry_row(device_id: &str, msg: &TelemetryMessage, body: Strin
         voltage_v: Some(r.pack.voltage.0),
         current_a: Some(r.pack.current.0),
         soc_pct: Some(r.pack.soc.0),
-        soh_pct: Some(r.pack.soh.0),
+        soh_pct: r.pack.soh.map(|p| p.0),
         temp_min_c: temps.map(|t| t.0.0),
         temp_max_c: temps.map(|t| t.1.0),
         cell_min_v: cells.map(|c| c.0.0),

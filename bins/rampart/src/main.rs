@@ -116,6 +116,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the events a device reported: BMS unreachable/recovered, data its outbox dropped.
+    Events {
+        /// The device id.
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// At most this many events (the newest ones).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON (one array of events) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Counters and connected clients of the running hub.
     Status {
         #[command(flatten)]
@@ -584,6 +597,12 @@ async fn main() -> ExitCode {
             limit,
             json,
         } => commands::telemetry::run(&dir.data_dir, &id, since.into(), limit, json).await,
+        Command::Events {
+            id,
+            dir,
+            limit,
+            json,
+        } => commands::events::run(&dir.data_dir, &id, limit, json).await,
         Command::Status { dir, json } => commands::status::run(&dir.data_dir, json).await,
         Command::Demo {
             devices,

@@ -15,9 +15,11 @@
 pub mod config;
 pub mod credentials;
 mod error;
+pub mod outbox;
 pub mod runner;
 pub mod sequence;
 pub mod tls;
+pub mod vault;
 
 pub use config::AgentConfig;
 pub use error::AgentError;

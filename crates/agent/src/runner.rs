@@ -179,11 +179,7 @@ pub async fn run(
                     }
                 };
                 let n = seq.take()?;
-                let payload = match serde_json::to_vec(&TelemetryMessage {
-                    v: 1,
-                    seq: n,
-                    reading,
-                }) {
+                let payload = match serde_json::to_vec(&TelemetryMessage::full(n, &reading)) {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot encode reading");

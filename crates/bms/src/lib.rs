@@ -2,8 +2,9 @@
 //!
 //! - `units`: newtypes that carry the unit in the type (`Volts`, `Amps`, ...), serialized as
 //!   plain numbers under field names that carry the unit (`voltage_v`).
-//! - `reading`: the normalized reading every BMS source produces, and the telemetry document
-//!   the agent sends (`TelemetryMessage`, documented in docs/topics.md) with its validation.
+//! - `reading`: the normalized reading every BMS source produces.
+//! - `document`: what a device sends — telemetry documents (whole readings or minimised
+//!   windows, single or batched) and events — with the validation the hub applies.
 //! - `source`: the `BmsSource` trait behind which protocol drivers live.
 //! - `simulator`: a pack simulator for demos and tests.
 //! - `jbd`: JBD / Xiaoxiang UART protocol (commands 0x03 and 0x04) over any serial stream.
@@ -15,6 +16,7 @@
 #[cfg(feature = "socketcan")]
 pub mod can;
 pub mod candump;
+pub mod document;
 pub mod jbd;
 pub mod modbus;
 pub mod pylontech;
@@ -23,9 +25,11 @@ pub mod simulator;
 pub mod source;
 pub mod units;
 
-pub use reading::{
-    Alarm, Fets, Limits, Pack, Reading, Requests, SourceInfo, TelemetryMessage, ValidationError,
+pub use document::{
+    Aggregate, DropReason, Event, EventMessage, Extremes, PackValues, TelemetryMessage,
+    ValidationError, Window,
 };
+pub use reading::{Alarm, Fets, Limits, Pack, Reading, Requests, SourceInfo};
 pub use simulator::{SimulatedPack, SimulatorConfig};
 pub use source::{BmsError, BmsSource};
 pub use units::{AmpHours, Amps, Celsius, Percent, Volts};

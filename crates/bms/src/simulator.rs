@@ -336,7 +336,7 @@ impl BmsSource for SimulatedPack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::TelemetryMessage;
+    use crate::document::TelemetryMessage;
 
     fn pack(soc: f64) -> SimulatedPack {
         SimulatedPack::new(SimulatorConfig {
@@ -438,11 +438,7 @@ mod tests {
             for c in &r.cells {
                 assert!((2.4..3.7).contains(&c.0), "cell {c}");
             }
-            let msg = TelemetryMessage {
-                v: 1,
-                seq: i,
-                reading: r,
-            };
+            let msg = TelemetryMessage::full(i, &r);
             msg.validate()
                 .expect("simulator output passes the hub's validation");
         }

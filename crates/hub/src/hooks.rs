@@ -3,8 +3,11 @@
 //! - CONNECT: the certificate's CN must be a registered, active device and the certificate
 //!   itself must be registered for it (a certificate signed by the CA but never recorded — a
 //!   leaked CA key, a test certificate — does not get in).
-//! - PUBLISH on `devices/{id}/telemetry`: the payload must be a valid telemetry document; it is
-//!   queued for group commit and the PUBACK waits for the commit.
+//! - PUBLISH on `devices/{id}/telemetry`: the payload must be a valid telemetry document or a
+//!   batch of them (a JSON array, sent by agents draining a backlog); the rows are queued for
+//!   group commit and the PUBACK waits for the commit of every one.
+//! - PUBLISH on `devices/{id}/events`: the payload must be a valid event document; it is
+//!   stored before the PUBACK.
 //! - Connection events update `last_seen` in batches.
 
 use std::collections::HashMap;
@@ -14,11 +17,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use rampart_bms::TelemetryMessage;
+use rampart_bms::{EventMessage, TelemetryMessage};
 use rampart_broker::{ConnectRequest, Durable, Hooks, Refusal, RefusalReason};
 use rampart_mqtt::Publish;
 use rampart_policy::{DEVICE_TOPIC_ROOT, Identity, IdentityKind};
-use rampart_store::{CertificateUsage, IngestQueue, Seen, Store, TelemetryRow};
+use rampart_store::{CertificateUsage, EventRow, IngestQueue, Seen, Store, TelemetryRow};
 use time::OffsetDateTime;
 
 use crate::identity::Authenticator;
@@ -26,6 +29,8 @@ use crate::server_topics::ServerTopics;
 
 /// Suffix of the telemetry topic under a device's namespace.
 pub const TELEMETRY_SUFFIX: &str = "/telemetry";
+/// Suffix of the events topic under a device's namespace.
+pub const EVENTS_SUFFIX: &str = "/events";
 
 pub(crate) struct HubHooks {
     pub store: Arc<dyn Store>,
@@ -33,37 +38,112 @@ pub(crate) struct HubHooks {
     pub seen: Arc<SeenBatcher>,
     pub auth: Arc<Authenticator>,
     pub server: Arc<ServerTopics>,
+    pub events_received: Arc<crate::metrics::EventCounters>,
+}
+
+/// The device id of a topic `devices/{id}{suffix}`.
+fn device_topic<'t>(topic: &'t str, suffix: &str) -> Option<&'t str> {
+    topic
+        .strip_prefix(DEVICE_TOPIC_ROOT)?
+        .strip_suffix(suffix)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// The device id of a telemetry topic `devices/{id}/telemetry`.
 fn telemetry_device(topic: &str) -> Option<&str> {
-    topic
-        .strip_prefix(DEVICE_TOPIC_ROOT)?
-        .strip_suffix(TELEMETRY_SUFFIX)
-        .filter(|id| !id.is_empty() && !id.contains('/'))
+    device_topic(topic, TELEMETRY_SUFFIX)
 }
 
 /// Builds the stored row from a validated telemetry document.
 pub(crate) fn telemetry_row(device_id: &str, msg: &TelemetryMessage, body: String) -> TelemetryRow {
-    let r = &msg.reading;
-    let cells = r.cell_range();
-    let temps = r.temperature_range();
+    let cells = msg.cell_range();
+    let temps = msg.temperature_range();
+    let pack = msg.pack.clone().unwrap_or_default();
     TelemetryRow {
         device_id: device_id.to_owned(),
         // validate() guarantees seq fits in i64.
         seq: i64::try_from(msg.seq).unwrap_or(i64::MAX),
-        ts: r.ts,
+        ts: msg.ts,
         received_at: OffsetDateTime::now_utc(),
-        voltage_v: Some(r.pack.voltage.0),
-        current_a: Some(r.pack.current.0),
-        soc_pct: Some(r.pack.soc.0),
-        soh_pct: r.pack.soh.map(|p| p.0),
+        voltage_v: pack.voltage_v.map(|v| v.0),
+        current_a: pack.current_a.map(|v| v.0),
+        soc_pct: pack.soc_pct.map(|v| v.0),
+        soh_pct: pack.soh_pct.map(|v| v.0),
         temp_min_c: temps.map(|t| t.0.0),
         temp_max_c: temps.map(|t| t.1.0),
         cell_min_v: cells.map(|c| c.0.0),
         cell_max_v: cells.map(|c| c.1.0),
-        alarms: r.alarms.iter().map(|a| a.as_str().to_owned()).collect(),
+        alarms: msg
+            .alarms
+            .iter()
+            .flatten()
+            .map(|a| a.as_str().to_owned())
+            .collect(),
         body,
+    }
+}
+
+impl HubHooks {
+    /// Telemetry: one document or a batch; the PUBACK waits until every row is committed.
+    async fn telemetry(&self, device_id: &str, payload: &[u8]) -> Result<Option<Durable>, Refusal> {
+        let docs = TelemetryMessage::parse_many(payload)
+            .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?;
+        let single = docs.len() == 1;
+        let mut tickets = Vec::with_capacity(docs.len());
+        for msg in &docs {
+            // Each stored row keeps its own document, also when it came in a batch.
+            let body = if single {
+                String::from_utf8_lossy(payload).into_owned()
+            } else {
+                serde_json::to_string(msg)
+                    .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?
+            };
+            let row = telemetry_row(device_id, msg, body);
+            let ticket = self
+                .ingest
+                .submit(row)
+                .await
+                .map_err(|e| Refusal::new(RefusalReason::StorageFailed, e.to_string()))?;
+            tickets.push(ticket);
+        }
+        Ok(Some(Box::pin(async move {
+            for t in tickets {
+                t.await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })))
+    }
+
+    /// Events: validated and stored before the PUBACK.
+    async fn event(&self, device_id: &str, payload: &[u8]) -> Result<Option<Durable>, Refusal> {
+        let msg = EventMessage::parse(payload)
+            .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?;
+        let row = EventRow {
+            device_id: device_id.to_owned(),
+            seq: i64::try_from(msg.seq).unwrap_or(i64::MAX),
+            ts: msg.ts,
+            received_at: OffsetDateTime::now_utc(),
+            kind: msg.event.kind().to_owned(),
+            body: String::from_utf8_lossy(payload).into_owned(),
+        };
+        let kind = msg.event.kind();
+        match &msg.event {
+            rampart_bms::Event::DataDropped {
+                reason, records, ..
+            } => {
+                tracing::warn!(device = %device_id, ?reason, records, "device reports dropped data");
+            }
+            _ => tracing::info!(device = %device_id, kind, "device event"),
+        }
+        self.events_received.count(&msg.event);
+        let store = self.store.clone();
+        Ok(Some(Box::pin(async move {
+            store
+                .insert_events(&[row])
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })))
     }
 }
 
@@ -83,21 +163,13 @@ impl Hooks for HubHooks {
         if self.server.dispatch(identity, publish) {
             return Ok(None);
         }
-        let Some(device_id) = telemetry_device(&publish.topic) else {
-            return Ok(None);
-        };
-        let msg = TelemetryMessage::parse(&publish.payload)
-            .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?;
-        let body = String::from_utf8_lossy(&publish.payload).into_owned();
-        let row = telemetry_row(device_id, &msg, body);
-        let ticket = self
-            .ingest
-            .submit(row)
-            .await
-            .map_err(|e| Refusal::new(RefusalReason::StorageFailed, e.to_string()))?;
-        Ok(Some(Box::pin(async move {
-            ticket.await.map_err(|e| e.to_string())
-        })))
+        if let Some(device_id) = telemetry_device(&publish.topic) {
+            return self.telemetry(device_id, &publish.payload).await;
+        }
+        if let Some(device_id) = device_topic(&publish.topic, EVENTS_SUFFIX) {
+            return self.event(device_id, &publish.payload).await;
+        }
+        Ok(None)
     }
 
     async fn persist_retained(&self, topic: &str, message: Option<Vec<u8>>) -> Result<(), String> {

@@ -1,4 +1,5 @@
-//! What the operator can watch: a snapshot of the hub's counters, rendered in the Prometheus
+//! What the operator can watch: a snapshot of the hub's counters (broker, storage, device
+//! API, audit, device events), rendered in the Prometheus
 //! text exposition format on `GET /metrics`.
 
 use std::collections::BTreeMap;
@@ -32,6 +33,29 @@ impl AuditCounts {
         }
     }
 }
+/// Events devices reported, by kind, and the records they said their outbox dropped.
+#[derive(Debug, Default)]
+pub struct EventCounters {
+    bms_unreachable: std::sync::atomic::AtomicU64,
+    bms_recovered: std::sync::atomic::AtomicU64,
+    data_dropped: std::sync::atomic::AtomicU64,
+    dropped_records: std::sync::atomic::AtomicU64,
+}
+
+impl EventCounters {
+    pub(crate) fn count(&self, event: &rampart_bms::Event) {
+        let c = match event {
+            rampart_bms::Event::BmsUnreachable { .. } => &self.bms_unreachable,
+            rampart_bms::Event::BmsRecovered { .. } => &self.bms_recovered,
+            rampart_bms::Event::DataDropped { records, .. } => {
+                self.dropped_records.fetch_add(*records, Ordering::Relaxed);
+                &self.data_dropped
+            }
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 use serde::{Deserialize, Serialize};
 
 /// Counter and gauge values at one instant.
@@ -205,10 +229,30 @@ const DEFS: [Def; METRIC_COUNT] = [
         kind: "gauge",
         help: "Critical findings of the last scheduled identity audit.",
     },
+    Def {
+        name: "rampart_device_events_bms_unreachable_total",
+        kind: "counter",
+        help: "bms_unreachable events reported by devices (re-sends counted again).",
+    },
+    Def {
+        name: "rampart_device_events_bms_recovered_total",
+        kind: "counter",
+        help: "bms_recovered events reported by devices.",
+    },
+    Def {
+        name: "rampart_device_events_data_dropped_total",
+        kind: "counter",
+        help: "data_dropped events reported by devices.",
+    },
+    Def {
+        name: "rampart_device_dropped_records_total",
+        kind: "counter",
+        help: "Records devices reported dropped from their outbox (bound reached or damaged).",
+    },
 ];
 
 /// Number of metrics in [`DEFS`]; `snapshot` must produce exactly this many values.
-const METRIC_COUNT: usize = 31;
+const METRIC_COUNT: usize = 35;
 
 /// Takes a snapshot of broker, ingest, device API and audit counters.
 pub fn snapshot(
@@ -216,6 +260,7 @@ pub fn snapshot(
     ingest: &Arc<IngestStats>,
     api: &ApiMetrics,
     audit: &AuditCounts,
+    events: &EventCounters,
 ) -> MetricsSnapshot {
     let u = |a: &std::sync::atomic::AtomicU64| {
         i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
@@ -255,6 +300,10 @@ pub fn snapshot(
         u(&audit.0[1]),
         u(&audit.0[2]),
         u(&audit.0[3]),
+        u(&events.bms_unreachable),
+        u(&events.bms_recovered),
+        u(&events.data_dropped),
+        u(&events.dropped_records),
     ];
     MetricsSnapshot {
         values: DEFS
@@ -302,6 +351,7 @@ mod tests {
             &Arc::new(IngestStats::default()),
             &ApiMetrics::default(),
             &AuditCounts::default(),
+            &EventCounters::default(),
         );
         let text = render(&s);
         for d in DEFS {

@@ -577,6 +577,18 @@ pub async fn run_audit(
     }
 }
 
+/// The newest `limit` events a device reported, oldest first.
+pub async fn events(
+    store: &dyn Store,
+    id: &str,
+    limit: u32,
+) -> Result<Vec<rampart_store::EventRow>, HubError> {
+    if store.device(id).await?.is_none() {
+        return Err(HubError::DeviceNotFound(id.to_owned()));
+    }
+    Ok(store.events(id, limit).await?)
+}
+
 /// Telemetry of a device since `since`, oldest first.
 pub async fn telemetry(
     store: &dyn Store,

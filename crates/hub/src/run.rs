@@ -21,7 +21,7 @@ use crate::error::HubError;
 use crate::hooks::{HubHooks, SeenBatcher};
 use crate::identity::Authenticator;
 use crate::live::Live;
-use crate::metrics::{self, AuditCounts, MetricsSnapshot};
+use crate::metrics::{self, AuditCounts, EventCounters, MetricsSnapshot};
 use crate::pki_state;
 use crate::policies;
 use crate::provision_hook::Hook;
@@ -153,12 +153,14 @@ impl Hub {
             },
             broker: OnceLock::new(),
         });
+        let event_counters = Arc::new(EventCounters::default());
         let hooks = Arc::new(HubHooks {
             store: dyn_store.clone(),
             ingest: ingest.clone(),
             seen: seen.clone(),
             auth: auth.clone(),
             server: server.clone(),
+            events_received: event_counters.clone(),
         });
         let broker = Broker::new(cfg.broker_config(), tls, hooks, engine.clone());
         // Set once, right after construction: the handlers publish their answers through it.
@@ -180,7 +182,8 @@ impl Hub {
             let stats = ingest.stats().clone();
             let api = api_metrics.clone();
             let counts = audit_counts.clone();
-            Arc::new(move || metrics::snapshot(&m, &stats, &api, &counts))
+            let events = event_counters.clone();
+            Arc::new(move || metrics::snapshot(&m, &stats, &api, &counts, &events))
         };
         let mut background = Vec::new();
         let metrics_addr = match bind(&cfg.metrics.listen, "metrics.listen").await? {

@@ -11,6 +11,7 @@
 //! | [`PkiStore`] | trusted CAs for just-in-time registration, CRL numbers, certificate usage |
 //! | [`ProvisioningStore`] | claim limits and the provisioning allow-list |
 //! | [`AuditStore`] | the append-only audit log |
+//! | [`EventStore`] | events devices report |
 //!
 //! [`SqliteStore`] implements all of them (the embedded default); a PostgreSQL backend
 //! implements the same traits. [`IngestQueue`] batches telemetry from many connections into
@@ -180,6 +181,16 @@ pub trait AuditStore: Send + Sync {
     async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
+/// Events reported by devices.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Stores events in one transaction; events already stored (same device and seq) are
+    /// skipped. Returns the number of new events.
+    async fn insert_events(&self, rows: &[EventRow]) -> Result<u64, StoreError>;
+    /// The newest `limit` events of a device, oldest first.
+    async fn events(&self, device_id: &str, limit: u32) -> Result<Vec<EventRow>, StoreError>;
+}
+
 /// Everything the hub stores.
 pub trait Store:
     Registry
@@ -189,6 +200,7 @@ pub trait Store:
     + PkiStore
     + ProvisioningStore
     + AuditStore
+    + EventStore
     + 'static
 {
 }
@@ -201,6 +213,7 @@ impl<T> Store for T where
         + PkiStore
         + ProvisioningStore
         + AuditStore
+        + EventStore
         + 'static
 {
 }

@@ -278,6 +278,23 @@ pub struct Seen {
     pub address: String,
 }
 
+/// An event a device reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRow {
+    pub device_id: String,
+    /// Per-device event sequence number assigned by the agent.
+    pub seq: i64,
+    /// When it happened (device clock).
+    #[serde(with = "time::serde::rfc3339")]
+    pub ts: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// `bms_unreachable`, `bms_recovered`, `data_dropped`, ...
+    pub kind: String,
+    /// The full JSON document.
+    pub body: String,
+}
+
 /// An audit log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEntry {

@@ -482,3 +482,31 @@ async fn read_then_write_transactions_survive_a_busy_writer() {
     writer.await.unwrap();
     assert_eq!(s.certificates("gw-1").await.unwrap().len(), 101);
 }
+
+#[tokio::test]
+async fn events_are_deduplicated_per_device_and_listed_oldest_first() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = open(&dir).await;
+    let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("ts");
+    let ev = |device: &str, seq: i64, kind: &str| EventRow {
+        device_id: device.into(),
+        seq,
+        ts: at + Duration::seconds(seq),
+        received_at: at + Duration::seconds(seq + 1),
+        kind: kind.into(),
+        body: format!("{{\"seq\":{seq}}}"),
+    };
+    let batch = vec![
+        ev("gw-1", 1, "bms_unreachable"),
+        ev("gw-1", 2, "bms_recovered"),
+        ev("gw-2", 1, "data_dropped"),
+    ];
+    assert_eq!(s.insert_events(&batch).await.expect("insert"), 3);
+    // Re-sent after a lost PUBACK: stored once.
+    assert_eq!(s.insert_events(&batch[1..2]).await.expect("resend"), 0);
+    let gw1 = s.events("gw-1", 10).await.expect("list");
+    assert_eq!(gw1, vec![batch[0].clone(), batch[1].clone()]);
+    let newest = s.events("gw-1", 1).await.expect("list");
+    assert_eq!(newest, vec![batch[1].clone()]);
+    assert!(s.events("gw-3", 10).await.expect("list").is_empty());
+}

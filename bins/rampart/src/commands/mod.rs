@@ -4,6 +4,7 @@ pub mod audit;
 pub mod ca;
 pub mod demo;
 pub mod device;
+pub mod events;
 pub mod hub;
 pub mod identity;
 pub mod init;

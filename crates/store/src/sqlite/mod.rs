@@ -6,9 +6,10 @@
 //! process but may lose the last commits on power loss.
 //!
 //! One file per storage trait: `registry`, `telemetry`, `retained`, `policies`, `pki`,
-//! `provisioning`, `audit`.
+//! `provisioning`, `audit`, `events`.
 
 mod audit;
+mod events;
 mod pki;
 mod policies;
 mod provisioning;

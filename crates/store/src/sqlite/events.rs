@@ -1,0 +1,58 @@
+//! Device events.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::SqliteStore;
+use crate::model::{from_ms, to_ms};
+use crate::{EventRow, EventStore, StoreError};
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn insert_events(&self, rows: &[EventRow]) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let mut inserted = 0;
+        for e in rows {
+            inserted += sqlx::query(
+                "INSERT INTO device_events (device_id, seq, ts, received_at, kind, body) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING",
+            )
+            .bind(&e.device_id)
+            .bind(e.seq)
+            .bind(to_ms(e.ts))
+            .bind(to_ms(e.received_at))
+            .bind(&e.kind)
+            .bind(&e.body)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn events(&self, device_id: &str, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM device_events WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(device_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(EventRow {
+                    device_id: r.try_get("device_id")?,
+                    seq: r.try_get("seq")?,
+                    ts: from_ms(r.try_get("ts")?, "device_events")?,
+                    received_at: from_ms(r.try_get("received_at")?, "device_events")?,
+                    kind: r.try_get("kind")?,
+                    body: r.try_get("body")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.reverse();
+        Ok(out)
+    }
+}

@@ -40,6 +40,32 @@ enum Command {
         #[arg(long, short, default_value = "agent.toml")]
         config: PathBuf,
     },
+    /// Show what the running agent is doing: connection, last reading, outbox depth and age,
+    /// certificate expiry, versions (read from STATE/status.json; no network involved).
+    Status {
+        #[arg(long, short, default_value = "agent.toml")]
+        config: PathBuf,
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the current session token for the hub's HTTPS endpoints (it is stored sealed).
+    Token {
+        #[arg(long, short, default_value = "agent.toml")]
+        config: PathBuf,
+    },
+    /// Erase the device's data, keys and credentials and return it to its factory state
+    /// (see docs/operations.md). The agent must be stopped.
+    Reset {
+        #[arg(long, short, default_value = "agent.toml")]
+        config: PathBuf,
+        /// Required: confirms a factory reset is meant.
+        #[arg(long)]
+        factory: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 fn init_logging(json: bool, verbose: u8) {
@@ -61,6 +87,142 @@ fn init_logging(json: bool, verbose: u8) {
     }
 }
 
+fn load(config: &std::path::Path) -> Result<AgentConfig, ExitCode> {
+    AgentConfig::load(config).map_err(|e| report(&e))
+}
+
+/// The key of `pair`, opened with the storage key if sealed.
+fn key_pem(cfg: &AgentConfig, key: &std::path::Path) -> Result<Vec<u8>, rampart_agent::AgentError> {
+    if rampart_agent::vault::is_sealed(key) {
+        let vault = rampart_agent::vault::Vault::open(&cfg.key_source())?;
+        Ok(vault.read_secret(key)?.to_vec())
+    } else {
+        std::fs::read(key).map_err(|source| rampart_agent::AgentError::Read {
+            path: key.to_path_buf(),
+            source,
+        })
+    }
+}
+
+fn check(config: &std::path::Path) -> Result<(), ExitCode> {
+    let cfg = load(config)?;
+    let cert = cfg.resolve(&cfg.hub.cert);
+    let key = cfg.resolve(&cfg.hub.key);
+    let ca = cfg.resolve(&cfg.hub.ca);
+    if cert.exists() {
+        let pem = key_pem(&cfg, &key).map_err(|e| report(&e))?;
+        rampart_agent::tls::client_config(&ca, &cert, &pem, &key).map_err(|e| report(&e))?;
+        let id = rampart_agent::credentials::Pair { cert, key }
+            .info()
+            .ok()
+            .and_then(|i| i.common_name)
+            .unwrap_or_default();
+        println!(
+            "{}: ok (device {id}, hub {}, bms {})",
+            config.display(),
+            cfg.hub.address,
+            cfg.bms.kind()
+        );
+    } else if let Some(p) = &cfg.provisioning {
+        let (claim_cert, claim_key) = (cfg.resolve(&p.claim_cert), cfg.resolve(&p.claim_key));
+        let pem = key_pem(&cfg, &claim_key).map_err(|e| report(&e))?;
+        rampart_agent::tls::client_config(&ca, &claim_cert, &pem, &claim_key)
+            .map_err(|e| report(&e))?;
+        println!(
+            "{}: ok (no device certificate yet; will provision as serial {} with {}, hub {})",
+            config.display(),
+            p.serial_number,
+            claim_cert.display(),
+            cfg.hub.address
+        );
+    } else {
+        eprintln!(
+            "error: no device certificate at {} and no [provisioning] section",
+            cert.display()
+        );
+        eprintln!("hint: `rampart device add ID --out DIR` on the hub writes a complete bundle");
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(())
+}
+
+fn status(config: &std::path::Path, json: bool) -> Result<(), ExitCode> {
+    let cfg = load(config)?;
+    let s = rampart_agent::status::read(&cfg.state_dir()).map_err(|e| {
+        eprintln!("error: {e}");
+        eprintln!("hint: the agent writes it every second while it runs (`rampart-agent run`)");
+        ExitCode::FAILURE
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+    } else {
+        print!("{}", rampart_agent::status::render(&s));
+    }
+    if rampart_agent::status::is_running(&s) {
+        Ok(())
+    } else {
+        Err(ExitCode::from(3))
+    }
+}
+
+fn token(config: &std::path::Path) -> Result<(), ExitCode> {
+    let cfg = load(config)?;
+    let path = cfg.state_dir().join("token");
+    let text = key_pem(&cfg, &path).map_err(|e| report(&e))?;
+    println!("{}", String::from_utf8_lossy(&text).trim());
+    Ok(())
+}
+
+fn reset(config: &std::path::Path, factory: bool, yes: bool) -> Result<(), ExitCode> {
+    if !factory {
+        eprintln!("error: `reset` only does a factory reset; say so with --factory");
+        return Err(ExitCode::from(2));
+    }
+    let cfg = load(config)?;
+    if let Ok(s) = rampart_agent::status::read(&cfg.state_dir())
+        && rampart_agent::status::is_running(&s)
+    {
+        eprintln!(
+            "error: the agent is running (pid {}); stop it first (systemctl stop rampart-agent)",
+            s.pid
+        );
+        return Err(ExitCode::FAILURE);
+    }
+    if !yes {
+        eprint!(
+            "This erases the outbox (readings not yet sent), the storage key, the device \
+             certificate and key, and the session token of {}.\nType 'erase' to continue: ",
+            config.display()
+        );
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if answer.trim() != "erase" {
+            eprintln!("not erased");
+            return Err(ExitCode::FAILURE);
+        }
+    }
+    let report = rampart_agent::reset::factory_reset(&cfg).map_err(|e| report(&e))?;
+    for f in &report.erased {
+        println!("erased  {}", f.display());
+    }
+    for d in &report.removed_dirs {
+        println!("removed {}", d.display());
+    }
+    if let Some(c) = &report.erase_command {
+        println!("ran     {c}");
+    }
+    if cfg.provisioning.is_some() {
+        println!(
+            "factory state: the agent provisions itself with its claim certificate at the next start"
+        );
+    } else {
+        println!(
+            "factory state: the device has no credentials; install a new bundle (`rampart device add`) to use it again"
+        );
+    }
+    Ok(())
+}
+
 fn report(e: &rampart_agent::AgentError) -> ExitCode {
     eprintln!("error: {e}");
     if let Some(h) = e.hint() {
@@ -74,50 +236,18 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json, cli.verbose);
     match cli.command {
-        Command::Check { config } => {
-            let cfg = match AgentConfig::load(&config) {
-                Ok(c) => c,
-                Err(e) => return report(&e),
-            };
-            let cert = cfg.resolve(&cfg.hub.cert);
-            let key = cfg.resolve(&cfg.hub.key);
-            let ca = cfg.resolve(&cfg.hub.ca);
-            if cert.exists() {
-                if let Err(e) = rampart_agent::tls::client_config(&ca, &cert, &key) {
-                    return report(&e);
-                }
-                let id = rampart_agent::credentials::Pair { cert, key }
-                    .info()
-                    .ok()
-                    .and_then(|i| i.common_name)
-                    .unwrap_or_default();
-                println!(
-                    "{}: ok (device {id}, hub {})",
-                    config.display(),
-                    cfg.hub.address
-                );
-            } else if let Some(p) = &cfg.provisioning {
-                let (claim_cert, claim_key) =
-                    (cfg.resolve(&p.claim_cert), cfg.resolve(&p.claim_key));
-                if let Err(e) = rampart_agent::tls::client_config(&ca, &claim_cert, &claim_key) {
-                    return report(&e);
-                }
-                println!(
-                    "{}: ok (no device certificate yet; will provision as serial {} with {}, hub {})",
-                    config.display(),
-                    p.serial_number,
-                    claim_cert.display(),
-                    cfg.hub.address
-                );
-            } else {
-                eprintln!(
-                    "error: no device certificate at {} and no [provisioning] section",
-                    cert.display()
-                );
-                return ExitCode::FAILURE;
-            }
-            ExitCode::SUCCESS
+        Command::Check { config } => check(&config).err().unwrap_or(ExitCode::SUCCESS),
+        Command::Status { config, json } => {
+            status(&config, json).err().unwrap_or(ExitCode::SUCCESS)
         }
+        Command::Token { config } => token(&config).err().unwrap_or(ExitCode::SUCCESS),
+        Command::Reset {
+            config,
+            factory,
+            yes,
+        } => reset(&config, factory, yes)
+            .err()
+            .unwrap_or(ExitCode::SUCCESS),
         Command::Run { config } => {
             let cfg = match AgentConfig::load(&config) {
                 Ok(c) => c,

@@ -1,9 +1,12 @@
-//! `agent.toml`. Relative paths are relative to the directory of the file.
+//! `agent.toml`, every field documented (docs/configuration.md) and checked at start.
+//! Relative paths are relative to the directory of the file.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rampart_bms::SimulatorConfig;
+use rampart_bms::modbus::ModbusConfig;
+use rampart_bms::pylontech::Conventions;
 use serde::Deserialize;
 
 use crate::error::AgentError;
@@ -16,7 +19,8 @@ pub struct AgentConfig {
     /// device only learns from the hub. When set, it must equal that CN.
     #[serde(default)]
     pub device_id: Option<String>,
-    /// Where the agent keeps its state (sequence counter).
+    /// Where the agent keeps its state: sequence counters, the outbox, the storage key, the
+    /// session token, status.json.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     pub hub: HubSection,
@@ -33,6 +37,14 @@ pub struct AgentConfig {
     pub provisioning: Option<ProvisioningSection>,
     #[serde(default)]
     pub tokens: TokensSection,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub outbox: OutboxSection,
+    /// Data minimisation: the groups of fields that leave the device. None: every field of
+    /// every reading.
+    #[serde(default)]
+    pub send: Vec<crate::minimise::SendGroup>,
     /// Directory of the file, for resolving relative paths (not read from the file).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -56,7 +68,7 @@ pub struct HubSection {
     #[serde(default = "default_key")]
     pub key: PathBuf,
     /// MQTT keep-alive.
-    #[serde(default = "default_keep_alive", with = "humantime_serde_compat")]
+    #[serde(default = "default_keep_alive", with = "duration")]
     pub keep_alive: Duration,
 }
 
@@ -77,19 +89,93 @@ fn default_keep_alive() -> Duration {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySection {
-    /// Time between readings.
-    #[serde(with = "humantime_serde_compat")]
+    /// Time between BMS readings.
+    #[serde(with = "duration")]
     pub interval: Duration,
-    /// Readings held in memory while the hub is unreachable; beyond that the newest reading
-    /// is dropped and counted (the durable outbox replaces this bound).
-    pub queue: usize,
+    /// Consecutive failed readings after which a `bms_unreachable` event is raised.
+    pub bms_unreachable_after: u32,
 }
 
 impl Default for TelemetrySection {
     fn default() -> Self {
         TelemetrySection {
             interval: Duration::from_secs(5),
-            queue: 1000,
+            bms_unreachable_after: 3,
+        }
+    }
+}
+
+/// `[storage]`: the storage key that seals the outbox and the stored credentials.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Key file (64 hex digits, 0600), created at first start. Default: STATE/storage.key.
+    pub key_file: Option<PathBuf>,
+    /// A program printing the key (64 hex digits) on stdout, e.g. unsealing it from a TPM.
+    /// When set, no key file is used.
+    pub key_command: Option<Vec<String>>,
+    /// A program run by `rampart-agent reset --factory` to destroy a key held by
+    /// `key_command` (e.g. evict the TPM object).
+    pub erase_command: Option<Vec<String>>,
+    /// Seal the device's private keys and session token with the storage key.
+    pub encrypt_credentials: bool,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            key_file: None,
+            key_command: None,
+            erase_command: None,
+            encrypt_credentials: true,
+        }
+    }
+}
+
+/// When outbox appends are synced to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    Always,
+    Interval,
+    Never,
+}
+
+/// `[outbox]`: the durable queue between the BMS and the network.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSection {
+    /// Bound on the outbox's disk use; beyond it the oldest records are dropped.
+    #[serde(with = "bytes")]
+    pub max_bytes: u64,
+    /// Records older than this are dropped.
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+    /// Size of one segment file.
+    #[serde(with = "bytes")]
+    pub segment_bytes: u64,
+    /// "always": every record is on stable storage before it is offered to the network;
+    /// "interval": synced every `fsync_interval` (a power loss loses at most that much);
+    /// "never": left to the kernel (survives an agent crash, not a power loss).
+    pub fsync: Fsync,
+    #[serde(with = "duration")]
+    pub fsync_interval: Duration,
+    /// Records published and not yet acknowledged, at most.
+    pub window: u32,
+    /// Telemetry documents per publish when a backlog drains.
+    pub batch: u32,
+}
+
+impl Default for OutboxSection {
+    fn default() -> Self {
+        OutboxSection {
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            segment_bytes: 1 << 20,
+            fsync: Fsync::Always,
+            fsync_interval: Duration::from_secs(1),
+            window: 100,
+            batch: 50,
         }
     }
 }
@@ -98,9 +184,9 @@ impl Default for TelemetrySection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconnectSection {
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration")]
     pub initial_backoff: Duration,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration")]
     pub max_backoff: Duration,
 }
 
@@ -122,7 +208,7 @@ pub struct CredentialsSection {
     /// Key type of renewed keys: "ecdsa-p256" or "ed25519".
     pub key_algorithm: String,
     /// How long to wait for the hub's answer to a renewal request.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
 }
 
@@ -182,7 +268,30 @@ impl Default for TokensSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BmsSection {
+    /// A simulated LiFePO4 pack.
     Simulator(SimulatorConfig),
+    /// JBD / Xiaoxiang BMS on a serial port (UART, RS-485 adapter or Bluetooth bridge).
+    Jbd(JbdSection),
+    /// Pylontech/SMA-style CAN battery on a SocketCAN interface (agent built with the
+    /// `socketcan` feature).
+    PylontechCan(CanSection),
+    /// Replay of a candump log of a Pylontech/SMA-style CAN battery.
+    Candump(CandumpSection),
+    /// Registers of a BMS or inverter over Modbus TCP or RTU, by register map.
+    Modbus(ModbusConfig),
+}
+
+impl BmsSection {
+    /// The driver name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BmsSection::Simulator(_) => "simulator",
+            BmsSection::Jbd(_) => "jbd",
+            BmsSection::PylontechCan(_) => "pylontech_can",
+            BmsSection::Candump(_) => "candump",
+            BmsSection::Modbus(_) => "modbus",
+        }
+    }
 }
 
 impl Default for BmsSection {
@@ -191,14 +300,121 @@ impl Default for BmsSection {
     }
 }
 
+/// `[bms]` with `kind = "jbd"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JbdSection {
+    /// Serial device, e.g. /dev/ttyUSB0.
+    pub port: String,
+    #[serde(default = "default_jbd_baud")]
+    pub baud: u32,
+    /// How long to wait for each answer.
+    #[serde(default = "default_jbd_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Extra attempts per command after a timeout or a bad frame.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_jbd_baud() -> u32 {
+    9600
+}
+fn default_jbd_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retries() -> u32 {
+    2
+}
+
+/// `[bms]` with `kind = "pylontech_can"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanSection {
+    /// CAN interface, e.g. can0 (up, at the battery's bit rate).
+    pub interface: String,
+    /// How long a quiet bus is waited for before a reading fails.
+    #[serde(default = "default_can_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Sign and scaling conventions of this battery's messages.
+    #[serde(default)]
+    pub conventions: Conventions,
+}
+
+fn default_can_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// `[bms]` with `kind = "candump"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandumpSection {
+    /// The log file (`candump -l` format).
+    pub file: PathBuf,
+    /// Start over at the end (demos); otherwise the BMS is reported unreachable there.
+    #[serde(default)]
+    pub repeat: bool,
+    #[serde(default)]
+    pub conventions: Conventions,
+}
+
 /// Durations as humantime strings ("5s", "250ms", "1m").
-mod humantime_serde_compat {
+pub(crate) mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Optional durations.
+pub(crate) mod duration_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Sizes as a number of bytes or a string with a unit ("64MiB", "512KiB", "1GiB").
+pub(crate) mod bytes {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+
+    pub fn parse(s: &str) -> Result<u64, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(split);
+        let n: u64 = n
+            .parse()
+            .map_err(|_| format!("size {s:?}: expected e.g. 64MiB"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => return Err(format!("size {s:?}: unit {other:?} (B, KiB, MiB, GiB)")),
+        };
+        n.checked_mul(mult)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Size::deserialize(d)? {
+            Size::Number(n) => Ok(n),
+            Size::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -257,8 +473,10 @@ impl AgentConfig {
         if cfg.telemetry.interval < Duration::from_millis(10) {
             return Err(err("telemetry.interval must be at least 10ms".into()));
         }
-        if cfg.telemetry.queue == 0 {
-            return Err(err("telemetry.queue must be at least 1".into()));
+        if cfg.telemetry.bms_unreachable_after == 0 {
+            return Err(err(
+                "telemetry.bms_unreachable_after must be at least 1".into()
+            ));
         }
         if cfg.reconnect.initial_backoff.is_zero()
             || cfg.reconnect.max_backoff < cfg.reconnect.initial_backoff
@@ -270,13 +488,123 @@ impl AgentConfig {
         if cfg.hub.keep_alive < Duration::from_secs(5) {
             return Err(err("hub.keep_alive must be at least 5s".into()));
         }
-        let BmsSection::Simulator(sim) = &cfg.bms;
-        if sim.cells == 0 || sim.cells > 512 || sim.capacity_ah <= 0.0 || sim.time_scale <= 0.0 {
+        cfg.check_bms().map_err(|m| err(format!("bms: {m}")))?;
+        cfg.check_outbox()
+            .map_err(|m| err(format!("outbox: {m}")))?;
+        crate::minimise::Shaper::new(&cfg.send, cfg.telemetry.interval)
+            .map_err(|m| err(format!("[[send]]: {m}")))?;
+        let st = &cfg.storage;
+        if st.key_command.as_ref().is_some_and(|c| c.is_empty())
+            || st.erase_command.as_ref().is_some_and(|c| c.is_empty())
+        {
             return Err(err(
-                "bms: cells must be 1..=512, capacity_ah and time_scale > 0".into(),
+                "storage: key_command and erase_command, when set, name a program".into(),
             ));
         }
+        if st.key_command.is_some() && st.key_file.is_some() {
+            return Err(err("storage: set key_file or key_command, not both".into()));
+        }
         Ok(cfg)
+    }
+
+    fn check_bms(&self) -> Result<(), String> {
+        match &self.bms {
+            BmsSection::Simulator(sim) => {
+                if sim.cells == 0
+                    || sim.cells > 512
+                    || sim.capacity_ah <= 0.0
+                    || sim.time_scale <= 0.0
+                {
+                    return Err("cells must be 1..=512, capacity_ah and time_scale > 0".into());
+                }
+            }
+            BmsSection::Jbd(j) => {
+                if j.port.is_empty() || j.baud == 0 {
+                    return Err("jbd needs port = \"/dev/tty...\" and a baud rate".into());
+                }
+                if j.timeout < Duration::from_millis(10) || j.retries > 10 {
+                    return Err("jbd: timeout at least 10ms, retries at most 10".into());
+                }
+            }
+            BmsSection::PylontechCan(c) => {
+                if c.interface.is_empty() {
+                    return Err("pylontech_can needs interface = \"can0\"".into());
+                }
+                if !cfg!(feature = "socketcan") {
+                    return Err(
+                        "this agent was built without SocketCAN support; build it with \
+                        `--features socketcan`, or replay a log with kind = \"candump\""
+                            .into(),
+                    );
+                }
+            }
+            BmsSection::Candump(c) => {
+                let path = self.resolve(&c.file);
+                if !path.is_file() {
+                    return Err(format!("candump file {} does not exist", path.display()));
+                }
+            }
+            BmsSection::Modbus(m) => {
+                rampart_bms::modbus::ModbusSource::new(m.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_outbox(&self) -> Result<(), String> {
+        let o = &self.outbox;
+        if !((64 << 10)..=(64 << 20)).contains(&o.segment_bytes) {
+            return Err("segment_bytes must be between 64KiB and 64MiB".into());
+        }
+        if o.max_bytes < 4 * o.segment_bytes {
+            return Err("max_bytes must be at least 4 x segment_bytes".into());
+        }
+        if o.max_age < Duration::from_secs(1) {
+            return Err("max_age must be at least 1s".into());
+        }
+        if !(1..=1000).contains(&o.window) {
+            return Err("window must be 1..=1000".into());
+        }
+        if !(1..=rampart_bms::document::MAX_BATCH as u32).contains(&o.batch) {
+            return Err(format!(
+                "batch must be 1..={}",
+                rampart_bms::document::MAX_BATCH
+            ));
+        }
+        if o.fsync == Fsync::Interval && o.fsync_interval < Duration::from_millis(10) {
+            return Err("fsync_interval must be at least 10ms".into());
+        }
+        Ok(())
+    }
+
+    /// The state directory, resolved.
+    pub fn state_dir(&self) -> PathBuf {
+        self.resolve(&self.state_dir)
+    }
+
+    /// Where the storage key comes from.
+    pub fn key_source(&self) -> crate::vault::KeySource {
+        match (&self.storage.key_command, &self.storage.key_file) {
+            (Some(cmd), _) => crate::vault::KeySource::Command(cmd.clone()),
+            (None, Some(f)) => crate::vault::KeySource::File(self.resolve(f)),
+            (None, None) => crate::vault::KeySource::File(self.state_dir().join("storage.key")),
+        }
+    }
+
+    /// The outbox options.
+    pub fn outbox_options(&self) -> crate::outbox::OutboxOptions {
+        let o = &self.outbox;
+        crate::outbox::OutboxOptions {
+            dir: self.state_dir().join("outbox"),
+            max_bytes: o.max_bytes,
+            max_age: o.max_age,
+            segment_bytes: o.segment_bytes,
+            fsync: match o.fsync {
+                Fsync::Always => crate::outbox::FsyncPolicy::Always,
+                Fsync::Interval => crate::outbox::FsyncPolicy::Interval(o.fsync_interval),
+                Fsync::Never => crate::outbox::FsyncPolicy::Never,
+            },
+        }
     }
 
     /// Host and port of the hub.
@@ -335,7 +663,8 @@ serial_number = "SERIAL"
 
 # The device id: equals the CN of device.crt and the MQTT client id.
 device_id = "{device_id}"
-# Where the agent keeps its state (the telemetry sequence counter).
+# Where the agent keeps its state: sequence counters, the encrypted outbox, the storage key,
+# the session token and status.json.
 state_dir = "state"
 
 [hub]
@@ -350,11 +679,53 @@ key = "device.key"
 keep_alive = "30s"
 
 [telemetry]
-# Time between BMS readings; each is published with QoS 1 on devices/{device_id}/telemetry.
+# Time between BMS readings.
 interval = "5s"
-# Readings held in memory while the hub is unreachable; beyond that new readings are dropped
-# and counted.
-queue = 1000
+# Consecutive failed readings before a bms_unreachable event goes to the hub.
+bms_unreachable_after = 3
+
+# Data minimisation (CRA Annex I (2)(g)): only the fields listed in [[send]] groups leave the
+# device, each group at its own rate (`every`, a whole multiple of telemetry.interval;
+# omitted: each reading) and
+# aggregation ("last", "mean", "min", "max", "min_max_mean"; alarms are never averaged away).
+# Fields: pack (or pack.voltage_v, pack.current_a, pack.soc_pct, pack.soh_pct,
+# pack.remaining_ah, pack.full_ah, pack.cycles), cells_v, temps_c, limits, alarms, warnings,
+# fets, balancing, requests, source. Without any [[send]] group, every field of every reading
+# is sent. A leaner example:
+#   [[send]]
+#   fields = ["pack.voltage_v", "pack.current_a", "pack.soc_pct", "alarms", "warnings"]
+#   every = "5s"
+#   [[send]]
+#   fields = ["cells_v", "temps_c"]
+#   every = "60s"
+#   aggregate = "min_max_mean"
+# This group: every field of every reading (no `every`: each reading).
+[[send]]
+fields = ["pack", "cells_v", "temps_c", "limits", "alarms", "warnings", "fets", "balancing", "requests", "source"]
+aggregate = "last"
+
+[outbox]
+# Every document is written here (encrypted) before it is sent, and removed once the hub
+# acknowledged it. Bounds: when full or too old, the oldest records are dropped and a
+# data_dropped event says how many.
+max_bytes = "64MiB"
+max_age = "7d"
+segment_bytes = "1MiB"
+# "always": on stable storage before it is sent; "interval": synced every fsync_interval;
+# "never": left to the kernel.
+fsync = "always"
+fsync_interval = "1s"
+# Records in flight (published, not yet acknowledged), and documents per publish when a
+# backlog drains.
+window = 100
+batch = 50
+
+[storage]
+# The storage key seals the outbox, the private keys and the session token (ChaCha20-Poly1305).
+# Default: a key file state/storage.key (0600) made at first start. With a TPM, use
+# key_command = ["/usr/local/bin/unseal-rampart-key"] (prints 64 hex digits) and
+# erase_command for `rampart-agent reset --factory`.
+encrypt_credentials = true
 
 [credentials]
 # Renew the certificate (new key, CSR over MQTT) when this fraction of its lifetime has passed.
@@ -373,7 +744,9 @@ initial_backoff = "1s"
 max_backoff = "60s"
 
 [bms]
-# The battery source. "simulator": a simulated LiFePO4 pack.
+# The battery source: "simulator", "jbd" (port, baud, timeout, retries), "pylontech_can"
+# (interface), "candump" (file, repeat) or "modbus" (transport, address or port, unit,
+# [[bms.registers]]). See docs/configuration.md. "simulator": a simulated LiFePO4 pack.
 kind = "simulator"
 cells = 16
 capacity_ah = 100.0

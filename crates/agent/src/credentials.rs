@@ -11,16 +11,25 @@
 //! the old file or the complete new one), connects with it, and only then promotes it
 //! (`current` → `.old`, `.new` → `current`). If the pending pair cannot connect it is deleted
 //! and the current pair stays. On start, a pending pair left by a crash is tried first.
+//!
+//! With `storage.encrypt_credentials` (the default) the key files are sealed with the device's
+//! storage key ([`crate::vault`]); plain PEM keys found at start (a bundle copied in by the
+//! installer) are sealed in place. The factory claim key is left as shipped: it is a batch
+//! credential that only allows provisioning, and a factory reset must not make it unreadable.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use rampart_pki::CertInfo;
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use crate::error::AgentError;
+use crate::vault::{Vault, is_sealed};
 
 /// A certificate and its key, as files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +55,13 @@ impl Pair {
         self.cert.exists() && self.key.exists()
     }
 
+    /// The private key in PEM, opened if sealed.
+    pub fn key_pem(&self, vault: &Vault) -> Result<Zeroizing<Vec<u8>>, AgentError> {
+        vault
+            .read_secret(&self.key)
+            .map_err(|e| AgentError::Tls(e.to_string()))
+    }
+
     /// The certificate's details.
     pub fn info(&self) -> Result<CertInfo, AgentError> {
         CertInfo::read(&self.cert)
@@ -58,6 +74,9 @@ impl Pair {
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub current: Pair,
+    vault: Arc<Vault>,
+    /// Seal keys written from now on.
+    seal: bool,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> AgentError {
@@ -102,9 +121,49 @@ fn rename(from: &Path, to: &Path) -> Result<(), AgentError> {
 }
 
 impl Credentials {
-    pub fn new(cert: PathBuf, key: PathBuf) -> Credentials {
+    pub fn new(cert: PathBuf, key: PathBuf, vault: Arc<Vault>, seal: bool) -> Credentials {
         Credentials {
             current: Pair { cert, key },
+            vault,
+            seal,
+        }
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Seals plain key files of the current, pending and previous pairs (when sealing is
+    /// on); returns the files sealed.
+    pub fn seal_plain_keys(&self) -> Result<Vec<PathBuf>, AgentError> {
+        let mut sealed = Vec::new();
+        if !self.seal {
+            return Ok(sealed);
+        }
+        for pair in [self.current.clone(), self.pending(), self.previous()] {
+            if pair.key.exists() && !is_sealed(&pair.key) {
+                let pem = pair.key_pem(&self.vault)?;
+                let data = self
+                    .vault
+                    .sealed_file(&pem)
+                    .map_err(|e| AgentError::Tls(e.to_string()))?;
+                write_atomic(&pair.key, &data, 0o600)?;
+                sealed.push(pair.key);
+            }
+        }
+        Ok(sealed)
+    }
+
+    /// Writes a secret file (sealed when sealing is on), 0600.
+    pub fn write_secret(&self, path: &Path, data: &[u8]) -> Result<(), AgentError> {
+        if self.seal {
+            let sealed = self
+                .vault
+                .sealed_file(data)
+                .map_err(|e| AgentError::Tls(e.to_string()))?;
+            write_atomic(path, &sealed, 0o600)
+        } else {
+            write_atomic(path, data, 0o600)
         }
     }
 
@@ -119,7 +178,7 @@ impl Credentials {
     /// Stores a renewed (or first) pair as pending.
     pub fn store_pending(&self, cert_pem: &str, key_pem: &str) -> Result<Pair, AgentError> {
         let p = self.pending();
-        write_atomic(&p.key, key_pem.as_bytes(), 0o600)?;
+        self.write_secret(&p.key, key_pem.as_bytes())?;
         write_atomic(&p.cert, cert_pem.as_bytes(), 0o644)?;
         Ok(p)
     }
@@ -158,7 +217,13 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn creds(dir: &Path) -> Credentials {
-        Credentials::new(dir.join("device.crt"), dir.join("device.key"))
+        let vault = Vault::open(&crate::vault::KeySource::File(dir.join("storage.key"))).unwrap();
+        Credentials::new(
+            dir.join("device.crt"),
+            dir.join("device.key"),
+            Arc::new(vault),
+            false,
+        )
     }
 
     #[test]
@@ -197,6 +262,42 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn keys_are_sealed_on_disk_and_plain_ones_sealed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault =
+            Arc::new(Vault::open(&crate::vault::KeySource::File(dir.path().join("k"))).unwrap());
+        let c = Credentials::new(
+            dir.path().join("device.crt"),
+            dir.path().join("device.key"),
+            vault.clone(),
+            true,
+        );
+        // A bundle installed with a plain key.
+        write_atomic(
+            &c.current.key,
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n",
+            0o600,
+        )
+        .unwrap();
+        assert_eq!(c.seal_plain_keys().unwrap(), vec![c.current.key.clone()]);
+        assert!(is_sealed(&c.current.key));
+        assert_eq!(
+            &c.current.key_pem(&vault).unwrap()[..],
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n"
+        );
+        assert!(
+            c.seal_plain_keys().unwrap().is_empty(),
+            "sealing is idempotent"
+        );
+        // Renewed keys are written sealed.
+        c.store_pending("cert", "-----BEGIN PRIVATE KEY-----\nBBBB\n")
+            .unwrap();
+        assert!(is_sealed(&c.pending().key));
+        let mode = fs::metadata(&c.pending().key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

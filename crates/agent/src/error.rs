@@ -18,6 +18,10 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
 }
 
 impl AgentError {
@@ -30,7 +34,12 @@ impl AgentError {
             AgentError::Read { .. } | AgentError::Tls(_) => Some(
                 "paths in agent.toml are relative to the file itself; `rampart device add ID --out DIR` writes a complete bundle",
             ),
-            AgentError::State { .. } => Some("the agent needs a writable state_dir"),
+            AgentError::State { .. } | AgentError::Outbox(_) => {
+                Some("the agent needs a writable state_dir with free space")
+            }
+            AgentError::Vault(_) => Some(
+                "the storage key is STATE/storage.key (0600), or what storage.key_command prints",
+            ),
         }
     }
 }

@@ -13,11 +13,18 @@
 //! - `runner`: the main loop.
 
 pub mod config;
+pub mod connection;
 pub mod credentials;
 mod error;
+pub mod minimise;
 pub mod outbox;
+pub mod producer;
+pub mod provision;
+pub mod reset;
 pub mod runner;
 pub mod sequence;
+pub mod source;
+pub mod status;
 pub mod tls;
 pub mod vault;
 

@@ -1,49 +1,56 @@
 //! The agent's main loop.
 //!
-//! - A reader task takes a reading per interval, numbers it and puts it in a bounded queue;
-//!   when the queue is full the reading is dropped and counted (its number is used anyway,
-//!   so the hub sees the gap).
-//! - A session is one MQTT client over mutual TLS with one credential pair. It feeds readings
-//!   from the queue to the hub at QoS 1 while connected, reconnects after failures with
-//!   exponential backoff and full jitter, keeps a session token fresh, and renews the
-//!   certificate when its time comes: new key, CSR on `$rampart/devices/{id}/certs/renew`, the
-//!   answer stored as a pending pair. Then the session drains (every publish acknowledged) and
-//!   ends, and the next session connects with the pending pair: promoted if it connects,
-//!   discarded — back to the current pair — if it does not.
-//! - A factory-fresh device (no credentials, a `[provisioning]` section) first runs a
-//!   provisioning session with its claim certificate.
+//! - The producer ([`crate::producer`]) reads the BMS every interval and writes the documents
+//!   the data-minimisation rules let out, and events, to the durable outbox.
+//! - A session is one credential pair. It connects over mutual TLS, publishes from the outbox
+//!   in order at QoS 1 — several telemetry documents per publish while a backlog drains, at
+//!   most `outbox.window` records unacknowledged — and marks records delivered when their
+//!   PUBACK arrives. A lost connection is dropped whole; after a backoff (exponential, full
+//!   jitter) a new one sends again from the oldest unacknowledged record. The session also
+//!   keeps a session token fresh and renews the certificate when its time comes: new key, CSR
+//!   on `$rampart/devices/{id}/certs/renew`, the answer stored as a pending pair; then it
+//!   drains (every publish acknowledged) and ends, and the next session connects with the
+//!   pending pair: promoted if it connects, discarded — back to the current pair — if not.
+//! - A factory-fresh device first provisions itself ([`crate::provision`]).
 
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use rampart_bms::{BmsSource, SimulatedPack, TelemetryMessage};
 use rampart_pki::{KeyAlgorithm, PrivateKey, create_csr};
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
-    TlsConfiguration, Transport,
-};
+use rumqttc::{AsyncClient, Event, LastWill, Outgoing, Packet, QoS};
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, BmsSection, ProvisioningSection};
-use crate::credentials::{Credentials, Pair, write_atomic};
+use crate::config::AgentConfig;
+use crate::connection::{EventTask, backoff, mqtt_client, request_id, status_payload};
+use crate::credentials::{Credentials, Pair};
 use crate::error::AgentError;
+use crate::minimise::Shaper;
+use crate::outbox::{Outbox, RecordKind};
+use crate::producer::{Producer, lock};
 use crate::sequence::Sequence;
+use crate::source::{ConfiguredSource, Health};
+use crate::status::{Board, CertificateStatus};
+use crate::vault::Vault;
 
 /// What the agent did, for logs, status and tests.
 #[derive(Debug, Default)]
 pub struct AgentStats {
+    /// BMS readings taken.
     pub readings: AtomicU64,
-    /// Publishes acknowledged by the hub (PUBACK).
+    /// Outbox records acknowledged by the hub (PUBACK).
     pub acknowledged: AtomicU64,
-    /// Readings dropped because the queue was full.
+    /// Outbox records dropped (bounds, damage).
     pub dropped: AtomicU64,
     pub bms_errors: AtomicU64,
+    /// Documents that could not be written to the outbox.
+    pub outbox_errors: AtomicU64,
     pub connects: AtomicU64,
     pub connection_failures: AtomicU64,
     pub renewals: AtomicU64,
@@ -51,72 +58,27 @@ pub struct AgentStats {
     pub connected: AtomicBool,
 }
 
-/// Unacknowledged telemetry publishes handed to the MQTT client at once.
-const PUBLISH_WINDOW: u64 = 100;
+/// Most bytes of documents in one batch publish (the hub accepts packets up to 256 KiB).
+const MAX_BATCH_BYTES: usize = 128 * 1024;
+/// A connection that lasted this long resets the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
-fn source_from(cfg: &AgentConfig) -> Box<dyn BmsSource> {
-    match &cfg.bms {
-        BmsSection::Simulator(sim) => Box::new(SimulatedPack::new(sim.clone())),
+/// Writes status.json every second until stopped.
+async fn status_writer(board: Arc<Board>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = board.write()
+            && !warned
+        {
+            tracing::warn!(error = %e, "cannot write status.json (`rampart-agent status` will be stale)");
+            warned = true;
+        }
     }
-}
-
-fn status_payload(state: &str) -> Vec<u8> {
-    let ts = OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    json!({ "state": state, "ts": ts, "agent": env!("CARGO_PKG_VERSION") })
-        .to_string()
-        .into_bytes()
-}
-
-/// Explains a connection failure in terms an operator can act on.
-fn explain(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => format!(
-            "the hub refused the connection ({code:?}): the device may be disabled, unknown, \
-             pending approval, or its certificate revoked or not registered"
-        ),
-        ConnectionError::Tls(t) => format!(
-            "TLS failed ({t}): check that hub.ca is the hub's CA and that the certificate is valid"
-        ),
-        ConnectionError::Io(io) => format!("network error: {io}"),
-        other => other.to_string(),
-    }
-}
-
-/// Exponential backoff with full jitter: a random delay in [base/2, base] where base doubles
-/// per consecutive failure up to `max`. The jitter spreads a fleet's reconnects after a hub
-/// restart instead of letting them arrive in one wave.
-pub fn backoff(failures: u32, initial: Duration, max: Duration) -> Duration {
-    let base = initial
-        .checked_mul(1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX))
-        .unwrap_or(max)
-        .min(max);
-    let half = base / 2;
-    half + base.mul_f64(fastrand::f64() * 0.5)
-}
-
-fn mqtt_client(
-    cfg: &AgentConfig,
-    pair: &Pair,
-    client_id: &str,
-    will: Option<LastWill>,
-) -> Result<(AsyncClient, EventLoop), AgentError> {
-    let tls = crate::tls::client_config(&cfg.resolve(&cfg.hub.ca), &pair.cert, &pair.key)?;
-    let (host, port) = cfg.hub_host_port().map_err(|message| AgentError::Config {
-        path: cfg.base_dir.join("agent.toml"),
-        message,
-    })?;
-    let mut options = MqttOptions::new(client_id.to_owned(), host, port);
-    options
-        .set_keep_alive(cfg.hub.keep_alive)
-        .set_clean_session(true)
-        .set_max_packet_size(256 * 1024, 256 * 1024)
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    if let Some(w) = will {
-        options.set_last_will(w);
-    }
-    Ok(AsyncClient::new(options, 64))
 }
 
 /// Runs the agent until `shutdown` is cancelled, then disconnects cleanly (publishing an
@@ -126,13 +88,59 @@ pub async fn run(
     shutdown: CancellationToken,
     stats: Arc<AgentStats>,
 ) -> Result<(), AgentError> {
-    let creds = Credentials::new(cfg.resolve(&cfg.hub.cert), cfg.resolve(&cfg.hub.key));
+    let state_dir = cfg.state_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .create(&state_dir)
+        .map_err(|source| AgentError::State {
+            path: state_dir.clone(),
+            source,
+        })?;
+    let vault = Arc::new(Vault::open(&cfg.key_source())?);
+    let creds = Credentials::new(
+        cfg.resolve(&cfg.hub.cert),
+        cfg.resolve(&cfg.hub.key),
+        vault.clone(),
+        cfg.storage.encrypt_credentials,
+    );
+    for f in creds.seal_plain_keys()? {
+        tracing::info!(file = %f.display(), "private key sealed with the storage key");
+    }
+    let source = ConfiguredSource::new(&cfg);
+    let board = Arc::new(Board::new(&state_dir, &cfg.hub.address, &source.label()));
+    let status_stop = CancellationToken::new();
+    let status_task = tokio::spawn(status_writer(board.clone(), status_stop.clone()));
+    let result = run_agent(&cfg, creds, source, board.clone(), shutdown, stats.clone()).await;
+    board.connection("stopped", None);
+    if let Err(e) = board.write() {
+        tracing::warn!(error = %e, "cannot write the final status");
+    }
+    status_stop.cancel();
+    let _ = status_task.await;
+    tracing::info!(
+        readings = stats.readings.load(Ordering::Relaxed),
+        acknowledged = stats.acknowledged.load(Ordering::Relaxed),
+        dropped = stats.dropped.load(Ordering::Relaxed),
+        "agent stopped"
+    );
+    result
+}
+
+async fn run_agent(
+    cfg: &AgentConfig,
+    creds: Credentials,
+    source: ConfiguredSource,
+    board: Arc<Board>,
+    shutdown: CancellationToken,
+    stats: Arc<AgentStats>,
+) -> Result<(), AgentError> {
     if !creds.current.exists() {
         if creds.pending().exists() {
             // A crash between receiving the first certificate and using it.
             creds.promote()?;
         } else if let Some(p) = &cfg.provisioning {
-            if !provision(&cfg, p, &creds, &shutdown).await? {
+            board.connection("provisioning", None);
+            if !crate::provision::provision(cfg, p, &creds, &shutdown).await? {
                 return Ok(());
             }
         } else {
@@ -151,57 +159,49 @@ pub async fn run(
         }
         _ => cn,
     };
-    let mut seq = Sequence::open(&cfg.resolve(&cfg.state_dir))?;
-    tracing::info!(device = %device_id, hub = %cfg.hub.address, next_seq = seq.peek(),
+    let state_dir = cfg.state_dir();
+    let outbox = Outbox::open(cfg.outbox_options(), creds.vault().clone())?;
+    let mut telemetry_seq = Sequence::open(&state_dir, "seq")?;
+    telemetry_seq.ensure_at_least(outbox.max_seq(RecordKind::Telemetry) + 1);
+    let mut event_seq = Sequence::open(&state_dir, "event-seq")?;
+    event_seq.ensure_at_least(outbox.max_seq(RecordKind::Event) + 1);
+    tracing::info!(device = %device_id, hub = %cfg.hub.address, source = %source.label(),
+        next_seq = telemetry_seq.peek(), backlog = outbox.depth(),
         interval = ?cfg.telemetry.interval, "agent starting");
+    let outbox = Arc::new(Mutex::new(outbox));
+    board.update(|s| s.device_id = Some(device_id.clone()));
+    set_certificate_status(&board, &creds);
 
-    let (tx, mut queue) = mpsc::channel::<(u64, Vec<u8>)>(cfg.telemetry.queue);
-    let reader_stop = shutdown.child_token();
-    let reader = {
-        let stats = stats.clone();
-        let stop = reader_stop.clone();
-        let mut source = source_from(&cfg);
-        let interval = cfg.telemetry.interval;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.cancelled() => return Ok::<(), AgentError>(()),
-                }
-                let reading = match source.read().await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        stats.bms_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "BMS reading failed");
-                        continue;
-                    }
-                };
-                let n = seq.take()?;
-                let payload = match serde_json::to_vec(&TelemetryMessage::full(n, &reading)) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot encode reading");
-                        continue;
-                    }
-                };
-                stats.readings.fetch_add(1, Ordering::Relaxed);
-                if tx.try_send((n, payload)).is_err() {
-                    let d = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    if d.is_power_of_two() {
-                        tracing::warn!(
-                            dropped_total = d,
-                            seq = n,
-                            "telemetry queue full while the hub is unreachable: reading dropped"
-                        );
-                    }
-                }
+    let ready = Arc::new(Notify::new());
+    let producer_stop = CancellationToken::new();
+    let producer = Producer {
+        outbox: outbox.clone(),
+        telemetry_seq,
+        event_seq,
+        shaper: Shaper::new(&cfg.send, cfg.telemetry.interval).map_err(|message| {
+            AgentError::Config {
+                path: cfg.base_dir.join("agent.toml"),
+                message,
             }
-        })
+        })?,
+        health: Health::new(cfg.telemetry.bms_unreachable_after),
+        source,
+        board: board.clone(),
+        stats: stats.clone(),
+        ready: ready.clone(),
+        last_drop_report: None,
     };
+    let producer = tokio::spawn(producer.run(cfg.telemetry.interval, producer_stop.clone()));
 
-    let mut session = Session::new(&cfg, &creds, &device_id, &stats);
+    let mut session = Session::new(
+        cfg,
+        &creds,
+        &device_id,
+        &stats,
+        outbox.clone(),
+        ready,
+        board.clone(),
+    );
     let result = loop {
         let pending = creds.pending().exists();
         let pair = if pending {
@@ -209,7 +209,7 @@ pub async fn run(
         } else {
             creds.current.clone()
         };
-        match session.run(&pair, pending, &mut queue, &shutdown).await {
+        match session.run(&pair, pending, &shutdown).await {
             Ok(End::Shutdown) => break Ok(()),
             Ok(End::UsePending) => continue,
             Ok(End::PendingFailed(why)) => {
@@ -221,15 +221,23 @@ pub async fn run(
             Err(e) => break Err(e),
         }
     };
-    reader_stop.cancel();
-    let reader_result = reader.await.unwrap_or(Ok(()));
-    tracing::info!(
-        readings = stats.readings.load(Ordering::Relaxed),
-        acknowledged = stats.acknowledged.load(Ordering::Relaxed),
-        dropped = stats.dropped.load(Ordering::Relaxed),
-        "agent stopped"
-    );
-    result.and(reader_result)
+    producer_stop.cancel();
+    let producer_result = producer.await.unwrap_or(Ok(()));
+    if let Err(e) = lock(&outbox).close() {
+        tracing::error!(error = %e, "could not close the outbox cleanly");
+    }
+    result.and(producer_result)
+}
+
+fn set_certificate_status(board: &Board, creds: &Credentials) {
+    if let Ok(info) = creds.current.info() {
+        board.update(|s| {
+            s.certificate = Some(CertificateStatus {
+                serial: info.serial.clone(),
+                not_after: info.not_after,
+            });
+        });
+    }
 }
 
 /// Why a session ended.
@@ -239,6 +247,12 @@ enum End {
     UsePending,
     /// The pending pair could not connect.
     PendingFailed(String),
+}
+
+/// How one connection ended.
+enum Conn {
+    End(End),
+    Lost { error: String, lasted: Duration },
 }
 
 /// Where certificate renewal stands.
@@ -252,19 +266,60 @@ enum Renewal {
     RetryAt(tokio::time::Instant),
 }
 
+/// An answer from the hub on a `.../response` topic.
 #[derive(Deserialize)]
-struct Answer {
+pub(crate) struct Answer {
     #[serde(default)]
-    request_id: String,
-    status: String,
+    pub request_id: String,
+    pub status: String,
     #[serde(default)]
-    reason: Option<String>,
+    pub reason: Option<String>,
     #[serde(default)]
-    certificate: Option<String>,
+    pub certificate: Option<String>,
     #[serde(default)]
-    token: Option<String>,
+    pub token: Option<String>,
     #[serde(default)]
-    expires_at: Option<u64>,
+    pub expires_at: Option<u64>,
+}
+
+/// The publishes of one connection. rumqttc assigns packet ids itself and reports
+/// `Outgoing::Publish(pkid)` in the order the requests were queued, so the ids are matched to
+/// requests by that order.
+#[derive(Debug, Default)]
+struct Publishes {
+    /// Queued, not yet written: the outbox record ids of each (none for control messages).
+    queued: VecDeque<Vec<u64>>,
+    /// Written, waiting for PUBACK.
+    by_pkid: HashMap<u16, Vec<u64>>,
+    /// Outbox records in either.
+    records: usize,
+}
+
+impl Publishes {
+    fn control(&mut self) {
+        self.queued.push_back(Vec::new());
+    }
+
+    fn records(&mut self, ids: Vec<u64>) {
+        self.records += ids.len();
+        self.queued.push_back(ids);
+    }
+
+    fn written(&mut self, pkid: u16) {
+        if let Some(ids) = self.queued.pop_front() {
+            self.by_pkid.insert(pkid, ids);
+        }
+    }
+
+    fn acked(&mut self, pkid: u16) -> Option<Vec<u64>> {
+        let ids = self.by_pkid.remove(&pkid)?;
+        self.records -= ids.len();
+        Some(ids)
+    }
+
+    fn outstanding(&self) -> usize {
+        self.queued.len() + self.by_pkid.len()
+    }
 }
 
 struct Session<'a> {
@@ -272,14 +327,13 @@ struct Session<'a> {
     creds: &'a Credentials,
     device_id: &'a str,
     stats: &'a AgentStats,
+    outbox: Arc<Mutex<Outbox>>,
+    ready: Arc<Notify>,
+    board: Arc<Board>,
     renewal: Renewal,
     token_refresh_at: Option<tokio::time::Instant>,
     token_request: Option<String>,
     token_path: PathBuf,
-}
-
-fn request_id() -> String {
-    format!("{:016x}", fastrand::u64(..))
 }
 
 impl<'a> Session<'a> {
@@ -288,16 +342,22 @@ impl<'a> Session<'a> {
         creds: &'a Credentials,
         device_id: &'a str,
         stats: &'a AgentStats,
+        outbox: Arc<Mutex<Outbox>>,
+        ready: Arc<Notify>,
+        board: Arc<Board>,
     ) -> Self {
         Session {
             cfg,
             creds,
             device_id,
             stats,
+            outbox,
+            ready,
+            board,
             renewal: Renewal::Idle,
             token_refresh_at: None,
             token_request: None,
-            token_path: cfg.resolve(&cfg.state_dir).join("token"),
+            token_path: cfg.state_dir().join("token"),
         }
     }
 
@@ -305,47 +365,162 @@ impl<'a> Session<'a> {
         format!("$rampart/devices/{}/{suffix}", self.device_id)
     }
 
-    /// One MQTT client with one credential pair, until shutdown or a credential switch.
+    /// Connections with one credential pair, until shutdown or a credential switch.
     async fn run(
         &mut self,
         pair: &Pair,
         pending: bool,
-        queue: &mut mpsc::Receiver<(u64, Vec<u8>)>,
         shutdown: &CancellationToken,
     ) -> Result<End, AgentError> {
-        let status_topic = format!("devices/{}/status", self.device_id);
+        let mut failures: u32 = 0;
+        let mut promoted = !pending;
+        if pending {
+            tracing::info!(cert = %pair.cert.display(), "connecting with the renewed certificate");
+        }
+        loop {
+            match self.connection(pair, &mut promoted, shutdown).await? {
+                Conn::End(end) => return Ok(end),
+                Conn::Lost { error, lasted } => {
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    self.stats
+                        .connection_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.board.connection("connecting", Some(error.clone()));
+                    if !promoted {
+                        return Ok(End::PendingFailed(error));
+                    }
+                    if lasted >= STABLE_CONNECTION {
+                        failures = 0;
+                    }
+                    let delay = backoff(
+                        failures,
+                        self.cfg.reconnect.initial_backoff,
+                        self.cfg.reconnect.max_backoff,
+                    );
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(%error, retry_in = ?delay, attempt = failures,
+                        backlog = lock(&self.outbox).depth(), "connection to the hub failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return Ok(End::Shutdown),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes outbox records while the window has room.
+    fn fill(&mut self, client: &AsyncClient, pubs: &mut Publishes) {
+        let window = self.cfg.outbox.window as usize;
         let telemetry_topic = format!("devices/{}/telemetry", self.device_id);
+        let events_topic = format!("devices/{}/events", self.device_id);
+        while pubs.records < window {
+            let room = (window - pubs.records).min(self.cfg.outbox.batch as usize);
+            let batch = match lock(&self.outbox).next_batch(room, MAX_BATCH_BYTES) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox; retrying shortly");
+                    return;
+                }
+            };
+            let Some(first) = batch.first() else {
+                return;
+            };
+            let first_id = first.id;
+            let (topic, payload) = if first.kind == RecordKind::Event {
+                (events_topic.as_str(), first.payload.to_vec())
+            } else if batch.len() == 1 {
+                (telemetry_topic.as_str(), first.payload.to_vec())
+            } else {
+                // A JSON array of the documents, as stored.
+                let mut p = Vec::with_capacity(
+                    batch.iter().map(|r| r.payload.len() + 1).sum::<usize>() + 1,
+                );
+                p.push(b'[');
+                for (i, r) in batch.iter().enumerate() {
+                    if i > 0 {
+                        p.push(b',');
+                    }
+                    p.extend_from_slice(&r.payload);
+                }
+                p.push(b']');
+                (telemetry_topic.as_str(), p)
+            };
+            let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
+            match client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+                Ok(()) => pubs.records(ids),
+                Err(_) => {
+                    // The client's queue is full: these go out with the next round.
+                    lock(&self.outbox).unsend(first_id);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn acked(&mut self, pubs: &mut Publishes, pkid: u16) {
+        if let Some(ids) = pubs.acked(pkid)
+            && !ids.is_empty()
+        {
+            lock(&self.outbox).ack(&ids);
+            self.stats
+                .acknowledged
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// One MQTT connection.
+    async fn connection(
+        &mut self,
+        pair: &Pair,
+        promoted: &mut bool,
+        shutdown: &CancellationToken,
+    ) -> Result<Conn, AgentError> {
+        let status_topic = format!("devices/{}/status", self.device_id);
         let will = LastWill::new(
             status_topic.clone(),
             status_payload("offline"),
             QoS::AtLeastOnce,
             true,
         );
-        let (client, eventloop) = mqtt_client(self.cfg, pair, self.device_id, Some(will))?;
-        if pending {
-            tracing::info!(cert = %pair.cert.display(), "connecting with the renewed certificate");
-        }
-        let mut events = EventTask::spawn(eventloop, self.cfg);
-        let mut promoted = !pending;
-        let mut connected = false;
-        let (mut published, mut acked) = (0u64, 0u64);
+        let inflight = u16::try_from(self.cfg.outbox.window + 16).unwrap_or(u16::MAX);
+        let (client, eventloop) = mqtt_client(
+            self.cfg,
+            self.creds.vault(),
+            pair,
+            self.device_id,
+            Some(will),
+            inflight,
+        )?;
+        let mut events = EventTask::spawn(eventloop);
+        lock(&self.outbox).rewind();
+        let mut pubs = Publishes::default();
+        let mut connected_at: Option<Instant> = None;
         let mut draining: Option<tokio::time::Instant> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let lost = |error: String, at: Option<Instant>| Conn::Lost {
+            error,
+            lasted: at.map(|t| t.elapsed()).unwrap_or_default(),
+        };
         loop {
-            let window_open = connected && draining.is_none() && published - acked < PUBLISH_WINDOW;
+            if connected_at.is_some() && draining.is_none() {
+                self.fill(&client, &mut pubs);
+            }
             tokio::select! {
                 ev = events.rx.recv() => match ev {
                     Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                        connected = true;
+                        connected_at = Some(Instant::now());
                         self.stats.connects.fetch_add(1, Ordering::Relaxed);
                         self.stats.connected.store(true, Ordering::Relaxed);
-                        if !promoted {
+                        self.board.connection("connected", None);
+                        if !*promoted {
                             self.creds.promote()?;
-                            promoted = true;
+                            *promoted = true;
                             self.stats.renewals.fetch_add(1, Ordering::Relaxed);
+                            set_certificate_status(&self.board, self.creds);
                             tracing::info!("renewed certificate works and is now in use; the previous one is kept as .old");
                         }
-                        tracing::info!(hub = %self.cfg.hub.address, "connected to the hub");
+                        tracing::info!(hub = %self.cfg.hub.address, backlog = lock(&self.outbox).depth(), "connected to the hub");
                         for t in [self.topic("certs/renew/response"), self.topic("token/response")] {
                             let _ = client.try_subscribe(t, QoS::AtLeastOnce);
                         }
@@ -353,16 +528,14 @@ impl<'a> Session<'a> {
                             .try_publish(status_topic.as_str(), QoS::AtLeastOnce, true, status_payload("online"))
                             .is_ok()
                         {
-                            published += 1;
+                            pubs.control();
                         }
                         if self.cfg.tokens.enabled {
-                            self.request_token(&client, &mut published);
+                            self.request_token(&client, &mut pubs);
                         }
                     }
-                    Some(Ok(Event::Incoming(Packet::PubAck(_)))) => {
-                        acked += 1;
-                        self.stats.acknowledged.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => pubs.written(pkid),
+                    Some(Ok(Event::Incoming(Packet::PubAck(a)))) => self.acked(&mut pubs, a.pkid),
                     Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                         if self.answer(&p.topic, &p.payload)? {
                             draining = Some(tokio::time::Instant::now() + Duration::from_secs(10));
@@ -373,66 +546,50 @@ impl<'a> Session<'a> {
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        connected = false;
-                        self.stats.connected.store(false, Ordering::Relaxed);
-                        self.stats.connection_failures.fetch_add(1, Ordering::Relaxed);
-                        if !promoted {
-                            events.stop();
-                            return Ok(End::PendingFailed(e));
-                        }
-                        // The event task backs off and reconnects; it keeps unacknowledged
-                        // publishes and re-sends them once connected again.
+                        events.stop();
+                        return Ok(lost(e, connected_at));
                     }
-                    None => return Err(AgentError::Tls("the MQTT event loop stopped".into())),
+                    None => return Ok(lost("the MQTT event loop stopped".into(), connected_at)),
                 },
-                Some((n, payload)) = queue.recv(), if window_open => {
-                    match client.publish(telemetry_topic.as_str(), QoS::AtLeastOnce, false, payload).await {
-                        Ok(()) => {
-                            published += 1;
-                            tracing::debug!(seq = n, "reading published");
-                        }
-                        Err(e) => tracing::error!(seq = n, error = %e, "MQTT client closed; reading lost"),
-                    }
-                }
+                _ = self.ready.notified(), if connected_at.is_some() => {}
                 _ = tick.tick() => {
                     if let Some(deadline) = draining
-                        && (acked >= published || tokio::time::Instant::now() >= deadline)
+                        && (pubs.outstanding() == 0 || tokio::time::Instant::now() >= deadline)
                     {
-                        if acked < published {
-                            tracing::warn!(unacknowledged = published - acked, "switching certificates before every publish was acknowledged");
+                        if pubs.outstanding() > 0 {
+                            tracing::warn!(unacknowledged = pubs.outstanding(), "switching certificates before every publish was acknowledged (the outbox sends them again)");
                         }
-                        events.disconnect(&client, self.stats).await;
-                        return Ok(End::UsePending);
+                        events.disconnect(&client).await;
+                        self.stats.connected.store(false, Ordering::Relaxed);
+                        return Ok(Conn::End(End::UsePending));
                     }
-                    if connected && draining.is_none() {
-                        self.maybe_renew(&client, &mut published)?;
-                        self.maybe_refresh_token(&client, &mut published);
+                    if connected_at.is_some() && draining.is_none() {
+                        self.maybe_renew(&client, &mut pubs)?;
+                        self.maybe_refresh_token(&client, &mut pubs);
                     }
                 }
                 _ = shutdown.cancelled() => {
-                    if connected {
+                    if connected_at.is_some() {
                         if client
                             .try_publish(status_topic.as_str(), QoS::AtLeastOnce, true, status_payload("offline"))
                             .is_ok()
                         {
-                            published += 1;
+                            pubs.control();
                         }
                         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                        while acked < published {
+                        while pubs.outstanding() > 0 {
                             match tokio::time::timeout_at(deadline, events.rx.recv()).await {
-                                Ok(Some(Ok(Event::Incoming(Packet::PubAck(_))))) => {
-                                    acked += 1;
-                                    self.stats.acknowledged.fetch_add(1, Ordering::Relaxed);
-                                }
+                                Ok(Some(Ok(Event::Outgoing(Outgoing::Publish(pkid))))) => pubs.written(pkid),
+                                Ok(Some(Ok(Event::Incoming(Packet::PubAck(a))))) => self.acked(&mut pubs, a.pkid),
                                 Ok(Some(Ok(_))) => {}
                                 _ => break,
                             }
                         }
-                        events.disconnect(&client, self.stats).await;
+                        events.disconnect(&client).await;
                     }
                     events.stop();
                     self.stats.connected.store(false, Ordering::Relaxed);
-                    return Ok(End::Shutdown);
+                    return Ok(Conn::End(End::Shutdown));
                 }
             }
         }
@@ -478,7 +635,8 @@ impl<'a> Session<'a> {
             self.token_request = None;
             match (a.status.as_str(), a.token, a.expires_at) {
                 ("accepted", Some(token), Some(exp)) => {
-                    write_atomic(&self.token_path, token.as_bytes(), 0o600)?;
+                    self.creds
+                        .write_secret(&self.token_path, token.as_bytes())?;
                     self.stats.tokens.fetch_add(1, Ordering::Relaxed);
                     let now =
                         u64::try_from(OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
@@ -512,7 +670,11 @@ impl<'a> Session<'a> {
         Duration::from_secs(u64::try_from(left / 10).unwrap_or(0).clamp(30, 3600))
     }
 
-    fn maybe_renew(&mut self, client: &AsyncClient, published: &mut u64) -> Result<(), AgentError> {
+    fn maybe_renew(
+        &mut self,
+        client: &AsyncClient,
+        pubs: &mut Publishes,
+    ) -> Result<(), AgentError> {
         let now = tokio::time::Instant::now();
         match &self.renewal {
             Renewal::Waiting { deadline, .. } if now >= *deadline => {
@@ -544,7 +706,7 @@ impl<'a> Session<'a> {
             .try_publish(self.topic("certs/renew"), QoS::AtLeastOnce, false, body)
             .is_ok()
         {
-            *published += 1;
+            pubs.control();
             tracing::info!("certificate renewal requested (new key, CSR)");
             self.renewal = Renewal::Waiting {
                 request_id: rid,
@@ -555,220 +717,26 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn request_token(&mut self, client: &AsyncClient, published: &mut u64) {
+    fn request_token(&mut self, client: &AsyncClient, pubs: &mut Publishes) {
         let rid = request_id();
         let body = json!({ "request_id": rid }).to_string();
         if client
             .try_publish(self.topic("token/request"), QoS::AtLeastOnce, false, body)
             .is_ok()
         {
-            *published += 1;
+            pubs.control();
             self.token_request = Some(rid);
             self.token_refresh_at = Some(tokio::time::Instant::now() + Duration::from_secs(30));
         }
     }
 
-    fn maybe_refresh_token(&mut self, client: &AsyncClient, published: &mut u64) {
+    fn maybe_refresh_token(&mut self, client: &AsyncClient, pubs: &mut Publishes) {
         if self.cfg.tokens.enabled
             && self
                 .token_refresh_at
                 .is_some_and(|t| tokio::time::Instant::now() >= t)
         {
-            self.request_token(client, published);
+            self.request_token(client, pubs);
         }
-    }
-}
-
-/// The MQTT event loop, polled to completion in its own task: rumqttc's connect is not
-/// cancel-safe, so it must never sit in a `select!` beside timers. Errors are reported and
-/// followed by a backoff sleep (exponential, full jitter) before the next attempt.
-struct EventTask {
-    rx: mpsc::Receiver<Result<Event, String>>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl EventTask {
-    fn spawn(mut eventloop: EventLoop, cfg: &AgentConfig) -> EventTask {
-        let (tx, rx) = mpsc::channel(256);
-        let (initial, max) = (cfg.reconnect.initial_backoff, cfg.reconnect.max_backoff);
-        let handle = tokio::spawn(async move {
-            let mut failures: u32 = 0;
-            loop {
-                match eventloop.poll().await {
-                    Ok(ev) => {
-                        if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
-                            failures = 0;
-                        }
-                        if tx.send(Ok(ev)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let delay = backoff(failures, initial, max);
-                        failures = failures.saturating_add(1);
-                        let why = explain(&e);
-                        tracing::warn!(error = %why, retry_in = ?delay, attempt = failures, "connection to the hub failed");
-                        if tx.send(Err(why)).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(delay).await;
-                    }
-                }
-            }
-        });
-        EventTask { rx, handle }
-    }
-
-    /// Sends DISCONNECT and waits (up to 3 s) until it is out, then stops the task.
-    async fn disconnect(&mut self, client: &AsyncClient, stats: &AgentStats) {
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_secs(3), async {
-            while let Some(ev) = self.rx.recv().await {
-                match ev {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        stats.acknowledged.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-        self.stop();
-        stats.connected.store(false, Ordering::Relaxed);
-    }
-
-    fn stop(&self) {
-        self.handle.abort();
-    }
-}
-
-impl Drop for EventTask {
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
-}
-
-/// Fleet provisioning: connect with the claim certificate, send a CSR for a key made here,
-/// and store the device certificate the hub returns. Returns false on shutdown.
-async fn provision(
-    cfg: &AgentConfig,
-    p: &ProvisioningSection,
-    creds: &Credentials,
-    shutdown: &CancellationToken,
-) -> Result<bool, AgentError> {
-    let claim = Pair {
-        cert: cfg.resolve(&p.claim_cert),
-        key: cfg.resolve(&p.claim_key),
-    };
-    if !claim.exists() {
-        return Err(AgentError::Tls(format!(
-            "provisioning needs the claim certificate {} and key {}",
-            claim.cert.display(),
-            claim.key.display()
-        )));
-    }
-    let client_id = p.serial_number.as_str();
-    let request_topic = format!("$rampart/provision/{client_id}/request");
-    let response_topic = format!("$rampart/provision/{client_id}/response");
-    let alg: KeyAlgorithm = cfg
-        .credentials
-        .key_algorithm
-        .parse()
-        .map_err(AgentError::Tls)?;
-    let mut failures: u32 = 0;
-    tracing::info!(serial = %p.serial_number, "no device certificate yet: provisioning with the claim certificate");
-    loop {
-        // The key is made here and never leaves the device: only its CSR is sent.
-        let key = PrivateKey::generate(alg).map_err(|e| AgentError::Tls(e.to_string()))?;
-        let csr = create_csr(&p.serial_number, &key).map_err(|e| AgentError::Tls(e.to_string()))?;
-        let rid = request_id();
-        let (client, mut eventloop) = mqtt_client(cfg, &claim, client_id, None)?;
-        let outcome: Result<(String, String), String> = loop {
-            let ev = tokio::select! {
-                ev = eventloop.poll() => ev,
-                _ = shutdown.cancelled() => return Ok(false),
-            };
-            match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.try_subscribe(response_topic.as_str(), QoS::AtLeastOnce);
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let body = json!({
-                        "request_id": rid,
-                        "serial_number": p.serial_number,
-                        "csr": csr,
-                        "attributes": p.attributes,
-                    });
-                    let _ = client.try_publish(
-                        request_topic.as_str(),
-                        QoS::AtLeastOnce,
-                        false,
-                        body.to_string(),
-                    );
-                }
-                Ok(Event::Incoming(Packet::Publish(m))) if m.topic == response_topic => {
-                    match serde_json::from_slice::<Answer>(&m.payload) {
-                        Ok(a) if a.request_id == rid && a.status == "accepted" => match a
-                            .certificate
-                        {
-                            Some(c) => break Ok((c, key.to_pem())),
-                            None => break Err("the hub accepted but sent no certificate".into()),
-                        },
-                        Ok(a) if a.request_id == rid => {
-                            break Err(a.reason.unwrap_or_else(|| "rejected".into()));
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => break Err(explain(&e)),
-            }
-        };
-        let _ = client.try_disconnect();
-        match outcome {
-            Ok((cert, key_pem)) => {
-                creds.store_pending(&cert, &key_pem)?;
-                creds.promote()?;
-                let id = creds.current.info()?.common_name.unwrap_or_default();
-                tracing::info!(device = %id, "provisioned: device certificate stored");
-                return Ok(true);
-            }
-            Err(reason) => {
-                let delay = backoff(
-                    failures,
-                    cfg.reconnect.initial_backoff.max(Duration::from_secs(5)),
-                    cfg.reconnect.max_backoff,
-                );
-                failures = failures.saturating_add(1);
-                tracing::error!(%reason, retry_in = ?delay, "provisioning rejected");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return Ok(false),
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped_with_jitter() {
-        let i = Duration::from_secs(1);
-        let m = Duration::from_secs(60);
-        for f in 0..30 {
-            let d = backoff(f, i, m);
-            let base = (i * 2u32.pow(f.min(6))).min(m);
-            assert!(
-                d >= base / 2 && d <= base,
-                "failure {f}: {d:?} vs base {base:?}"
-            );
-        }
-        let samples: std::collections::HashSet<u128> =
-            (0..20).map(|_| backoff(3, i, m).as_millis()).collect();
-        assert!(samples.len() > 1);
     }
 }

@@ -1,10 +1,10 @@
-//! The per-device telemetry sequence number, kept across restarts.
+//! Per-device sequence numbers (telemetry: `STATE/seq`, events: `STATE/event-seq`), kept
+//! across restarts.
 //!
-//! Stored as decimal text in `STATE/seq`, replaced atomically (write temporary file, rename)
-//! after every reading, so a crash of the agent never reuses a number. (The write is not
-//! fsynced per reading: on power loss the counter can step back by the readings of the last
-//! few seconds; the durable outbox, which stores each reading with its number, closes that
-//! window.)
+//! Stored as decimal text, replaced atomically (write temporary file, rename) after every
+//! number taken, so a crash of the agent never reuses a number. The write is not fsynced: on
+//! power loss the file can step back by the last few seconds, so at start the agent moves the
+//! counter past the highest number in the outbox (which is synced per its fsync policy).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,14 +19,14 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    /// Opens (or starts) the counter in `state_dir`.
-    pub fn open(state_dir: &Path) -> Result<Sequence, AgentError> {
+    /// Opens (or starts) the counter `name` in `state_dir`.
+    pub fn open(state_dir: &Path, name: &str) -> Result<Sequence, AgentError> {
         let err = |source| AgentError::State {
             path: state_dir.to_path_buf(),
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(err)?;
-        let path = state_dir.join("seq");
+        let path = state_dir.join(name);
         let next = match std::fs::read_to_string(&path) {
             Ok(s) => s.trim().parse::<u64>().map_err(|e| AgentError::State {
                 path: path.clone(),
@@ -41,6 +41,11 @@ impl Sequence {
     /// The next number to hand out.
     pub fn peek(&self) -> u64 {
         self.next
+    }
+
+    /// Makes sure the next number is at least `n`.
+    pub fn ensure_at_least(&mut self, n: u64) {
+        self.next = self.next.max(n);
     }
 
     /// Takes the next number and records that it was used.
@@ -69,15 +74,18 @@ mod tests {
     #[test]
     fn survives_reopen_and_never_repeats() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut s = Sequence::open(dir.path()).expect("open");
+        let mut s = Sequence::open(dir.path(), "seq").expect("open");
         assert_eq!(s.take().expect("take"), 1);
         assert_eq!(s.take().expect("take"), 2);
         drop(s);
-        let mut s = Sequence::open(dir.path()).expect("reopen");
+        let mut s = Sequence::open(dir.path(), "seq").expect("reopen");
         assert_eq!(s.take().expect("take"), 3);
+        s.ensure_at_least(10);
+        s.ensure_at_least(5);
+        assert_eq!(s.take().expect("take"), 10);
         std::fs::write(dir.path().join("seq"), "garbage").expect("corrupt");
         assert!(
-            Sequence::open(dir.path()).is_err(),
+            Sequence::open(dir.path(), "seq").is_err(),
             "a corrupt counter fails closed"
         );
     }

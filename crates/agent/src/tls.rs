@@ -24,8 +24,14 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> {
     Ok(v)
 }
 
-/// Builds the client configuration from PEM files.
-pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientConfig>, AgentError> {
+/// Builds the client configuration from the CA and certificate files and the private key
+/// (PEM, already opened if it was sealed; `key_path` names it in errors).
+pub fn client_config(
+    ca: &Path,
+    cert: &Path,
+    key_pem: &[u8],
+    key_path: &Path,
+) -> Result<Arc<ClientConfig>, AgentError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for c in certs(ca)? {
@@ -34,8 +40,8 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
             .map_err(|e| AgentError::Tls(format!("{}: {e}", ca.display())))?;
     }
     let chain = certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| AgentError::Tls(format!("{}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| AgentError::Tls(format!("{}: {e}", key_path.display())))?;
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| AgentError::Tls(e.to_string()))?

@@ -308,6 +308,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> JbdSource<T> {
     }
 }
 
+/// Opens a JBD BMS on a serial port (9600 8N1 is what these boards speak). Any tty works,
+/// including one side of a pseudo-terminal pair.
+pub fn open_serial(
+    port: &str,
+    baud: u32,
+    timeout: Duration,
+    retries: u32,
+) -> Result<JbdSource<tokio_serial::SerialStream>, BmsError> {
+    use tokio_serial::SerialPortBuilderExt;
+    let stream = tokio_serial::new(port, baud)
+        .data_bits(tokio_serial::DataBits::Eight)
+        .parity(tokio_serial::Parity::None)
+        .stop_bits(tokio_serial::StopBits::One)
+        .flow_control(tokio_serial::FlowControl::None)
+        .open_native_async()
+        .map_err(|e| BmsError::Io(std::io::Error::other(format!("{port}: {e}"))))?;
+    Ok(JbdSource::new(stream, port, timeout, retries))
+}
+
 /// Builds the normalized reading from the two answers.
 pub fn reading(basic: &BasicInfo, cells: Vec<Volts>, label: &str, ts: OffsetDateTime) -> Reading {
     let (y, m, d) = basic.manufactured;

@@ -4,7 +4,7 @@
 //! ```toml
 //! [bms]
 //! kind = "modbus"
-//! transport = "tcp"             # or "rtu" (port, baud)
+//! transport = "tcp"             # or "rtu" with port = "/dev/ttyUSB0" and baud = 9600
 //! address = "192.168.1.50:502"
 //! unit = 1
 //! [[bms.registers]]
@@ -33,17 +33,14 @@ use crate::source::{BmsError, BmsSource};
 use crate::units::{AmpHours, Amps, Celsius, Percent, Volts};
 
 /// How to reach the device.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "transport", rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
-    Tcp {
-        address: String,
-    },
-    Rtu {
-        port: String,
-        #[serde(default = "default_baud")]
-        baud: u32,
-    },
+    /// Modbus TCP to `address` (IP:PORT).
+    #[default]
+    Tcp,
+    /// Modbus RTU on the serial `port` at `baud` (8N1).
+    Rtu,
 }
 
 fn default_baud() -> u32 {
@@ -117,8 +114,17 @@ fn one() -> f64 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModbusConfig {
-    #[serde(flatten)]
+    #[serde(default)]
     pub transport: Transport,
+    /// For TCP: IP:PORT of the device.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// For RTU: the serial device, e.g. /dev/ttyUSB0.
+    #[serde(default)]
+    pub port: Option<String>,
+    /// For RTU: bit rate.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
     #[serde(default = "default_unit")]
     pub unit: u8,
     #[serde(default = "default_timeout", with = "duration_str")]
@@ -341,10 +347,19 @@ impl ModbusSource {
     /// failure).
     pub fn new(config: ModbusConfig) -> Result<Self, String> {
         let (registers, ops) = plan(&config.registers)?;
-        if let Transport::Tcp { address } = &config.transport {
-            address
-                .parse::<SocketAddr>()
-                .map_err(|e| format!("modbus address {address:?}: {e} (expected IP:PORT)"))?;
+        match (config.transport, &config.address, &config.port) {
+            (Transport::Tcp, Some(address), None) => {
+                address
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("modbus address {address:?}: {e} (expected IP:PORT)"))?;
+            }
+            (Transport::Tcp, _, _) => {
+                return Err("modbus over TCP needs address = \"IP:PORT\" (and no port)".into());
+            }
+            (Transport::Rtu, None, Some(port)) if !port.is_empty() => {}
+            (Transport::Rtu, _, _) => {
+                return Err("modbus RTU needs port = \"/dev/tty...\" (and no address)".into());
+            }
         }
         Ok(ModbusSource {
             config,
@@ -370,13 +385,19 @@ impl std::fmt::Debug for ModbusSource {
 }
 
 fn label(config: &ModbusConfig) -> String {
-    {
-        match &config.transport {
-            Transport::Tcp { address } => format!("modbus tcp {address} unit {}", config.unit),
-            Transport::Rtu { port, baud } => {
-                format!("modbus rtu {port} {baud} unit {}", config.unit)
-            }
-        }
+    let none = String::new();
+    match config.transport {
+        Transport::Tcp => format!(
+            "modbus tcp {} unit {}",
+            config.address.as_ref().unwrap_or(&none),
+            config.unit
+        ),
+        Transport::Rtu => format!(
+            "modbus rtu {} {} unit {}",
+            config.port.as_ref().unwrap_or(&none),
+            config.baud,
+            config.unit
+        ),
     }
 }
 
@@ -386,9 +407,12 @@ async fn connect(config: ModbusConfig) -> Result<Context, BmsError> {
     {
         let slave = Slave(config.unit);
         let t = config.timeout;
-        match &config.transport {
-            Transport::Tcp { address } => {
-                let addr: SocketAddr = address
+        match config.transport {
+            Transport::Tcp => {
+                let addr: SocketAddr = config
+                    .address
+                    .as_deref()
+                    .unwrap_or_default()
                     .parse()
                     .map_err(|e| BmsError::BadFrame(format!("modbus address: {e}")))?;
                 tokio::time::timeout(t, tokio_modbus::client::tcp::connect_slave(addr, slave))
@@ -396,14 +420,15 @@ async fn connect(config: ModbusConfig) -> Result<Context, BmsError> {
                     .map_err(|_| BmsError::Timeout(t))?
                     .map_err(BmsError::Io)
             }
-            Transport::Rtu { port, baud } => {
+            Transport::Rtu => {
                 use tokio_serial::SerialPortBuilderExt;
-                let serial = tokio_serial::new(port, *baud)
+                let port = config.port.as_deref().unwrap_or_default();
+                let serial = tokio_serial::new(port, config.baud)
                     .data_bits(tokio_serial::DataBits::Eight)
                     .parity(tokio_serial::Parity::None)
                     .stop_bits(tokio_serial::StopBits::One)
                     .open_native_async()
-                    .map_err(|e| BmsError::Io(std::io::Error::other(e)))?;
+                    .map_err(|e| BmsError::Io(std::io::Error::other(format!("{port}: {e}"))))?;
                 Ok(tokio_modbus::client::rtu::attach_slave(serial, slave))
             }
         }

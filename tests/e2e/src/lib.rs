@@ -600,6 +600,10 @@ impl TestHub {
     }
 }
 
+/// agent.toml edit for tests that hand the device's key to another program (mosquitto, curl)
+/// after the agent ran: keys stay plain PEM instead of sealed with the storage key.
+pub const PLAIN_KEYS: (&str, &str) = ("encrypt_credentials = true", "encrypt_credentials = false");
+
 /// A running `rampart-agent`.
 pub struct Agent {
     pub child: Child,

@@ -15,7 +15,8 @@ fn seqs(rows: &[serde_json::Value]) -> Vec<i64> {
 fn agent_telemetry_is_stored_and_shown_by_the_cli() {
     let hub = TestHub::start_new();
     let dev = hub.add_device("gw-0001");
-    let mut agent = Agent::start(&dev, "200ms");
+    // mosquitto_sub uses the device's key below: keep it plain.
+    let mut agent = Agent::start_with(&dev, "200ms", &[PLAIN_KEYS]);
 
     assert!(
         wait_until(Duration::from_secs(15), || hub.telemetry("gw-0001").len()

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rampart_bms::DropReason;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -114,7 +114,8 @@ impl DropTally {
 }
 
 /// Counters since the agent started, and the current depth.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OutboxStatus {
     /// Records waiting for acknowledgement (including those in flight).
     pub depth_records: u64,

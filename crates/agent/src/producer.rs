@@ -102,10 +102,14 @@ impl Producer {
         }
         self.stats.readings.fetch_add(1, Ordering::Relaxed);
         for mut doc in self.shaper.push(&reading) {
-            let seq = self.telemetry_seq.take()?;
+            let seq = self.telemetry_seq.peek();
             doc.seq = seq;
             match serde_json::to_vec(&doc) {
-                Ok(payload) => self.append(RecordKind::Telemetry, seq, &payload),
+                Ok(payload) => {
+                    if self.append(RecordKind::Telemetry, seq, &payload) {
+                        self.telemetry_seq.commit()?;
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "cannot encode a telemetry document"),
             }
         }
@@ -137,7 +141,7 @@ impl Producer {
 
     /// Numbers an event and writes it to the outbox.
     pub fn event(&mut self, event: Event) -> Result<(), AgentError> {
-        let seq = self.event_seq.take()?;
+        let seq = self.event_seq.peek();
         let msg = EventMessage {
             v: rampart_bms::document::TELEMETRY_VERSION,
             seq,
@@ -145,7 +149,11 @@ impl Producer {
             event,
         };
         match serde_json::to_vec(&msg) {
-            Ok(payload) => self.append(RecordKind::Event, seq, &payload),
+            Ok(payload) => {
+                if self.append(RecordKind::Event, seq, &payload) {
+                    self.event_seq.commit()?;
+                }
+            }
             Err(e) => tracing::error!(error = %e, "cannot encode an event"),
         }
         let next = self.event_seq.peek();
@@ -153,16 +161,62 @@ impl Producer {
         Ok(())
     }
 
-    fn append(&mut self, kind: RecordKind, seq: u64, payload: &[u8]) {
+    /// Writes a document; false if it could not be stored (then its number stays unused).
+    fn append(&mut self, kind: RecordKind, seq: u64, payload: &[u8]) -> bool {
         let result = lock(&self.outbox).append(kind, seq, payload);
         match result {
-            Ok(_) => self.ready.notify_one(),
+            Ok(_) => {
+                self.ready.notify_one();
+                true
+            }
             Err(e) => {
                 // Not fatal: the agent keeps reading and reports; the operator sees the count.
                 self.stats.outbox_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, ?kind, seq, "could not write to the outbox; this document is lost");
+                false
             }
         }
+    }
+
+    /// Appends one `data_dropped` event per reason with what the outbox dropped since the
+    /// last report.
+    fn report_drops(&mut self) -> Result<(), AgentError> {
+        let mut ob = lock(&self.outbox);
+        let drops = ob.take_drops();
+        if drops.is_empty() {
+            return Ok(());
+        }
+        self.last_drop_report = Some(Instant::now());
+        for (reason, t) in drops {
+            self.stats.dropped.fetch_add(t.records, Ordering::Relaxed);
+            tracing::warn!(?reason, records = t.records, bytes = t.bytes, first_seq = ?t.first_seq,
+                last_seq = ?t.last_seq, "outbox dropped data; reporting data_dropped to the hub");
+            let seq = self.event_seq.peek();
+            let msg = EventMessage {
+                v: rampart_bms::document::TELEMETRY_VERSION,
+                seq,
+                ts: OffsetDateTime::now_utc(),
+                event: Event::DataDropped {
+                    reason,
+                    records: t.records,
+                    bytes: t.bytes,
+                    first_seq: t.first_seq,
+                    last_seq: t.last_seq,
+                },
+            };
+            let payload = serde_json::to_vec(&msg).map_err(|e| AgentError::State {
+                path: ob.dir().to_path_buf(),
+                source: std::io::Error::other(e),
+            })?;
+            ob.append(RecordKind::Event, seq, &payload)?;
+            self.event_seq.commit()?;
+        }
+        ob.save_drops()?;
+        drop(ob);
+        self.ready.notify_one();
+        let next = self.event_seq.peek();
+        self.board.update(|s| s.next_event_seq = next);
+        Ok(())
     }
 
     /// Once a second: outbox bounds and syncing, drop reports, status.
@@ -170,28 +224,14 @@ impl Producer {
         if let Err(e) = lock(&self.outbox).maintain() {
             tracing::error!(error = %e, "outbox housekeeping failed");
         }
-        let due = self
-            .last_drop_report
-            .is_none_or(|t| t.elapsed() >= DROP_REPORT_EVERY);
-        if due {
-            let drops = lock(&self.outbox).take_drops();
-            if !drops.is_empty() {
-                self.last_drop_report = Some(Instant::now());
-            }
-            for (reason, t) in drops {
-                self.stats.dropped.fetch_add(t.records, Ordering::Relaxed);
-                tracing::warn!(?reason, records = t.records, bytes = t.bytes, first_seq = ?t.first_seq,
-                    last_seq = ?t.last_seq, "outbox dropped data; reporting data_dropped to the hub");
-                if let Err(e) = self.event(Event::DataDropped {
-                    reason,
-                    records: t.records,
-                    bytes: t.bytes,
-                    first_seq: t.first_seq,
-                    last_seq: t.last_seq,
-                }) {
-                    tracing::error!(error = %e, "could not record the data_dropped event");
-                }
-            }
+        // Drops are reported while connected: a report queued behind a backlog that keeps
+        // overflowing would itself be dropped. Until then they are kept in drops.json.
+        let due = self.stats.connected.load(Ordering::Relaxed)
+            && self
+                .last_drop_report
+                .is_none_or(|t| t.elapsed() >= DROP_REPORT_EVERY);
+        if due && let Err(e) = self.report_drops() {
+            tracing::error!(error = %e, "could not report dropped data");
         }
         let status = lock(&self.outbox).status();
         self.board.update(|s| s.outbox = status);

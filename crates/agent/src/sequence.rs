@@ -48,6 +48,13 @@ impl Sequence {
         self.next = self.next.max(n);
     }
 
+    /// Records that the number from [`Sequence::peek`] was used. Called after the document
+    /// carrying it is in the outbox: a crash in between leaves the number unused (no gap),
+    /// and one after is covered by the outbox's highest number at the next start.
+    pub fn commit(&mut self) -> Result<(), AgentError> {
+        self.take().map(|_| ())
+    }
+
     /// Takes the next number and records that it was used.
     pub fn take(&mut self) -> Result<u64, AgentError> {
         let n = self.next;

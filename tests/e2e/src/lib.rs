@@ -331,6 +331,15 @@ impl TestHub {
         serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
     }
 
+    /// `rampart events ID --json`.
+    pub fn events(&self, id: &str) -> Vec<serde_json::Value> {
+        let out = self.rampart(&["events", id, "--json", "--limit", "10000"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default()
+    }
+
     /// Arguments that make a mosquitto client connect as `bundle`'s device.
     pub fn mosquitto_args(&self, bundle: &Bundle) -> Vec<String> {
         vec![
@@ -626,6 +635,11 @@ impl Agent {
             cfg = cfg.replace(from, to);
         }
         std::fs::write(bundle.agent_toml(), cfg).unwrap();
+        Agent::run(bundle)
+    }
+
+    /// Starts `rampart-agent run` with agent.toml as it is (a restart).
+    pub fn run(bundle: &Bundle) -> Agent {
         let mut child = Command::new(bin("rampart-agent"))
             .args(["--log-json", "run", "--config"])
             .arg(bundle.agent_toml())
@@ -646,6 +660,29 @@ impl Agent {
         signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
         wait_child(&mut self.child, Duration::from_secs(15)).expect("agent exits after SIGTERM")
     }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `rampart-agent ARGS --config BUNDLE/agent.toml`.
+pub fn agent_cli(bundle: &Bundle, args: &[&str]) -> Output {
+    Command::new(bin("rampart-agent"))
+        .args(args)
+        .arg("--config")
+        .arg(bundle.agent_toml())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `rampart-agent status --json` of a bundle (`Null` while there is no status yet).
+pub fn agent_status(bundle: &Bundle) -> serde_json::Value {
+    let out = agent_cli(bundle, &["status", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
 impl Drop for Agent {

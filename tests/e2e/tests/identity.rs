@@ -509,7 +509,11 @@ fn the_agent_renews_its_token_in_band_and_it_works() {
         .arg(dev.agent_toml())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(

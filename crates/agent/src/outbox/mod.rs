@@ -5,6 +5,7 @@
 //!   seg-00000000000000000001.log   records 1.. (named by the first record id)
 //!   seg-00000000000000001843.log   the active segment, appended to
 //!   cursor                         id of the oldest record not yet acknowledged
+//!   drops.json                     data dropped and not yet reported to the hub
 //! ```
 //!
 //! - **Write-ahead.** A document is appended (sealed with the storage key, see
@@ -44,6 +45,9 @@ use crate::vault::{OVERHEAD, Vault};
 use record::{At, HEADER_LEN, Header, Kind};
 
 pub use record::Kind as RecordKind;
+
+/// How far the cursor file may lag behind acknowledgements.
+pub const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
 
 /// When appended records reach stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +97,7 @@ pub struct Record {
 }
 
 /// Dropped data not yet reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DropTally {
     pub records: u64,
     pub bytes: u64,
@@ -194,9 +198,11 @@ pub struct Outbox {
     max_seq: [u64; 2],
     status: OutboxStatus,
     drops: BTreeMap<DropReason, DropTally>,
+    drops_dirty: bool,
     dirty: bool,
     last_sync: Instant,
     cursor_saved: u64,
+    cursor_saved_at: Instant,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -248,6 +254,11 @@ impl Outbox {
             Ok(t) => t.trim().parse::<u64>().ok(),
             Err(_) => None,
         };
+        // Drops counted before a restart and not yet reported.
+        let drops: BTreeMap<DropReason, DropTally> = fs::read(dir.join("drops.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         let mut status = OutboxStatus::default();
         let mut segments = BTreeMap::new();
         let mut last_id = 0u64;
@@ -375,10 +386,12 @@ impl Outbox {
             track: BTreeMap::new(),
             max_seq,
             status,
-            drops: BTreeMap::new(),
+            drops,
+            drops_dirty: false,
             dirty: false,
             last_sync: Instant::now(),
             cursor_saved: saved_cursor.unwrap_or(0),
+            cursor_saved_at: Instant::now(),
         };
         ob.position_head()?;
         ob.send = ob.head;
@@ -692,6 +705,36 @@ impl Outbox {
             .entry(reason)
             .or_default()
             .add(records, bytes, seq);
+        self.drops_dirty = true;
+    }
+
+    /// Writes drops.json if the unreported drops changed.
+    pub fn save_drops(&mut self) -> Result<(), OutboxError> {
+        if !self.drops_dirty {
+            return Ok(());
+        }
+        let path = self.opts.dir.join("drops.json");
+        let tmp = self.opts.dir.join("drops.json.tmp");
+        let json = serde_json::to_vec(&self.drops).map_err(|e| OutboxError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            if self.opts.fsync == FsyncPolicy::Always {
+                f.sync_data()?;
+            }
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| OutboxError::Io { path, source })?;
+        self.drops_dirty = false;
+        Ok(())
     }
 
     /// Deletes segments that lie wholly before the cursor (after saving the cursor, so a crash
@@ -707,6 +750,7 @@ impl Outbox {
             return Ok(());
         }
         self.save_cursor()?;
+        self.save_drops()?;
         for f in behind {
             if let Some(s) = self.segments.remove(&f) {
                 fs::remove_file(&s.path).map_err(|source| OutboxError::Io {
@@ -740,6 +784,7 @@ impl Outbox {
         };
         write().map_err(|source| OutboxError::Io { path, source })?;
         self.cursor_saved = self.cursor;
+        self.cursor_saved_at = Instant::now();
         Ok(())
     }
 
@@ -904,7 +949,9 @@ impl Outbox {
         }
     }
 
-    /// Marks records acknowledged; the cursor moves over everything resolved.
+    /// Marks records acknowledged; the cursor moves over everything resolved. The cursor
+    /// file follows at most [`CURSOR_SAVE_EVERY`] behind, which bounds what a crash makes
+    /// the agent send again.
     pub fn ack(&mut self, ids: &[u64]) {
         for id in ids {
             if let Some(t) = self.track.get_mut(id)
@@ -915,6 +962,12 @@ impl Outbox {
             }
         }
         self.advance();
+        if self.cursor != self.cursor_saved
+            && self.cursor_saved_at.elapsed() >= CURSOR_SAVE_EVERY
+            && let Err(e) = self.save_cursor()
+        {
+            tracing::warn!(error = %e, "outbox: cannot save the cursor (records may be sent again after a restart)");
+        }
     }
 
     fn advance(&mut self) {
@@ -949,6 +1002,7 @@ impl Outbox {
             self.sync()?;
         }
         self.delete_behind_head()?;
+        self.save_drops()?;
         self.save_cursor()
     }
 
@@ -969,11 +1023,17 @@ impl Outbox {
     pub fn close(&mut self) -> Result<(), OutboxError> {
         self.sync()?;
         self.delete_behind_head()?;
+        self.save_drops()?;
         self.save_cursor()
     }
 
-    /// Drops not yet reported, by reason; reporting them clears them.
+    /// Drops not yet reported, by reason, handed over for reporting. The caller appends the
+    /// report and then calls [`Outbox::save_drops`]; until then drops.json still holds them,
+    /// so a crash in between reports them again rather than never.
     pub fn take_drops(&mut self) -> BTreeMap<DropReason, DropTally> {
+        if !self.drops.is_empty() {
+            self.drops_dirty = true;
+        }
         std::mem::take(&mut self.drops)
     }
 

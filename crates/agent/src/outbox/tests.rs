@@ -334,3 +334,27 @@ fn oversized_documents_are_refused() {
         .unwrap_err();
     assert!(matches!(e, OutboxError::TooLarge { .. }), "{e}");
 }
+
+#[test]
+fn unreported_drops_survive_a_restart() {
+    let f = Fixture::new();
+    let bounded = |o: &mut OutboxOptions| {
+        o.max_bytes = 256 << 10;
+        o.segment_bytes = 32 << 10;
+    };
+    let mut ob = f.open_with(bounded);
+    for s in 1..=2000 {
+        ob.append(Kind::Telemetry, s, &doc(s)).unwrap();
+    }
+    ob.close().unwrap();
+    drop(ob);
+    let mut ob = f.open_with(bounded);
+    let t = ob.take_drops()[&DropReason::MaxBytes];
+    assert!(t.records > 0 && t.first_seq == Some(1));
+    // Reported (the report would be appended here), then saved: gone for good.
+    ob.save_drops().unwrap();
+    ob.close().unwrap();
+    drop(ob);
+    let mut ob = f.open_with(bounded);
+    assert!(ob.take_drops().is_empty());
+}

@@ -247,6 +247,14 @@ struct ReadOp {
 
 /// Checks a register map and plans the reads.
 fn plan(specs: &[RegisterSpec]) -> Result<(Vec<Register>, Vec<ReadOp>), String> {
+    plan_with_gap(specs, MERGE_GAP)
+}
+
+/// Unmapped registers a merged read may span. Devices that refuse reads over unmapped
+/// addresses answer "illegal data address"; the source then falls back to exact runs.
+const MERGE_GAP: u16 = 8;
+
+fn plan_with_gap(specs: &[RegisterSpec], gap: u16) -> Result<(Vec<Register>, Vec<ReadOp>), String> {
     let mut regs = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for s in specs {
@@ -319,7 +327,7 @@ fn plan(specs: &[RegisterSpec]) -> Result<(Vec<Register>, Vec<ReadOp>), String> 
     for (table, lo, hi) in spans {
         if let Some(last) = ops.last_mut()
             && last.table == table
-            && lo <= last.start + last.count + 8
+            && lo <= last.start + last.count + gap
             && hi + 1 - last.start <= 125
         {
             last.count = last.count.max(hi + 1 - last.start);
@@ -339,6 +347,8 @@ pub struct ModbusSource {
     config: ModbusConfig,
     registers: Vec<Register>,
     ops: Vec<ReadOp>,
+    /// Reads of contiguous registers only, for devices that refuse reads over gaps.
+    exact_ops: Vec<ReadOp>,
     ctx: Option<Context>,
 }
 
@@ -347,6 +357,7 @@ impl ModbusSource {
     /// failure).
     pub fn new(config: ModbusConfig) -> Result<Self, String> {
         let (registers, ops) = plan(&config.registers)?;
+        let (_, exact_ops) = plan_with_gap(&config.registers, 0)?;
         match (config.transport, &config.address, &config.port) {
             (Transport::Tcp, Some(address), None) => {
                 address
@@ -365,6 +376,7 @@ impl ModbusSource {
             config,
             registers,
             ops,
+            exact_ops,
             ctx: None,
         })
     }
@@ -455,6 +467,14 @@ impl ModbusSource {
                 Err(_) => return Err(BmsError::Timeout(t)),
                 Ok(Err(e)) => return Err(BmsError::Io(std::io::Error::other(e.to_string()))),
                 Ok(Ok(Err(code))) => {
+                    if code == tokio_modbus::ExceptionCode::IllegalDataAddress
+                        && self.ops != self.exact_ops
+                    {
+                        // The device refuses reads spanning unmapped registers: read exact
+                        // runs from now on, starting with this reading.
+                        self.ops = self.exact_ops.clone();
+                        return Box::pin(self.read_all()).await;
+                    }
                     return Err(BmsError::BadFrame(format!(
                         "the device answered exception {code:?} for {:?} registers {}..{}",
                         op.table,

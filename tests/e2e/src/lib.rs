@@ -321,7 +321,8 @@ impl TestHub {
             "--limit",
             "100000",
             "--since",
-            "30d",
+            // Replayed CAN logs carry their recording time.
+            "3650d",
         ]);
         let err = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() && err.contains("not found") {

@@ -1,6 +1,8 @@
 //! The agent's durable outbox end to end: hub outages, agent crashes, the size bound, damage
 //! on disk, local status and factory reset — real hub, real agent processes, real files.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns; a failed unwrap fails the test
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};

@@ -60,6 +60,8 @@ pub struct AgentStats {
 
 /// Most bytes of documents in one batch publish (the hub accepts packets up to 256 KiB).
 const MAX_BATCH_BYTES: usize = 128 * 1024;
+/// At shutdown, how long the agent keeps sending what waits in the outbox.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
@@ -81,8 +83,8 @@ async fn status_writer(board: Arc<Board>, stop: CancellationToken) {
     }
 }
 
-/// Runs the agent until `shutdown` is cancelled, then disconnects cleanly (publishing an
-/// "offline" status and waiting up to 5 s for outstanding acknowledgements).
+/// Runs the agent until `shutdown` is cancelled, then stops reading, sends what waits in the
+/// outbox (for up to 5 s), publishes an "offline" status and disconnects.
 pub async fn run(
     cfg: AgentConfig,
     shutdown: CancellationToken,
@@ -223,8 +225,19 @@ async fn run_agent(
     };
     producer_stop.cancel();
     let producer_result = producer.await.unwrap_or(Ok(()));
-    if let Err(e) = lock(&outbox).close() {
-        tracing::error!(error = %e, "could not close the outbox cleanly");
+    {
+        let mut ob = lock(&outbox);
+        if let Err(e) = ob.close() {
+            tracing::error!(error = %e, "could not close the outbox cleanly");
+        }
+        let status = ob.status();
+        if status.depth_records > 0 {
+            tracing::info!(
+                records = status.depth_records,
+                "left in the outbox for the next start"
+            );
+        }
+        board.update(|s| s.outbox = status);
     }
     result.and(producer_result)
 }
@@ -330,6 +343,8 @@ struct Session<'a> {
     outbox: Arc<Mutex<Outbox>>,
     ready: Arc<Notify>,
     board: Arc<Board>,
+    /// Stops the producer, and tells when it has stopped (for the flush at shutdown).
+    producer: Option<(CancellationToken, CancellationToken)>,
     renewal: Renewal,
     token_refresh_at: Option<tokio::time::Instant>,
     token_request: Option<String>,
@@ -354,6 +369,7 @@ impl<'a> Session<'a> {
             outbox,
             ready,
             board,
+            producer: None,
             renewal: Renewal::Idle,
             token_refresh_at: None,
             token_request: None,
@@ -569,14 +585,40 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = shutdown.cancelled() => {
+                    let deadline = tokio::time::Instant::now() + SHUTDOWN_FLUSH;
+                    // No more readings; the last one is in the outbox before the flush.
+                    if let Some((stop, done)) = &self.producer {
+                        stop.cancel();
+                        let _ = tokio::time::timeout_at(deadline, done.cancelled()).await;
+                    }
                     if connected_at.is_some() {
+                        // Send what is waiting, within the deadline; what is left stays in
+                        // the outbox for the next start.
+                        let waiting = lock(&self.outbox).depth();
+                        loop {
+                            self.fill(&client, &mut pubs);
+                            if pubs.outstanding() == 0 && lock(&self.outbox).depth() == 0 {
+                                break;
+                            }
+                            match tokio::time::timeout_at(deadline, events.rx.recv()).await {
+                                Ok(Some(Ok(Event::Outgoing(Outgoing::Publish(pkid))))) => pubs.written(pkid),
+                                Ok(Some(Ok(Event::Incoming(Packet::PubAck(a))))) => self.acked(&mut pubs, a.pkid),
+                                Ok(Some(Ok(_))) => {}
+                                Ok(Some(Err(e))) => {
+                                    tracing::warn!(error = %e, "connection lost while sending the outbox at shutdown");
+                                    break;
+                                }
+                                Ok(None) | Err(_) => break,
+                            }
+                        }
+                        tracing::info!(waiting, left = lock(&self.outbox).depth(), "outbox sent at shutdown");
                         if client
                             .try_publish(status_topic.as_str(), QoS::AtLeastOnce, true, status_payload("offline"))
                             .is_ok()
                         {
                             pubs.control();
                         }
-                        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                        let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
                         while pubs.outstanding() > 0 {
                             match tokio::time::timeout_at(deadline, events.rx.recv()).await {
                                 Ok(Some(Ok(Event::Outgoing(Outgoing::Publish(pkid))))) => pubs.written(pkid),

@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::credentials::write_atomic;
 use crate::error::AgentError;
 use crate::outbox::OutboxStatus;
 use crate::source::BmsState;
@@ -139,7 +138,9 @@ impl Board {
             .clone()
     }
 
-    /// Writes status.json (atomically: a reader never sees half a file).
+    /// Writes status.json atomically (a reader never sees half a file). Not synced: it is
+    /// rewritten every second and only describes the present, so a power cut losing the last
+    /// version costs nothing, while a sync per second would cost flash wear and CPU.
     pub fn write(&self) -> Result<(), AgentError> {
         let mut s = self.snapshot();
         s.updated_at = OffsetDateTime::now_utc();
@@ -147,7 +148,24 @@ impl Board {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })?;
-        write_atomic(&self.path, &json, 0o640)
+        let tmp = self.path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o640)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            drop(f);
+            std::fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|source| AgentError::State {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 

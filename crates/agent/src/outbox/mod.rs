@@ -762,7 +762,7 @@ impl Outbox {
         Ok(())
     }
 
-    /// Writes the cursor file if it moved.
+    /// Writes the cursor file if it moved (atomically, not synced).
     pub fn save_cursor(&mut self) -> Result<(), OutboxError> {
         if self.cursor_saved == self.cursor {
             return Ok(());
@@ -777,9 +777,8 @@ impl Outbox {
                 .mode(0o600)
                 .open(&tmp)?;
             writeln!(f, "{}", self.cursor)?;
-            if self.opts.fsync == FsyncPolicy::Always {
-                f.sync_data()?;
-            }
+            // Not synced: a cursor lost to a power cut is an older cursor, which only makes
+            // acknowledged records go out again (the hub stores them once) — never a loss.
             fs::rename(&tmp, &path)
         };
         write().map_err(|source| OutboxError::Io { path, source })?;

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rampart_agent::outbox::{FsyncPolicy, Outbox, OutboxOptions, RecordKind};
+use rampart_agent::outbox::{FsyncPolicy, Outbox, OutboxOptions, RecordKind, WhenFull};
 use rampart_agent::vault::{KeySource, Vault};
 
 /// A telemetry document of the size the simulator produces (16 cells, 4 temperatures).
@@ -43,6 +43,7 @@ fn outbox(dir: &std::path::Path, vault: &Arc<Vault>, fsync: FsyncPolicy) -> Outb
             max_age: Duration::from_secs(86_400),
             segment_bytes: 8 << 20,
             fsync,
+            when_full: WhenFull::DropOldest,
         },
         vault.clone(),
     )

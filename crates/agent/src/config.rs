@@ -141,6 +141,14 @@ pub enum Fsync {
     Never,
 }
 
+/// What gives way when the outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    DropOldest,
+    DropNewest,
+}
+
 /// `[outbox]`: the durable queue between the BMS and the network.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -160,6 +168,8 @@ pub struct OutboxSection {
     pub fsync: Fsync,
     #[serde(with = "duration")]
     pub fsync_interval: Duration,
+    /// At `max_bytes`: "drop_oldest" (default) or "drop_newest".
+    pub when_full: WhenFull,
     /// Records published and not yet acknowledged, at most.
     pub window: u32,
     /// Telemetry documents per publish when a backlog drains.
@@ -174,6 +184,7 @@ impl Default for OutboxSection {
             segment_bytes: 1 << 20,
             fsync: Fsync::Always,
             fsync_interval: Duration::from_secs(1),
+            when_full: WhenFull::DropOldest,
             window: 100,
             batch: 50,
         }
@@ -604,6 +615,10 @@ impl AgentConfig {
                 Fsync::Interval => crate::outbox::FsyncPolicy::Interval(o.fsync_interval),
                 Fsync::Never => crate::outbox::FsyncPolicy::Never,
             },
+            when_full: match o.when_full {
+                WhenFull::DropOldest => crate::outbox::WhenFull::DropOldest,
+                WhenFull::DropNewest => crate::outbox::WhenFull::DropNewest,
+            },
         }
     }
 
@@ -706,10 +721,12 @@ aggregate = "last"
 
 [outbox]
 # Every document is written here (encrypted) before it is sent, and removed once the hub
-# acknowledged it. Bounds: when full or too old, the oldest records are dropped and a
-# data_dropped event says how many.
+# acknowledged it. Bounds: records older than max_age are dropped; at max_bytes the oldest
+# records are dropped (when_full = "drop_oldest") or new ones are ("drop_newest"). Every drop
+# is counted and a data_dropped event tells the hub how many and which seq numbers.
 max_bytes = "64MiB"
 max_age = "7d"
+when_full = "drop_oldest"
 segment_bytes = "1MiB"
 # "always": on stable storage before it is sent; "interval": synced every fsync_interval;
 # "never": left to the kernel.

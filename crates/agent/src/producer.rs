@@ -161,14 +161,17 @@ impl Producer {
         Ok(())
     }
 
-    /// Writes a document; false if it could not be stored (then its number stays unused).
+    /// Writes a document. True when its number is used: stored, or dropped by a full
+    /// outbox (`drop_newest`; the drop is counted and reported, so the gap is explained).
+    /// False on an error writing it: then the number stays unused.
     fn append(&mut self, kind: RecordKind, seq: u64, payload: &[u8]) -> bool {
         let result = lock(&self.outbox).append(kind, seq, payload);
         match result {
-            Ok(_) => {
+            Ok(Some(_)) => {
                 self.ready.notify_one();
                 true
             }
+            Ok(None) => true,
             Err(e) => {
                 // Not fatal: the agent keeps reading and reports; the operator sees the count.
                 self.stats.outbox_errors.fetch_add(1, Ordering::Relaxed);
@@ -208,7 +211,11 @@ impl Producer {
                 path: ob.dir().to_path_buf(),
                 source: std::io::Error::other(e),
             })?;
-            ob.append(RecordKind::Event, seq, &payload)?;
+            if ob.append(RecordKind::Event, seq, &payload)?.is_none() {
+                // No room for the report itself (drop_newest): keep it for the next try.
+                ob.restore_drops(reason, t);
+                continue;
+            }
             self.event_seq.commit()?;
         }
         ob.save_drops()?;

@@ -60,6 +60,16 @@ pub enum FsyncPolicy {
     Never,
 }
 
+/// What gives way when the outbox reaches `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// The oldest records are dropped to make room (the default: recent data matters most).
+    #[default]
+    DropOldest,
+    /// New records are dropped until there is room again (keeps the start of an outage).
+    DropNewest,
+}
+
 /// How the outbox is set up.
 #[derive(Debug, Clone)]
 pub struct OutboxOptions {
@@ -71,6 +81,7 @@ pub struct OutboxOptions {
     /// Size at which a new segment is started.
     pub segment_bytes: u64,
     pub fsync: FsyncPolicy,
+    pub when_full: WhenFull,
 }
 
 /// Why the outbox failed.
@@ -499,9 +510,15 @@ impl Outbox {
         }
     }
 
-    /// Appends a document; returns its record id. Drops the oldest records first if the
-    /// bounds require it.
-    pub fn append(&mut self, kind: Kind, seq: u64, payload: &[u8]) -> Result<u64, OutboxError> {
+    /// Appends a document; returns its record id, or `None` if it was dropped because the
+    /// outbox is full and `when_full` is `DropNewest` (counted like every drop). With
+    /// `DropOldest` the oldest records make room first.
+    pub fn append(
+        &mut self,
+        kind: Kind,
+        seq: u64,
+        payload: &[u8],
+    ) -> Result<Option<u64>, OutboxError> {
         let body_len = payload.len() + OVERHEAD;
         let rec_len = (HEADER_LEN + body_len) as u64;
         if rec_len > self.opts.segment_bytes / 2 || body_len > record::MAX_BODY as usize {
@@ -518,7 +535,11 @@ impl Outbox {
             body_len: body_len as u32,
         };
         let body = self.vault.seal(&header.aad(), payload)?;
-        self.enforce_bounds(rec_len)?;
+        if !self.enforce_bounds(rec_len)? {
+            let telemetry_seq = (kind == Kind::Telemetry).then_some(seq);
+            self.count_drop(DropReason::MaxBytes, 1, rec_len, telemetry_seq);
+            return Ok(None);
+        }
         let active_size = self.segments.get(&self.active_first).map_or(0, |s| s.size);
         if active_size > 0 && active_size + rec_len > self.opts.segment_bytes {
             self.roll()?;
@@ -546,7 +567,7 @@ impl Outbox {
         let k = kind.index();
         self.max_seq[k] = self.max_seq[k].max(seq);
         self.status.appended += 1;
-        Ok(header.id)
+        Ok(Some(header.id))
     }
 
     /// Starts a new segment.
@@ -591,8 +612,10 @@ impl Outbox {
         self.segments.values().map(|s| s.size).sum()
     }
 
-    /// Drops what is too old, then the oldest until `incoming` more bytes fit.
-    fn enforce_bounds(&mut self, incoming: u64) -> Result<(), OutboxError> {
+    /// Drops what is too old, then makes room for `incoming` more bytes: delivered segments
+    /// go first; then, with `DropOldest`, the oldest records. False if there is no room (only
+    /// with `DropNewest`).
+    fn enforce_bounds(&mut self, incoming: u64) -> Result<bool, OutboxError> {
         let oldest_allowed =
             now_ms() - i64::try_from(self.opts.max_age.as_millis()).unwrap_or(i64::MAX);
         while self.cursor < self.next_id {
@@ -620,10 +643,13 @@ impl Outbox {
             if self.cursor >= self.next_id {
                 break;
             }
+            if self.opts.when_full == WhenFull::DropNewest {
+                return Ok(false);
+            }
             self.drop_head(DropReason::MaxBytes)?;
             self.delete_behind_head()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Append time of the record at the cursor.
@@ -1034,6 +1060,18 @@ impl Outbox {
             self.drops_dirty = true;
         }
         std::mem::take(&mut self.drops)
+    }
+
+    /// Puts back drops that could not be reported (their report did not fit).
+    pub fn restore_drops(&mut self, reason: DropReason, tally: DropTally) {
+        let t = self.drops.entry(reason).or_default();
+        t.records += tally.records;
+        t.bytes += tally.bytes;
+        for s in [tally.first_seq, tally.last_seq].into_iter().flatten() {
+            t.first_seq = Some(t.first_seq.map_or(s, |f| f.min(s)));
+            t.last_seq = Some(t.last_seq.map_or(s, |l| l.max(s)));
+        }
+        self.drops_dirty = true;
     }
 
     /// Highest stream sequence number of `kind` ever appended (as far as the segments on

@@ -25,6 +25,7 @@ impl Fixture {
             max_age: Duration::from_secs(3600),
             segment_bytes: 64 << 10,
             fsync: FsyncPolicy::Always,
+            when_full: WhenFull::DropOldest,
         }
     }
 
@@ -99,7 +100,7 @@ fn documents_come_back_in_order_and_leave_only_when_acknowledged() {
     assert_eq!(ob.max_seq(Kind::Telemetry), 10);
     // Ids keep increasing across restarts.
     let id = ob.append(Kind::Telemetry, 11, &doc(11)).unwrap();
-    assert_eq!(id, 11);
+    assert_eq!(id, Some(11));
 }
 
 #[test]
@@ -301,7 +302,8 @@ fn an_interrupted_write_is_truncated_at_open() {
     assert!(ob.status().torn_tail_bytes > 0);
     let id = ob.append(Kind::Telemetry, 4, &doc(4)).unwrap();
     assert_eq!(
-        id, 3,
+        id,
+        Some(3),
         "the cut-short record's id is reused: it never existed"
     );
     assert_eq!(drain(&mut ob), vec![1, 2, 4]);
@@ -357,4 +359,37 @@ fn unreported_drops_survive_a_restart() {
     drop(ob);
     let mut ob = f.open_with(bounded);
     assert!(ob.take_drops().is_empty());
+}
+
+#[test]
+fn drop_newest_keeps_the_start_of_an_outage() {
+    let f = Fixture::new();
+    let mut ob = f.open_with(|o| {
+        o.max_bytes = 256 << 10;
+        o.segment_bytes = 32 << 10;
+        o.when_full = WhenFull::DropNewest;
+    });
+    let n = 2000;
+    let mut stored = 0;
+    for s in 1..=n {
+        if ob.append(Kind::Telemetry, s, &doc(s)).unwrap().is_some() {
+            stored += 1;
+        }
+        assert!(ob.disk_bytes() <= 256 << 10);
+    }
+    let t = ob.take_drops()[&DropReason::MaxBytes];
+    assert_eq!(t.records + stored, n);
+    assert_eq!(t.last_seq, Some(n), "the newest were dropped");
+    assert_eq!(t.first_seq, Some(stored + 1));
+    assert_eq!(drain(&mut ob), (1..=stored).collect::<Vec<_>>());
+    // Delivered: room again.
+    ob.maintain().unwrap();
+    assert!(
+        ob.append(Kind::Telemetry, n + 1, &doc(n + 1))
+            .unwrap()
+            .is_some()
+    );
+    // A report that did not fit goes back.
+    ob.restore_drops(DropReason::MaxBytes, t);
+    assert_eq!(ob.take_drops()[&DropReason::MaxBytes], t);
 }

@@ -281,3 +281,62 @@ fn a_claim_certificate_stops_working_when_its_lifetime_ends() {
     );
     assert!(hub.telemetry("SN-LATE").is_empty());
 }
+
+#[test]
+fn a_factory_reset_returns_a_provisioned_gateway_to_its_provisioning_state() {
+    let hub = TestHub::start_new();
+    let claim_dir = claim(&hub, "factory-reset", &["--max-uses", "10"]);
+    ok(hub.rampart(&["provision", "allow", "SN-RESET"]));
+    let dev = fresh_device(&hub, &claim_dir, "SN-RESET");
+    let mut agent = Agent::start(&dev, "200ms");
+    assert!(wait_until(Duration::from_secs(20), || hub
+        .telemetry("SN-RESET")
+        .len()
+        >= 2));
+    assert!(agent.terminate().success());
+    let out = agent_cli(&dev, &["reset", "--factory", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("provisions itself with its claim certificate"),
+        "{text}"
+    );
+    // Exactly the factory files are left.
+    let mut left: Vec<String> = std::fs::read_dir(&dev.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["agent.toml", "ca-chain.crt", "claim.crt", "claim.key"]
+    );
+    // Started again, it behaves as a factory-fresh device: it asks to be provisioned. Whether
+    // it may is the hub's decision: its allow-list entry was used up, so it is refused, with
+    // the reason.
+    let agent = Agent::run(&dev);
+    assert!(
+        agent.logs.wait_for(
+            &["no device certificate yet: provisioning with the claim certificate"],
+            Duration::from_secs(15)
+        ),
+        "{}",
+        agent.logs.text()
+    );
+    assert!(
+        agent.logs.wait_for(
+            &[
+                "provisioning rejected",
+                "SN-RESET",
+                "not allowed to provision"
+            ],
+            Duration::from_secs(15)
+        ),
+        "{}",
+        agent.logs.text()
+    );
+}

@@ -37,6 +37,10 @@ pub struct AgentConfig {
     pub provisioning: Option<ProvisioningSection>,
     #[serde(default)]
     pub tokens: TokensSection,
+    /// The product and release this device runs, reported to the hub on every connection so
+    /// the fleet view knows which devices run which components.
+    #[serde(default)]
+    pub release: Option<ReleaseSection>,
     #[serde(default)]
     pub storage: StorageSection,
     #[serde(default)]
@@ -254,6 +258,16 @@ fn default_claim_cert() -> PathBuf {
 }
 fn default_claim_key() -> PathBuf {
     "claim.key".into()
+}
+
+/// `[release]`: what software the device runs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSection {
+    /// The product name, as in the hub's product record.
+    pub product: String,
+    /// The installed release (firmware or software version).
+    pub version: String,
 }
 
 /// `[tokens]`: short-lived session tokens for the hub's HTTPS endpoints.
@@ -479,6 +493,15 @@ impl AgentConfig {
                 "provisioning.serial_number = {:?}: must be non-empty, without / + #",
                 p.serial_number
             )));
+        }
+        if let Some(r) = &cfg.release {
+            for (field, v) in [("release.product", &r.product), ("release.version", &r.version)] {
+                if v.trim().is_empty() || v.len() > 128 || v.contains(['@', '|']) {
+                    return Err(err(format!(
+                        "{field} = {v:?}: must be 1-128 characters without @ or |"
+                    )));
+                }
+            }
         }
         cfg.hub_host_port().map_err(err)?;
         if cfg.telemetry.interval < Duration::from_millis(10) {

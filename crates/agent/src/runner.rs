@@ -549,6 +549,15 @@ impl<'a> Session<'a> {
                         if self.cfg.tokens.enabled {
                             self.request_token(&client, &mut pubs);
                         }
+                        if let Some(r) = &self.cfg.release {
+                            let body = serde_json::json!({"v": 1, "product": r.product, "release": r.version}).to_string();
+                            if client
+                                .try_publish(self.topic("release"), QoS::AtLeastOnce, false, body)
+                                .is_ok()
+                            {
+                                pubs.control();
+                            }
+                        }
                     }
                     Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => pubs.written(pkid),
                     Some(Ok(Event::Incoming(Packet::PubAck(a)))) => self.acked(&mut pubs, a.pkid),

@@ -501,3 +501,55 @@ mod tests {
         assert!(e.to_string().starts_with("x.json: line 1 column"), "{e}");
     }
 }
+
+/// Calls `f(name, text)` for every `*.json` file under a directory (recursively) or in a ZIP
+/// archive (such as OSV's per-ecosystem `all.zip`), one file at a time: memory holds one record,
+/// never the database.
+pub fn for_each_file(
+    path: &std::path::Path,
+    f: &mut dyn FnMut(&str, &str) -> Result<(), ComplianceError>,
+) -> Result<usize, ComplianceError> {
+    let meta = std::fs::metadata(path).map_err(|e| ComplianceError::read(path, e))?;
+    let mut count = 0;
+    if meta.is_dir() {
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| ComplianceError::read(&dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            for p in entries {
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "json") {
+                    let text =
+                        std::fs::read_to_string(&p).map_err(|e| ComplianceError::read(&p, e))?;
+                    f(&p.display().to_string(), &text)?;
+                    count += 1;
+                }
+            }
+        }
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| ComplianceError::read(path, e))?;
+        let mut zip = zip::ZipArchive::new(file).map_err(|e| ComplianceError::UnknownFormat {
+            file: path.display().to_string(),
+            message: format!("neither a directory nor a ZIP archive of OSV JSON: {e}"),
+        })?;
+        for i in 0..zip.len() {
+            let mut entry = zip.by_index(i).map_err(|e| {
+                ComplianceError::invalid(path.display().to_string(), format!("entry {i}"), e.to_string())
+            })?;
+            if !entry.is_file() || !entry.name().ends_with(".json") {
+                continue;
+            }
+            let name = format!("{}!{}", path.display(), entry.name());
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text)
+                .map_err(|e| ComplianceError::invalid(&name, "file", e.to_string()))?;
+            f(&name, &text)?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}

@@ -33,6 +33,10 @@ pub enum HubError {
     Control(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
+    #[error(transparent)]
+    Compliance(#[from] rampart_compliance::ComplianceError),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl HubError {
@@ -55,6 +59,7 @@ impl HubError {
             HubError::Store(rampart_store::StoreError::AlreadyExists { .. }) => Some(
                 "pick another device id, or inspect the existing one with `rampart device show ID`",
             ),
+            HubError::Compliance(e) => e.hint(),
             _ => None,
         }
     }

@@ -8,6 +8,8 @@
 //!   group commit and the PUBACK waits for the commit of every one.
 //! - PUBLISH on `devices/{id}/events`: the payload must be a valid event document; it is
 //!   stored before the PUBACK.
+//! - PUBLISH on `devices/{id}/release`: `{"v":1,"product":"...","release":"..."}`, the release
+//!   the agent runs; stored before the PUBACK (the fleet view joins it with SBOMs).
 //! - Connection events update `last_seen` in batches.
 
 use std::collections::HashMap;
@@ -31,6 +33,17 @@ use crate::server_topics::ServerTopics;
 pub const TELEMETRY_SUFFIX: &str = "/telemetry";
 /// Suffix of the events topic under a device's namespace.
 pub const EVENTS_SUFFIX: &str = "/events";
+/// Suffix of the release report topic under a device's namespace.
+pub const RELEASE_SUFFIX: &str = "/release";
+
+/// What an agent reports about the software it runs.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseReport {
+    v: u32,
+    product: String,
+    release: String,
+}
 
 pub(crate) struct HubHooks {
     pub store: Arc<dyn Store>,
@@ -147,6 +160,36 @@ impl HubHooks {
     }
 }
 
+impl HubHooks {
+    /// Release reports: validated and stored before the PUBACK.
+    async fn release(&self, device_id: &str, payload: &[u8]) -> Result<Option<Durable>, Refusal> {
+        let r: ReleaseReport = serde_json::from_slice(payload).map_err(|e| {
+            Refusal::new(RefusalReason::PayloadInvalid, format!("release report: {e}"))
+        })?;
+        let ok = |s: &str| !s.trim().is_empty() && s.len() <= 128 && !s.contains(['@', '|']);
+        if r.v != 1 || !ok(&r.product) || !ok(&r.release) {
+            return Err(Refusal::new(
+                RefusalReason::PayloadInvalid,
+                "release report: v must be 1; product and release 1-128 characters without @ or |",
+            ));
+        }
+        let row = rampart_store::DeviceRelease {
+            device_id: device_id.to_owned(),
+            product: r.product,
+            release: r.release,
+            reported_at: OffsetDateTime::now_utc(),
+        };
+        tracing::info!(device = %device_id, product = %row.product, release = %row.release, "device reports its release");
+        let store = self.store.clone();
+        Ok(Some(Box::pin(async move {
+            store
+                .set_device_release(&row)
+                .await
+                .map_err(|e| e.to_string())
+        })))
+    }
+}
+
 #[async_trait]
 impl Hooks for HubHooks {
     async fn authenticate(&self, req: &ConnectRequest<'_>) -> Result<Identity, Refusal> {
@@ -168,6 +211,9 @@ impl Hooks for HubHooks {
         }
         if let Some(device_id) = device_topic(&publish.topic, EVENTS_SUFFIX) {
             return self.event(device_id, &publish.payload).await;
+        }
+        if let Some(device_id) = device_topic(&publish.topic, RELEASE_SUFFIX) {
+            return self.release(device_id, &publish.payload).await;
         }
         Ok(None)
     }

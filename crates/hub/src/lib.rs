@@ -19,6 +19,7 @@
 //! - `run`: starting and stopping the hub.
 
 pub mod audit;
+pub mod compliance;
 pub mod config;
 pub mod control;
 pub mod datadir;

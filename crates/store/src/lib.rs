@@ -12,6 +12,7 @@
 //! | [`ProvisioningStore`] | claim limits and the provisioning allow-list |
 //! | [`AuditStore`] | the append-only audit log |
 //! | [`EventStore`] | events devices report |
+//! | [`ComplianceStore`] | CRA records, their history, SBOM components, OSV advisories, device releases |
 //!
 //! [`SqliteStore`] implements all of them (the embedded default); a PostgreSQL backend
 //! implements the same traits. [`IngestQueue`] batches telemetry from many connections into
@@ -191,6 +192,56 @@ pub trait EventStore: Send + Sync {
     async fn events(&self, device_id: &str, limit: u32) -> Result<Vec<EventRow>, StoreError>;
 }
 
+/// CRA compliance records (rampart-compliance validates them; this stores them).
+#[async_trait]
+pub trait ComplianceStore: Send + Sync {
+    /// Creates or replaces the record `(kind, key)` and appends `action`/`detail` to its
+    /// history, in one transaction.
+    async fn put_record(
+        &self,
+        kind: &str,
+        key: &str,
+        body: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StoreError>;
+    async fn record(&self, kind: &str, key: &str) -> Result<Option<String>, StoreError>;
+    /// All records of a kind, ordered by key: (key, body).
+    async fn records(&self, kind: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Appends to a record's history without changing it.
+    async fn append_history(
+        &self,
+        kind: &str,
+        key: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StoreError>;
+    /// The history of a record, oldest first.
+    async fn history(&self, kind: &str, key: &str) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// Replaces the stored components of a release's SBOM.
+    async fn put_sbom_components(
+        &self,
+        product: &str,
+        release: &str,
+        rows: &[SbomComponentRow],
+    ) -> Result<(), StoreError>;
+    /// Releases (product, release) whose SBOM holds `ecosystem`/`package` at `version`.
+    async fn releases_with(
+        &self,
+        ecosystem: &str,
+        package: &str,
+        version: &str,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+    /// Stores advisories in one transaction (replacing same ids); returns how many were new.
+    async fn import_advisories(&self, rows: &[AdvisoryRow]) -> Result<u64, StoreError>;
+    /// The advisories that name `ecosystem`/`package`.
+    async fn advisories_for(&self, ecosystem: &str, package: &str)
+    -> Result<Vec<String>, StoreError>;
+    async fn advisory_count(&self) -> Result<u64, StoreError>;
+    async fn set_device_release(&self, release: &DeviceRelease) -> Result<(), StoreError>;
+    async fn device_releases(&self) -> Result<Vec<DeviceRelease>, StoreError>;
+}
+
 /// Everything the hub stores.
 pub trait Store:
     Registry
@@ -201,6 +252,7 @@ pub trait Store:
     + ProvisioningStore
     + AuditStore
     + EventStore
+    + ComplianceStore
     + 'static
 {
 }
@@ -214,6 +266,7 @@ impl<T> Store for T where
         + ProvisioningStore
         + AuditStore
         + EventStore
+        + ComplianceStore
         + 'static
 {
 }

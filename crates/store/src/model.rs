@@ -321,3 +321,45 @@ pub(crate) fn from_ms(ms: i64, table: &'static str) -> Result<OffsetDateTime, cr
         }
     })
 }
+
+/// One entry of the append-only compliance history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryEntry {
+    pub id: i64,
+    pub kind: String,
+    pub key: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub action: String,
+    pub detail: String,
+}
+
+/// A component of a release's SBOM, as stored for fleet joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SbomComponentRow {
+    pub bom_ref: String,
+    /// OSV ecosystem and package, when the component's purl maps to one.
+    pub ecosystem: Option<String>,
+    pub package: Option<String>,
+    pub version: String,
+}
+
+/// An OSV advisory to store, with the packages it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvisoryRow {
+    pub id: String,
+    pub modified: String,
+    pub body: String,
+    /// (ecosystem, package) pairs from `affected[]`.
+    pub packages: Vec<(String, String)>,
+}
+
+/// The release a device reported it runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceRelease {
+    pub device_id: String,
+    pub product: String,
+    pub release: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub reported_at: OffsetDateTime,
+}

@@ -6,9 +6,10 @@
 //! process but may lose the last commits on power loss.
 //!
 //! One file per storage trait: `registry`, `telemetry`, `retained`, `policies`, `pki`,
-//! `provisioning`, `audit`, `events`.
+//! `provisioning`, `audit`, `events`, `compliance`.
 
 mod audit;
+mod compliance;
 mod events;
 mod pki;
 mod policies;

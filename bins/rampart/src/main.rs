@@ -33,11 +33,11 @@ struct Cli {
 }
 
 /// The data directory of a hub.
-#[derive(clap::Args, Clone)]
-struct DataDirArg {
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataDirArg {
     /// The hub's data directory (created by `rampart init`).
     #[arg(long, env = "RAMPART_DATA_DIR", value_name = "DIR")]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -136,6 +136,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Product records (CRA): manufacturer, intended purpose, releases, Member States, support
+    /// period, vulnerability disclosure contact.
+    #[command(subcommand)]
+    Product(commands::cra::ProductCommand),
+    /// Software bills of materials: generate (Cargo, firmware manifest), ingest, export.
+    #[command(subcommand)]
+    Sbom(commands::sbom::SbomCommand),
+    /// Vulnerabilities: import OSV advisories offline, scan SBOMs, see the fleet's exposure.
+    #[command(subcommand)]
+    Vuln(commands::sbom::VulnCommand),
+    /// VEX: what each vulnerability means for a product; OpenVEX and CycloneDX export.
+    #[command(subcommand)]
+    Vex(commands::cra::VexCommand),
+    /// The Cyber Resilience Act: classification, advisories, Article 14 reports, documents.
+    #[command(subcommand)]
+    Cra(commands::cra::CraCommand),
     /// Run a complete hub and simulated battery gateways in a temporary directory, and show
     /// their live telemetry until Ctrl-C.
     Demo {
@@ -604,6 +620,11 @@ async fn main() -> ExitCode {
             json,
         } => commands::events::run(&dir.data_dir, &id, limit, json).await,
         Command::Status { dir, json } => commands::status::run(&dir.data_dir, json).await,
+        Command::Product(cmd) => commands::cra::product(cmd).await,
+        Command::Sbom(cmd) => commands::sbom::run(cmd).await,
+        Command::Vuln(cmd) => commands::sbom::vuln(cmd).await,
+        Command::Vex(cmd) => commands::cra::vex_cmd(cmd).await,
+        Command::Cra(cmd) => commands::cra::run(cmd).await,
         Command::Demo {
             devices,
             interval,

@@ -495,7 +495,10 @@ impl AgentConfig {
             )));
         }
         if let Some(r) = &cfg.release {
-            for (field, v) in [("release.product", &r.product), ("release.version", &r.version)] {
+            for (field, v) in [
+                ("release.product", &r.product),
+                ("release.version", &r.version),
+            ] {
                 if v.trim().is_empty() || v.len() > 128 || v.contains(['@', '|']) {
                     return Err(err(format!(
                         "{field} = {v:?}: must be 1-128 characters without @ or |"

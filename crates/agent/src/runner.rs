@@ -552,7 +552,7 @@ impl<'a> Session<'a> {
                         if let Some(r) = &self.cfg.release {
                             let body = serde_json::json!({"v": 1, "product": r.product, "release": r.version}).to_string();
                             if client
-                                .try_publish(self.topic("release"), QoS::AtLeastOnce, false, body)
+                                .try_publish(format!("devices/{}/release", self.device_id), QoS::AtLeastOnce, false, body)
                                 .is_ok()
                             {
                                 pubs.control();

@@ -78,32 +78,120 @@ const fn c(id: &'static str, class: Class, title: &'static str) -> Category {
 
 /// Annex III class I (19), class II (4) and Annex IV (3) categories.
 pub const CATEGORIES: [Category; 26] = [
-    c("I.1", Class::ImportantClassI, "Identity management systems and privileged access management software and hardware, including authentication and access control readers, including biometric readers"),
-    c("I.2", Class::ImportantClassI, "Standalone and embedded browsers"),
+    c(
+        "I.1",
+        Class::ImportantClassI,
+        "Identity management systems and privileged access management software and hardware, including authentication and access control readers, including biometric readers",
+    ),
+    c(
+        "I.2",
+        Class::ImportantClassI,
+        "Standalone and embedded browsers",
+    ),
     c("I.3", Class::ImportantClassI, "Password managers"),
-    c("I.4", Class::ImportantClassI, "Software that searches for, removes, or quarantines malicious software"),
-    c("I.5", Class::ImportantClassI, "Products with digital elements with the function of virtual private network (VPN)"),
+    c(
+        "I.4",
+        Class::ImportantClassI,
+        "Software that searches for, removes, or quarantines malicious software",
+    ),
+    c(
+        "I.5",
+        Class::ImportantClassI,
+        "Products with digital elements with the function of virtual private network (VPN)",
+    ),
     c("I.6", Class::ImportantClassI, "Network management systems"),
-    c("I.7", Class::ImportantClassI, "Security information and event management (SIEM) systems"),
+    c(
+        "I.7",
+        Class::ImportantClassI,
+        "Security information and event management (SIEM) systems",
+    ),
     c("I.8", Class::ImportantClassI, "Boot managers"),
-    c("I.9", Class::ImportantClassI, "Public key infrastructure and digital certificate issuance software"),
-    c("I.10", Class::ImportantClassI, "Physical and virtual network interfaces"),
+    c(
+        "I.9",
+        Class::ImportantClassI,
+        "Public key infrastructure and digital certificate issuance software",
+    ),
+    c(
+        "I.10",
+        Class::ImportantClassI,
+        "Physical and virtual network interfaces",
+    ),
     c("I.11", Class::ImportantClassI, "Operating systems"),
-    c("I.12", Class::ImportantClassI, "Routers, modems intended for the connection to the internet, and switches"),
-    c("I.13", Class::ImportantClassI, "Microprocessors with security-related functionalities"),
-    c("I.14", Class::ImportantClassI, "Microcontrollers with security-related functionalities"),
-    c("I.15", Class::ImportantClassI, "Application specific integrated circuits (ASIC) and field-programmable gate arrays (FPGA) with security-related functionalities"),
-    c("I.16", Class::ImportantClassI, "Smart home general purpose virtual assistants"),
-    c("I.17", Class::ImportantClassI, "Smart home products with security functionalities, including smart door locks, security cameras, baby monitoring systems and alarm systems"),
-    c("I.18", Class::ImportantClassI, "Internet connected toys covered by Directive 2009/48/EC that have social interactive features or location tracking features"),
-    c("I.19", Class::ImportantClassI, "Personal wearable products to be worn or placed on a human body that have a health monitoring purpose, or intended for the use by children"),
-    c("II.1", Class::ImportantClassII, "Hypervisors and container runtime systems that support virtualised execution of operating systems and similar environments"),
-    c("II.2", Class::ImportantClassII, "Firewalls, intrusion detection and prevention systems"),
-    c("II.3", Class::ImportantClassII, "Tamper-resistant microprocessors"),
-    c("II.4", Class::ImportantClassII, "Tamper-resistant microcontrollers"),
-    c("IV.1", Class::Critical, "Hardware devices with security boxes"),
-    c("IV.2", Class::Critical, "Smart meter gateways within smart metering systems and other devices for advanced security purposes, including for secure cryptoprocessing"),
-    c("IV.3", Class::Critical, "Smartcards or similar devices, including secure elements"),
+    c(
+        "I.12",
+        Class::ImportantClassI,
+        "Routers, modems intended for the connection to the internet, and switches",
+    ),
+    c(
+        "I.13",
+        Class::ImportantClassI,
+        "Microprocessors with security-related functionalities",
+    ),
+    c(
+        "I.14",
+        Class::ImportantClassI,
+        "Microcontrollers with security-related functionalities",
+    ),
+    c(
+        "I.15",
+        Class::ImportantClassI,
+        "Application specific integrated circuits (ASIC) and field-programmable gate arrays (FPGA) with security-related functionalities",
+    ),
+    c(
+        "I.16",
+        Class::ImportantClassI,
+        "Smart home general purpose virtual assistants",
+    ),
+    c(
+        "I.17",
+        Class::ImportantClassI,
+        "Smart home products with security functionalities, including smart door locks, security cameras, baby monitoring systems and alarm systems",
+    ),
+    c(
+        "I.18",
+        Class::ImportantClassI,
+        "Internet connected toys covered by Directive 2009/48/EC that have social interactive features or location tracking features",
+    ),
+    c(
+        "I.19",
+        Class::ImportantClassI,
+        "Personal wearable products to be worn or placed on a human body that have a health monitoring purpose, or intended for the use by children",
+    ),
+    c(
+        "II.1",
+        Class::ImportantClassII,
+        "Hypervisors and container runtime systems that support virtualised execution of operating systems and similar environments",
+    ),
+    c(
+        "II.2",
+        Class::ImportantClassII,
+        "Firewalls, intrusion detection and prevention systems",
+    ),
+    c(
+        "II.3",
+        Class::ImportantClassII,
+        "Tamper-resistant microprocessors",
+    ),
+    c(
+        "II.4",
+        Class::ImportantClassII,
+        "Tamper-resistant microcontrollers",
+    ),
+    c(
+        "IV.1",
+        Class::Critical,
+        "Hardware devices with security boxes",
+    ),
+    c(
+        "IV.2",
+        Class::Critical,
+        "Smart meter gateways within smart metering systems and other devices for advanced security purposes, including for secure cryptoprocessing",
+    ),
+    c(
+        "IV.3",
+        Class::Critical,
+        "Smartcards or similar devices, including secure elements",
+    ),
 ];
 
 /// The answer to one question.
@@ -198,8 +286,7 @@ mod tests {
         let d = classify("p", &answers(&[]), "a battery gateway", t, "me").expect("ok");
         assert_eq!(d.class, Class::Default);
         assert!(d.routes[0].starts_with("Module A"));
-        let d = classify("p", &answers(&["I.12", "II.2"]), "router+firewall", t, "me")
-            .expect("ok");
+        let d = classify("p", &answers(&["I.12", "II.2"]), "router+firewall", t, "me").expect("ok");
         assert_eq!(d.class, Class::ImportantClassII);
         assert_eq!(d.categories, vec!["I.12", "II.2"]);
         assert!(!d.routes.iter().any(|r| r.starts_with("Module A:")));

@@ -92,7 +92,8 @@ pub fn advisory(
             })
         })
         .collect();
-    let ids = |rs: &[String]| -> Vec<String> { rs.iter().map(|r| product_id(product, r)).collect() };
+    let ids =
+        |rs: &[String]| -> Vec<String> { rs.iter().map(|r| product_id(product, r)).collect() };
     let vulnerabilities: Vec<Value> = vulns
         .iter()
         .map(|v| {
@@ -273,21 +274,32 @@ pub fn security_txt(product: &Product, expires: &str) -> String {
 }
 
 /// Sorts VEX statements of one vulnerability into CSAF product statuses.
+///
+/// A statement about the product ("NAME") applies to every release in `releases`; one about a
+/// release ("NAME@RELEASE") overrides it for that release.
+#[allow(clippy::type_complexity)]
 pub fn statuses_from_vex(
     statements: &[VexStatement],
-) -> (Vec<String>, Vec<String>, Vec<(String, VexStatement)>, Vec<String>) {
+    releases: &[String],
+) -> (
+    Vec<String>,
+    Vec<String>,
+    Vec<(String, VexStatement)>,
+    Vec<String>,
+) {
     let (mut affected, mut fixed, mut not_affected, mut investigating) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for s in statements {
-        // The statement's product is "NAME@RELEASE" for release-specific statements.
-        let release = s
-            .product
-            .rsplit_once('@')
-            .map(|(_, r)| r.to_owned())
-            .unwrap_or_default();
-        if release.is_empty() {
+    for release in releases {
+        let specific = statements.iter().find(|s| {
+            s.product
+                .rsplit_once('@')
+                .is_some_and(|(_, r)| r == release)
+        });
+        let general = statements.iter().find(|s| !s.product.contains('@'));
+        let Some(s) = specific.or(general) else {
             continue;
-        }
+        };
+        let release = release.clone();
         match s.status {
             VexStatus::Affected => affected.push(release),
             VexStatus::Fixed => fixed.push(release),

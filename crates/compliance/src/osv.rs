@@ -109,7 +109,11 @@ impl Advisory {
         let mut severity = Vec::new();
         if let Some(Value::Array(s)) = obj.get("severity") {
             for (i, s) in s.iter().enumerate() {
-                severity.push(req_str(s.get("score"), file, &format!("severity[{i}].score"))?);
+                severity.push(req_str(
+                    s.get("score"),
+                    file,
+                    &format!("severity[{i}].score"),
+                )?);
             }
         }
         let mut affected = Vec::new();
@@ -282,7 +286,11 @@ fn parse_affected(file: &str, place: &str, a: &Value) -> Result<Affected, Compli
     let pkg = a
         .get("package")
         .ok_or_else(|| bad(format!("{place}.package"), "missing"))?;
-    let ecosystem = req_str(pkg.get("ecosystem"), file, &format!("{place}.package.ecosystem"))?;
+    let ecosystem = req_str(
+        pkg.get("ecosystem"),
+        file,
+        &format!("{place}.package.ecosystem"),
+    )?;
     let name = req_str(pkg.get("name"), file, &format!("{place}.package.name"))?;
     let versions = str_list(a.get("versions"), file, &format!("{place}.versions"))?;
     let mut ranges = Vec::new();
@@ -341,7 +349,7 @@ fn parse_affected(file: &str, place: &str, a: &Value) -> Result<Affected, Compli
                             ));
                         }
                     };
-                    if kind == RangeKind::Semver && !(ev.version() == "0") {
+                    if kind == RangeKind::Semver && (ev.version() != "0") {
                         let is_limit_star = matches!(&ev, Event::Limit(l) if l == "*");
                         if !is_limit_star {
                             version::parse_semver(ev.version()).map_err(|m| {
@@ -374,6 +382,62 @@ fn parse_affected(file: &str, place: &str, a: &Value) -> Result<Affected, Compli
         versions,
         informational,
     })
+}
+
+/// Calls `f(name, text)` for every `*.json` file under a directory (recursively) or in a ZIP
+/// archive (such as OSV's per-ecosystem `all.zip`), one file at a time: memory holds one record,
+/// never the database.
+pub fn for_each_file(
+    path: &std::path::Path,
+    f: &mut dyn FnMut(&str, &str) -> Result<(), ComplianceError>,
+) -> Result<usize, ComplianceError> {
+    let meta = std::fs::metadata(path).map_err(|e| ComplianceError::read(path, e))?;
+    let mut count = 0;
+    if meta.is_dir() {
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| ComplianceError::read(&dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            for p in entries {
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "json") {
+                    let text =
+                        std::fs::read_to_string(&p).map_err(|e| ComplianceError::read(&p, e))?;
+                    f(&p.display().to_string(), &text)?;
+                    count += 1;
+                }
+            }
+        }
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| ComplianceError::read(path, e))?;
+        let mut zip = zip::ZipArchive::new(file).map_err(|e| ComplianceError::UnknownFormat {
+            file: path.display().to_string(),
+            message: format!("neither a directory nor a ZIP archive of OSV JSON: {e}"),
+        })?;
+        for i in 0..zip.len() {
+            let mut entry = zip.by_index(i).map_err(|e| {
+                ComplianceError::invalid(
+                    path.display().to_string(),
+                    format!("entry {i}"),
+                    e.to_string(),
+                )
+            })?;
+            if !entry.is_file() || !entry.name().ends_with(".json") {
+                continue;
+            }
+            let name = format!("{}!{}", path.display(), entry.name());
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text)
+                .map_err(|e| ComplianceError::invalid(&name, "file", e.to_string()))?;
+            f(&name, &text)?;
+            count += 1;
+        }
+    }
+    Ok(count)
 }
 
 #[cfg(test)]
@@ -433,7 +497,10 @@ mod tests {
         let a = adv(r#"{"package":{"ecosystem":"Debian:12","name":"openssl"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"3.0.11-1~deb12u2"}]}]}"#).expect("valid");
         assert!(hits(&a, "Debian:12", "openssl", "3.0.11-1~deb12u1"));
         assert!(!hits(&a, "Debian:12", "openssl", "3.0.11-1~deb12u2"));
-        assert!(!hits(&a, "Debian:12", "openssl", "3.0.11-1"), "~ sorts before");
+        assert!(
+            !hits(&a, "Debian:12", "openssl", "3.0.11-1"),
+            "~ sorts before"
+        );
     }
 
     #[test]
@@ -500,56 +567,4 @@ mod tests {
         let e = Advisory::parse("x.json", "{ not json").expect_err("not json");
         assert!(e.to_string().starts_with("x.json: line 1 column"), "{e}");
     }
-}
-
-/// Calls `f(name, text)` for every `*.json` file under a directory (recursively) or in a ZIP
-/// archive (such as OSV's per-ecosystem `all.zip`), one file at a time: memory holds one record,
-/// never the database.
-pub fn for_each_file(
-    path: &std::path::Path,
-    f: &mut dyn FnMut(&str, &str) -> Result<(), ComplianceError>,
-) -> Result<usize, ComplianceError> {
-    let meta = std::fs::metadata(path).map_err(|e| ComplianceError::read(path, e))?;
-    let mut count = 0;
-    if meta.is_dir() {
-        let mut stack = vec![path.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-                .map_err(|e| ComplianceError::read(&dir, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .collect();
-            entries.sort();
-            for p in entries {
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "json") {
-                    let text =
-                        std::fs::read_to_string(&p).map_err(|e| ComplianceError::read(&p, e))?;
-                    f(&p.display().to_string(), &text)?;
-                    count += 1;
-                }
-            }
-        }
-    } else {
-        let file = std::fs::File::open(path).map_err(|e| ComplianceError::read(path, e))?;
-        let mut zip = zip::ZipArchive::new(file).map_err(|e| ComplianceError::UnknownFormat {
-            file: path.display().to_string(),
-            message: format!("neither a directory nor a ZIP archive of OSV JSON: {e}"),
-        })?;
-        for i in 0..zip.len() {
-            let mut entry = zip.by_index(i).map_err(|e| {
-                ComplianceError::invalid(path.display().to_string(), format!("entry {i}"), e.to_string())
-            })?;
-            if !entry.is_file() || !entry.name().ends_with(".json") {
-                continue;
-            }
-            let name = format!("{}!{}", path.display(), entry.name());
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut entry, &mut text)
-                .map_err(|e| ComplianceError::invalid(&name, "file", e.to_string()))?;
-            f(&name, &text)?;
-            count += 1;
-        }
-    }
-    Ok(count)
 }

@@ -94,13 +94,12 @@ impl Product {
             };
             ComplianceError::invalid(file, place, e.message().to_owned())
         })?;
-        p.validate()
-            .map_err(|e| match e {
-                ComplianceError::Invalid { place, message, .. } => {
-                    ComplianceError::invalid(file, place, message)
-                }
-                other => other,
-            })?;
+        p.validate().map_err(|e| match e {
+            ComplianceError::Invalid { place, message, .. } => {
+                ComplianceError::invalid(file, place, message)
+            }
+            other => other,
+        })?;
         Ok(p)
     }
 
@@ -140,7 +139,10 @@ impl Product {
         }
         let months = self.support_months()?;
         if months < 1 {
-            return Err(bad("support.end", "the support period ends before it starts"));
+            return Err(bad(
+                "support.end",
+                "the support period ends before it starts",
+            ));
         }
         if self.support.rationale.trim().is_empty() {
             return Err(bad(

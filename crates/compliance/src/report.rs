@@ -207,16 +207,15 @@ pub fn add_month(t: OffsetDateTime) -> OffsetDateTime {
 
 /// The deadlines of a report at `now`; `warn` is how long before a deadline it is "due soon".
 pub fn deadlines(r: &Report, now: OffsetDateTime, warn: Duration) -> Vec<Deadline> {
-    let state = |due: Option<OffsetDateTime>, submitted: Option<OffsetDateTime>| match (
-        due, submitted,
-    ) {
-        (Some(d), Some(s)) if s > d => State::SubmittedLate,
-        (_, Some(_)) => State::Submitted,
-        (None, None) => State::Waiting,
-        (Some(d), None) if now > d => State::Overdue,
-        (Some(d), None) if now + warn >= d => State::DueSoon,
-        (Some(_), None) => State::Open,
-    };
+    let state =
+        |due: Option<OffsetDateTime>, submitted: Option<OffsetDateTime>| match (due, submitted) {
+            (Some(d), Some(s)) if s > d => State::SubmittedLate,
+            (_, Some(_)) => State::Submitted,
+            (None, None) => State::Waiting,
+            (Some(d), None) if now > d => State::Overdue,
+            (Some(d), None) if now + warn >= d => State::DueSoon,
+            (Some(_), None) => State::Open,
+        };
     let mut out = Vec::new();
     let early = r.aware_at + Duration::hours(24);
     out.push(Deadline {
@@ -326,8 +325,14 @@ mod tests {
             datetime!(2026-12-31 22:30 UTC),
         );
         let d = deadlines(&r, datetime!(2027-01-01 00:00 UTC), Duration::hours(6));
-        assert_eq!(due(&d, Stage::EarlyWarning), Some(datetime!(2027-01-01 22:30 UTC)));
-        assert_eq!(due(&d, Stage::Notification), Some(datetime!(2027-01-03 22:30 UTC)));
+        assert_eq!(
+            due(&d, Stage::EarlyWarning),
+            Some(datetime!(2027-01-01 22:30 UTC))
+        );
+        assert_eq!(
+            due(&d, Stage::Notification),
+            Some(datetime!(2027-01-03 22:30 UTC))
+        );
         assert_eq!(d[0].state, State::Open);
         let d = deadlines(&r, datetime!(2027-01-01 17:00 UTC), Duration::hours(6));
         assert_eq!(d[0].state, State::DueSoon);
@@ -346,11 +351,17 @@ mod tests {
         assert_eq!(d[2].state, State::Waiting);
         r.measure_available_at = Some(datetime!(2026-11-20 15:00 UTC));
         let d = deadlines(&r, datetime!(2026-11-21 00:00 UTC), Duration::hours(6));
-        assert_eq!(due(&d, Stage::FinalReport), Some(datetime!(2026-12-04 15:00 UTC)));
+        assert_eq!(
+            due(&d, Stage::FinalReport),
+            Some(datetime!(2026-12-04 15:00 UTC))
+        );
         // A fix that existed before awareness: 14 days from awareness.
         r.measure_available_at = Some(datetime!(2026-10-01 00:00 UTC));
         let d = deadlines(&r, datetime!(2026-11-03 00:00 UTC), Duration::hours(6));
-        assert_eq!(due(&d, Stage::FinalReport), Some(datetime!(2026-11-16 09:00 UTC)));
+        assert_eq!(
+            due(&d, Stage::FinalReport),
+            Some(datetime!(2026-11-16 09:00 UTC))
+        );
     }
 
     #[test]
@@ -358,24 +369,42 @@ mod tests {
         let mut r = report(ReportKind::SevereIncident, datetime!(2027-01-27 10:00 UTC));
         let d = deadlines(&r, datetime!(2027-01-27 11:00 UTC), Duration::hours(6));
         // Provisional: notification due 2027-01-30 10:00 -> 2027-02-28 10:00 (clamped).
-        assert_eq!(due(&d, Stage::FinalReport), Some(datetime!(2027-02-28 10:00 UTC)));
+        assert_eq!(
+            due(&d, Stage::FinalReport),
+            Some(datetime!(2027-02-28 10:00 UTC))
+        );
         assert!(d[2].provisional);
         r.submit(Stage::EarlyWarning, datetime!(2027-01-27 20:00 UTC))
             .expect("ok");
         r.submit(Stage::Notification, datetime!(2027-01-29 08:15 UTC))
             .expect("ok");
         let d = deadlines(&r, datetime!(2027-01-29 09:00 UTC), Duration::hours(6));
-        assert_eq!(due(&d, Stage::FinalReport), Some(datetime!(2027-02-28 08:15 UTC)));
+        assert_eq!(
+            due(&d, Stage::FinalReport),
+            Some(datetime!(2027-02-28 08:15 UTC))
+        );
         assert!(!d[2].provisional);
         assert_eq!(d[1].state, State::Submitted);
     }
 
     #[test]
     fn month_arithmetic_clamps_and_handles_leap_years() {
-        assert_eq!(add_month(datetime!(2028-01-31 12:00 UTC)), datetime!(2028-02-29 12:00 UTC));
-        assert_eq!(add_month(datetime!(2027-01-31 12:00 UTC)), datetime!(2027-02-28 12:00 UTC));
-        assert_eq!(add_month(datetime!(2026-12-15 00:00 UTC)), datetime!(2027-01-15 00:00 UTC));
-        assert_eq!(add_month(datetime!(2027-03-31 00:00 UTC)), datetime!(2027-04-30 00:00 UTC));
+        assert_eq!(
+            add_month(datetime!(2028-01-31 12:00 UTC)),
+            datetime!(2028-02-29 12:00 UTC)
+        );
+        assert_eq!(
+            add_month(datetime!(2027-01-31 12:00 UTC)),
+            datetime!(2027-02-28 12:00 UTC)
+        );
+        assert_eq!(
+            add_month(datetime!(2026-12-15 00:00 UTC)),
+            datetime!(2027-01-15 00:00 UTC)
+        );
+        assert_eq!(
+            add_month(datetime!(2027-03-31 00:00 UTC)),
+            datetime!(2027-04-30 00:00 UTC)
+        );
     }
 
     #[test]
@@ -384,17 +413,27 @@ mod tests {
             ReportKind::ExploitedVulnerability,
             datetime!(2026-11-01 00:00 UTC),
         );
-        assert!(r.submit(Stage::Notification, datetime!(2026-11-01 01:00 UTC)).is_err());
-        assert!(r.submit(Stage::EarlyWarning, datetime!(2026-10-31 23:00 UTC)).is_err());
+        assert!(
+            r.submit(Stage::Notification, datetime!(2026-11-01 01:00 UTC))
+                .is_err()
+        );
+        assert!(
+            r.submit(Stage::EarlyWarning, datetime!(2026-10-31 23:00 UTC))
+                .is_err()
+        );
         r.submit(Stage::EarlyWarning, datetime!(2026-11-02 01:00 UTC))
             .expect("late but allowed");
-        assert!(r.submit(Stage::EarlyWarning, datetime!(2026-11-02 02:00 UTC)).is_err());
+        assert!(
+            r.submit(Stage::EarlyWarning, datetime!(2026-11-02 02:00 UTC))
+                .is_err()
+        );
         let d = deadlines(&r, datetime!(2026-11-02 02:00 UTC), Duration::hours(6));
         assert_eq!(d[0].state, State::SubmittedLate);
         r.submit(Stage::Notification, datetime!(2026-11-03 00:00 UTC))
             .expect("ok");
         assert!(
-            r.submit(Stage::FinalReport, datetime!(2026-11-04 00:00 UTC)).is_err(),
+            r.submit(Stage::FinalReport, datetime!(2026-11-04 00:00 UTC))
+                .is_err(),
             "final report before a measure"
         );
     }

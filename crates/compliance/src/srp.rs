@@ -67,7 +67,10 @@ pub fn draft(
     );
     put(
         "Manufacturer",
-        format!("{}, {}", product.manufacturer.name, product.manufacturer.address),
+        format!(
+            "{}, {}",
+            product.manufacturer.name, product.manufacturer.address
+        ),
     );
     let states: Vec<String> = if impact.devices_by_member_state.is_empty() {
         product.member_states.clone()
@@ -108,11 +111,18 @@ pub fn draft(
         "End of support",
         format!(
             "{} (support ends {})",
-            if product.end_of_support().is_empty() { "unknown" } else { "no" },
+            if product.end_of_support().is_empty() {
+                "unknown"
+            } else {
+                "no"
+            },
             product.end_of_support()
         ),
     );
-    put("Devices in the fleet affected", impact.devices_total.to_string());
+    put(
+        "Devices in the fleet affected",
+        impact.devices_total.to_string(),
+    );
     put(
         "Mitigation expected",
         match report.measure_available_at {
@@ -120,13 +130,20 @@ pub fn draft(
             None => format!("{TODO}: expected date of a corrective measure"),
         },
     );
-    put("Sensitivity", format!("{TODO}: sensitivity of the information"));
+    put(
+        "Sensitivity",
+        format!("{TODO}: sensitivity of the information"),
+    );
     match report.kind {
         ReportKind::ExploitedVulnerability => {
             let v = report.vulnerability.clone().unwrap_or_default();
             put(
                 "CVE ID",
-                if v.starts_with("CVE-") { v.clone() } else { format!("{TODO}: CVE id (have {v})") },
+                if v.starts_with("CVE-") {
+                    v.clone()
+                } else {
+                    format!("{TODO}: CVE id (have {v})")
+                },
             );
             put("EUVD ID", format!("{TODO}: EUVD id if assigned"));
             put("Awareness time", rfc3339(report.aware_at));
@@ -149,12 +166,12 @@ pub fn draft(
                     .map(rfc3339)
                     .unwrap_or_else(|| format!("{TODO}: when it occurred")),
             );
-            put("Nature of the incident", format!("{TODO}"));
+            put("Nature of the incident", TODO.to_string());
             if stage != Stage::EarlyWarning {
-                put("Initial assessment", format!("{TODO}"));
+                put("Initial assessment", TODO.to_string());
             }
             if stage == Stage::FinalReport {
-                put("Root cause / type of threat", format!("{TODO}"));
+                put("Root cause / type of threat", TODO.to_string());
             }
         }
     }

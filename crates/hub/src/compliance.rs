@@ -158,7 +158,9 @@ pub async fn sbom_attach(
             ),
         )
         .await?;
-    store.put_sbom_components(product_name, release, &rows).await?;
+    store
+        .put_sbom_components(product_name, release, &rows)
+        .await?;
     Ok(())
 }
 
@@ -199,8 +201,9 @@ pub async fn vuln_import(
     let mut stats = ImportStats::default();
     let mut bad: BTreeSet<String> = BTreeSet::new();
     // Pass 1: validate everything, keep nothing but the names of bad files.
-    let files = rampart_compliance::osv::for_each_file(path, &mut |name, text| {
-        match Advisory::parse(name, text) {
+    let files = rampart_compliance::osv::for_each_file(
+        path,
+        &mut |name, text| match Advisory::parse(name, text) {
             Ok(_) => Ok(()),
             Err(e) if skip_invalid => {
                 stats.skipped.push(e.to_string());
@@ -208,8 +211,8 @@ pub async fn vuln_import(
                 Ok(())
             }
             Err(e) => Err(e),
-        }
-    })?;
+        },
+    )?;
     stats.files = files;
     // Pass 2: store in batches. for_each_file is synchronous, so batches are handed over
     // through a channel to this task, which writes them.
@@ -279,9 +282,7 @@ pub async fn scan_sbom(
     let mut cache: BTreeMap<(String, String), Vec<Advisory>> = BTreeMap::new();
     for c in sbom.all_components() {
         let Some(key) = c.osv_package() else {
-            report
-                .unmatchable
-                .push(format!("{}@{}", c.name, c.version));
+            report.unmatchable.push(format!("{}@{}", c.name, c.version));
             continue;
         };
         if !cache.contains_key(&key) {
@@ -447,9 +448,10 @@ pub async fn advisories(
     let mut index = Vec::new();
     let generator = env!("CARGO_PKG_VERSION");
     for (vuln, stmts) in &by_vuln {
-        let (affected, fixed, not_affected, investigating) = csaf::statuses_from_vex(stmts);
-        let info = |aliases: Vec<String>, title: String, description: String| {
-            csaf::VulnerabilityInfo {
+        let (affected, fixed, not_affected, investigating) =
+            csaf::statuses_from_vex(stmts, &p.releases);
+        let info =
+            |aliases: Vec<String>, title: String, description: String| csaf::VulnerabilityInfo {
                 id: vuln.clone(),
                 aliases,
                 title,
@@ -459,16 +461,27 @@ pub async fn advisories(
                 known_not_affected: not_affected.clone(),
                 under_investigation: investigating.clone(),
                 remediation: remediation.to_owned(),
-            }
-        };
+            };
         // Description and aliases from the OSV record when we have it.
         let (aliases, title, description) = match find_advisory(store, vuln).await? {
             Some(a) => (
                 a.aliases.clone(),
-                if a.summary.is_empty() { vuln.clone() } else { a.summary.clone() },
-                if a.details.is_empty() { a.summary.clone() } else { a.details.clone() },
+                if a.summary.is_empty() {
+                    vuln.clone()
+                } else {
+                    a.summary.clone()
+                },
+                if a.details.is_empty() {
+                    a.summary.clone()
+                } else {
+                    a.details.clone()
+                },
             ),
-            None => (Vec::new(), vuln.clone(), format!("{vuln} affects {}.", p.name)),
+            None => (
+                Vec::new(),
+                vuln.clone(),
+                format!("{vuln} affects {}.", p.name),
+            ),
         };
         let v = info(aliases, title, description);
         for (profile, suffix, wanted) in [
@@ -484,7 +497,14 @@ pub async fn advisories(
                 vuln,
                 suffix
             );
-            let doc = csaf::advisory(profile, &tracking, &p, std::slice::from_ref(&v), &date, generator);
+            let doc = csaf::advisory(
+                profile,
+                &tracking,
+                &p,
+                std::slice::from_ref(&v),
+                &date,
+                generator,
+            );
             let file = dir.join(csaf::file_name(&tracking));
             write_json(&file, &doc)?;
             index.push(format!("{year}/{}", csaf::file_name(&tracking)));
@@ -495,7 +515,14 @@ pub async fn advisories(
                     &tracking,
                     &doc.to_string(),
                     "advisory written",
-                    &format!("{vuln}: {}", if profile == csaf::Profile::Vex { "csaf_vex" } else { "csaf_security_advisory" }),
+                    &format!(
+                        "{vuln}: {}",
+                        if profile == csaf::Profile::Vex {
+                            "csaf_vex"
+                        } else {
+                            "csaf_security_advisory"
+                        }
+                    ),
                 )
                 .await?;
         }
@@ -513,7 +540,10 @@ pub async fn advisories(
         .collect();
     write_text(&white.join("changes.csv"), &changes)?;
     let expires = report::rfc3339(now() + time::Duration::days(365));
-    write_text(&well_known.join("security.txt"), &csaf::security_txt(&p, &expires))?;
+    write_text(
+        &well_known.join("security.txt"),
+        &csaf::security_txt(&p, &expires),
+    )?;
     Ok(written)
 }
 
@@ -610,7 +640,9 @@ pub async fn report_new(
 
 pub async fn report(store: &dyn Store, id: &str) -> Result<Report, HubError> {
     let body = store.record("report", id).await?.ok_or_else(|| {
-        HubError::NotFound(format!("no report {id:?}; list them with `rampart cra report list`"))
+        HubError::NotFound(format!(
+            "no report {id:?}; list them with `rampart cra report list`"
+        ))
     })?;
     parse("report", &body)
 }
@@ -706,10 +738,17 @@ pub async fn report_check(
             let detail = format!(
                 "{} {} (due {})",
                 d.stage.as_str(),
-                if d.state == report::State::Overdue { "overdue" } else { "due soon" },
+                if d.state == report::State::Overdue {
+                    "overdue"
+                } else {
+                    "due soon"
+                },
                 report::rfc3339(due)
             );
-            if !history.iter().any(|h| h.action == "deadline warning" && h.detail == detail) {
+            if !history
+                .iter()
+                .any(|h| h.action == "deadline warning" && h.detail == detail)
+            {
                 store
                     .append_history("report", &r.id, "deadline warning", &detail)
                     .await?;
@@ -731,10 +770,10 @@ pub async fn report_impact(store: &dyn Store, r: &Report) -> Result<FleetImpact,
             for row in fleet(store).await? {
                 if &row.advisory == v || row.aliases.iter().any(|a| a == v) {
                     for rel in &row.releases {
-                        if let Some((prod, release)) = rel.split_once('@') {
-                            if prod == p.name {
-                                releases.push(release.to_owned());
-                            }
+                        if let Some((prod, release)) = rel.split_once('@')
+                            && prod == p.name
+                        {
+                            releases.push(release.to_owned());
                         }
                     }
                 }
@@ -889,10 +928,13 @@ pub async fn docs(
         sboms.push(SbomFacts {
             release: release.clone(),
             components: s.components.len() + 1,
-            format: s.source_format.clone().unwrap_or_else(|| "generated by Rampart".into()),
-            complete: s
-                .all_components()
-                .all(|c| c.dependencies_complete == rampart_compliance::sbom::Completeness::Complete),
+            format: s
+                .source_format
+                .clone()
+                .unwrap_or_else(|| "generated by Rampart".into()),
+            complete: s.all_components().all(|c| {
+                c.dependencies_complete == rampart_compliance::sbom::Completeness::Complete
+            }),
             open_findings: open,
             suppressed_findings: suppressed,
         });
@@ -929,7 +971,12 @@ pub async fn docs(
         written.push(path);
     }
     store
-        .append_history("product", product_name, "documents written", &out.display().to_string())
+        .append_history(
+            "product",
+            product_name,
+            "documents written",
+            &out.display().to_string(),
+        )
         .await?;
     Ok(written)
 }

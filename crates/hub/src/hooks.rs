@@ -164,7 +164,10 @@ impl HubHooks {
     /// Release reports: validated and stored before the PUBACK.
     async fn release(&self, device_id: &str, payload: &[u8]) -> Result<Option<Durable>, Refusal> {
         let r: ReleaseReport = serde_json::from_slice(payload).map_err(|e| {
-            Refusal::new(RefusalReason::PayloadInvalid, format!("release report: {e}"))
+            Refusal::new(
+                RefusalReason::PayloadInvalid,
+                format!("release report: {e}"),
+            )
         })?;
         let ok = |s: &str| !s.trim().is_empty() && s.len() <= 128 && !s.contains(['@', '|']);
         if r.v != 1 || !ok(&r.product) || !ok(&r.release) {

@@ -235,8 +235,11 @@ pub trait ComplianceStore: Send + Sync {
     /// Stores advisories in one transaction (replacing same ids); returns how many were new.
     async fn import_advisories(&self, rows: &[AdvisoryRow]) -> Result<u64, StoreError>;
     /// The advisories that name `ecosystem`/`package`.
-    async fn advisories_for(&self, ecosystem: &str, package: &str)
-    -> Result<Vec<String>, StoreError>;
+    async fn advisories_for(
+        &self,
+        ecosystem: &str,
+        package: &str,
+    ) -> Result<Vec<String>, StoreError>;
     async fn advisory_count(&self) -> Result<u64, StoreError>;
     async fn set_device_release(&self, release: &DeviceRelease) -> Result<(), StoreError>;
     async fn device_releases(&self) -> Result<Vec<DeviceRelease>, StoreError>;

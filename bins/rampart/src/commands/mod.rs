@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod ca;
+pub mod cra;
 pub mod demo;
 pub mod device;
 pub mod events;
@@ -9,6 +10,7 @@ pub mod hub;
 pub mod identity;
 pub mod init;
 pub mod policy;
+pub mod sbom;
 pub mod status;
 pub mod telemetry;
 

@@ -221,7 +221,13 @@ pub fn from_workspace(opts: &CargoOptions) -> Result<Sbom, ComplianceError> {
         None => host_triple()?,
     };
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["metadata", "--format-version", "1", "--locked", "--filter-platform"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--filter-platform",
+        ])
         .arg(&target)
         .arg("--manifest-path")
         .arg(&opts.manifest_path)
@@ -260,9 +266,11 @@ pub fn from_workspace(opts: &CargoOptions) -> Result<Sbom, ComplianceError> {
                     opts.manifest_path.display()
                 ))
             })?,
-        None => meta.workspace_members.first().cloned().ok_or_else(|| {
-            ComplianceError::Rule("the workspace has no members".into())
-        })?,
+        None => meta
+            .workspace_members
+            .first()
+            .cloned()
+            .ok_or_else(|| ComplianceError::Rule("the workspace has no members".into()))?,
     };
     let resolve = meta.resolve.as_ref().ok_or_else(|| ComplianceError::Tool {
         tool: "cargo metadata".into(),
@@ -282,10 +290,7 @@ pub fn from_workspace(opts: &CargoOptions) -> Result<Sbom, ComplianceError> {
         };
         let mut deps = Vec::new();
         for d in &node.deps {
-            let shipped = d
-                .dep_kinds
-                .iter()
-                .any(|k| k.kind.as_deref() != Some("dev"));
+            let shipped = d.dep_kinds.iter().any(|k| k.kind.as_deref() != Some("dev"));
             if shipped {
                 deps.push(d.pkg.clone());
                 stack.push(d.pkg.clone());
@@ -306,13 +311,13 @@ pub fn from_workspace(opts: &CargoOptions) -> Result<Sbom, ComplianceError> {
             });
         }
         let filename = from_crates_io.then(|| format!("{}-{}.crate", p.name, p.version));
-        if let Some(f) = &filename {
-            if let Some(sha512) = cache.iter().find_map(|d| sha512_file(&d.join(f)).ok()) {
-                hashes.push(Hash {
-                    alg: "SHA-512".into(),
-                    value: sha512,
-                });
-            }
+        if let Some(f) = &filename
+            && let Some(sha512) = cache.iter().find_map(|d| sha512_file(&d.join(f)).ok())
+        {
+            hashes.push(Hash {
+                alg: "SHA-512".into(),
+                value: sha512,
+            });
         }
         let authors: Vec<String> = p.authors.iter().map(|a| strip_email(a)).collect();
         Some(Component {
@@ -391,7 +396,11 @@ pub fn from_workspace(opts: &CargoOptions) -> Result<Sbom, ComplianceError> {
 }
 
 fn bom_ref_of(p: &MetaPackage) -> String {
-    format!("pkg:cargo/{}@{}", purl_encode(&p.name), purl_encode(&p.version))
+    format!(
+        "pkg:cargo/{}@{}",
+        purl_encode(&p.name),
+        purl_encode(&p.version)
+    )
 }
 
 fn strip_email(author: &str) -> String {
@@ -450,7 +459,10 @@ pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 

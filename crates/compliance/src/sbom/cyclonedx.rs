@@ -124,9 +124,9 @@ pub fn read(file: &str, doc: &Value) -> Result<Sbom, ComplianceError> {
     let meta = doc.get("metadata");
     let mut components = Vec::new();
     if let Some(list) = doc.get("components") {
-        let list = list.as_array().ok_or_else(|| {
-            ComplianceError::invalid(file, "components", "must be an array")
-        })?;
+        let list = list
+            .as_array()
+            .ok_or_else(|| ComplianceError::invalid(file, "components", "must be an array"))?;
         for (i, c) in list.iter().enumerate() {
             read_component(file, &format!("components[{i}]"), c, &mut components)?;
         }
@@ -158,9 +158,9 @@ pub fn read(file: &str, doc: &Value) -> Result<Sbom, ComplianceError> {
     };
     let mut dependencies = Vec::new();
     if let Some(deps) = doc.get("dependencies") {
-        let deps = deps.as_array().ok_or_else(|| {
-            ComplianceError::invalid(file, "dependencies", "must be an array")
-        })?;
+        let deps = deps
+            .as_array()
+            .ok_or_else(|| ComplianceError::invalid(file, "dependencies", "must be an array"))?;
         for (i, d) in deps.iter().enumerate() {
             let r = d.get("ref").and_then(Value::as_str).ok_or_else(|| {
                 ComplianceError::invalid(file, format!("dependencies[{i}].ref"), "missing")
@@ -272,14 +272,13 @@ fn read_component(
     {
         if let Some(e) = l.get("expression").and_then(Value::as_str) {
             licenses.push(e.to_owned());
-        } else if let Some(lic) = l.get("license") {
-            if let Some(id) = lic
+        } else if let Some(lic) = l.get("license")
+            && let Some(id) = lic
                 .get("id")
                 .or_else(|| lic.get("name"))
                 .and_then(Value::as_str)
-            {
-                licenses.push(id.to_owned());
-            }
+        {
+            licenses.push(id.to_owned());
         }
     }
     let ext = |t: &str| {

@@ -85,7 +85,9 @@ pub fn from_manifest(path: &Path) -> Result<Sbom, ComplianceError> {
         ComplianceError::invalid(&file, place, e.message().to_owned())
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let hash = |f: &Option<String>, place: String| -> Result<(Vec<Hash>, Option<String>), ComplianceError> {
+    let hash = |f: &Option<String>,
+                place: String|
+     -> Result<(Vec<Hash>, Option<String>), ComplianceError> {
         let Some(f) = f else {
             return Ok((Vec::new(), None));
         };
@@ -94,7 +96,13 @@ pub fn from_manifest(path: &Path) -> Result<Sbom, ComplianceError> {
             ComplianceError::invalid(&file, place, format!("cannot hash {}: {e}", p.display()))
         })?;
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-        Ok((vec![Hash { alg: "SHA-512".into(), value: sum }], name))
+        Ok((
+            vec![Hash {
+                alg: "SHA-512".into(),
+                value: sum,
+            }],
+            name,
+        ))
     };
     let reference = |name: &str, version: &str| format!("{name}@{version}");
     let mut components = Vec::new();
@@ -102,7 +110,11 @@ pub fn from_manifest(path: &Path) -> Result<Sbom, ComplianceError> {
     for (i, e) in m.component.iter().enumerate() {
         let kind = match &e.kind {
             Some(k) => ComponentKind::parse(k).ok_or_else(|| {
-                ComplianceError::invalid(&file, format!("component[{i}].kind"), format!("unknown kind {k:?}"))
+                ComplianceError::invalid(
+                    &file,
+                    format!("component[{i}].kind"),
+                    format!("unknown kind {k:?}"),
+                )
             })?,
             None => ComponentKind::Library,
         };
@@ -110,7 +122,11 @@ pub fn from_manifest(path: &Path) -> Result<Sbom, ComplianceError> {
         let mut deps = Vec::new();
         for d in &e.depends_on {
             let t = m.component.iter().find(|c| &c.name == d).ok_or_else(|| {
-                ComplianceError::invalid(&file, format!("component[{i}].depends_on"), format!("no component named {d:?}"))
+                ComplianceError::invalid(
+                    &file,
+                    format!("component[{i}].depends_on"),
+                    format!("no component named {d:?}"),
+                )
             })?;
             deps.push(reference(&t.name, &t.version));
         }
@@ -152,7 +168,11 @@ pub fn from_manifest(path: &Path) -> Result<Sbom, ComplianceError> {
                     .find(|c| &c.name == n)
                     .map(|c| reference(&c.name, &c.version))
                     .ok_or_else(|| {
-                        ComplianceError::invalid(&file, "firmware.depends_on", format!("no component named {n:?}"))
+                        ComplianceError::invalid(
+                            &file,
+                            "firmware.depends_on",
+                            format!("no component named {n:?}"),
+                        )
                     })
             })
             .collect::<Result<_, _>>()?,
@@ -179,7 +199,9 @@ pub fn from_manifest(path: &Path) -> Result<Sbom, ComplianceError> {
         }
     }
     dependencies.push((root_ref.clone(), top));
-    let complete = components.iter().all(|c| c.dependencies_complete == Completeness::Complete);
+    let complete = components
+        .iter()
+        .all(|c| c.dependencies_complete == Completeness::Complete);
     Ok(Sbom {
         root: Component {
             bom_ref: root_ref.clone(),
@@ -195,7 +217,11 @@ pub fn from_manifest(path: &Path) -> Result<Sbom, ComplianceError> {
             source_url: None,
             download_url: None,
             filename,
-            dependencies_complete: if complete { Completeness::Complete } else { Completeness::Incomplete },
+            dependencies_complete: if complete {
+                Completeness::Complete
+            } else {
+                Completeness::Incomplete
+            },
         },
         components,
         dependencies,

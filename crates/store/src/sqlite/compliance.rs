@@ -7,7 +7,9 @@ use time::OffsetDateTime;
 
 use super::SqliteStore;
 use crate::model::{from_ms, to_ms};
-use crate::{AdvisoryRow, ComplianceStore, DeviceRelease, HistoryEntry, SbomComponentRow, StoreError};
+use crate::{
+    AdvisoryRow, ComplianceStore, DeviceRelease, HistoryEntry, SbomComponentRow, StoreError,
+};
 
 #[async_trait]
 impl ComplianceStore for SqliteStore {
@@ -58,10 +60,11 @@ impl ComplianceStore for SqliteStore {
     }
 
     async fn records(&self, kind: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT key, body FROM compliance_records WHERE kind = ? ORDER BY key")
-            .bind(kind)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT key, body FROM compliance_records WHERE kind = ? ORDER BY key")
+                .bind(kind)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("key")?, r.try_get("body")?)))
             .collect()
@@ -88,13 +91,12 @@ impl ComplianceStore for SqliteStore {
     }
 
     async fn history(&self, kind: &str, key: &str) -> Result<Vec<HistoryEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM compliance_history WHERE kind = ? AND key = ? ORDER BY id",
-        )
-        .bind(kind)
-        .bind(key)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT * FROM compliance_history WHERE kind = ? AND key = ? ORDER BY id")
+                .bind(kind)
+                .bind(key)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok(HistoryEntry {
@@ -280,10 +282,18 @@ mod tests {
         let upd = sqlx::query("UPDATE compliance_history SET detail = 'x'")
             .execute(&store.pool)
             .await;
-        assert!(upd.expect_err("refused").to_string().contains("append-only"));
+        assert!(
+            upd.expect_err("refused")
+                .to_string()
+                .contains("append-only")
+        );
         let del = sqlx::query("DELETE FROM compliance_history")
             .execute(&store.pool)
             .await;
-        assert!(del.expect_err("refused").to_string().contains("append-only"));
+        assert!(
+            del.expect_err("refused")
+                .to_string()
+                .contains("append-only")
+        );
     }
 }

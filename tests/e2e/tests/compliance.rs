@@ -308,9 +308,7 @@ fn crafted_osv_ranges_of_every_type_match_exactly() {
     write(
         &osv,
         "withdrawn.json",
-        &format!(
-            r#"{{"id":"T-WITHDRAWN","modified":"2026-01-01T00:00:00Z","withdrawn":"2026-02-01T00:00:00Z","affected":[{{"package":{{"ecosystem":"crates.io","name":"alpha"}},"ranges":[{{"type":"SEMVER","events":[{{"introduced":"0"}}]}}]}}]}}"#
-        ),
+        r#"{"id":"T-WITHDRAWN","modified":"2026-01-01T00:00:00Z","withdrawn":"2026-02-01T00:00:00Z","affected":[{"package":{"ecosystem":"crates.io","name":"alpha"},"ranges":[{"type":"SEMVER","events":[{"introduced":"0"}]}]}]}"#,
     );
     let out = hub.rampart(&["vuln", "import", osv.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));

@@ -44,6 +44,24 @@ impl ComplianceError {
         }
     }
 
+    /// A TOML syntax or shape error, placed at its line.
+    pub(crate) fn toml(file: &str, text: &str, e: &toml::de::Error) -> Self {
+        let place = match e.span() {
+            Some(s) => format!("line {}", text[..s.start].matches('\n').count() + 1),
+            None => "document".into(),
+        };
+        ComplianceError::invalid(file, place, e.message().to_owned())
+    }
+
+    /// A JSON syntax error, placed at its line and column.
+    pub(crate) fn json(file: &str, e: &serde_json::Error) -> Self {
+        ComplianceError::invalid(
+            file,
+            format!("line {} column {}", e.line(), e.column()),
+            format!("not JSON: {e}"),
+        )
+    }
+
     pub(crate) fn read(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ComplianceError::Read {
             path: path.into(),

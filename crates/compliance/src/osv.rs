@@ -84,13 +84,7 @@ pub struct Advisory {
 impl Advisory {
     /// Parses and validates one OSV JSON document; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Advisory, ComplianceError> {
-        let v: Value = serde_json::from_str(text).map_err(|e| {
-            ComplianceError::invalid(
-                file,
-                format!("line {} column {}", e.line(), e.column()),
-                format!("not JSON: {e}"),
-            )
-        })?;
+        let v: Value = serde_json::from_str(text).map_err(|e| ComplianceError::json(file, &e))?;
         Self::from_value(file, &v)
     }
 

@@ -87,13 +87,7 @@ fn month(s: &str, place: &str) -> Result<(i32, u8), ComplianceError> {
 impl Product {
     /// Parses and validates a product TOML document.
     pub fn from_toml(file: &str, text: &str) -> Result<Product, ComplianceError> {
-        let p: Product = toml::from_str(text).map_err(|e| {
-            let place = match e.span() {
-                Some(s) => format!("line {}", text[..s.start].matches('\n').count() + 1),
-                None => "document".into(),
-            };
-            ComplianceError::invalid(file, place, e.message().to_owned())
-        })?;
+        let p: Product = toml::from_str(text).map_err(|e| ComplianceError::toml(file, text, &e))?;
         p.validate().map_err(|e| match e {
             ComplianceError::Invalid { place, message, .. } => {
                 ComplianceError::invalid(file, place, message)

@@ -27,6 +27,15 @@ use crate::HubError;
 /// The Member State attribute of a device (`rampart device set ID --attr member_state=DE`).
 pub const MEMBER_STATE_ATTR: &str = "member_state";
 
+/// The Member State a device is in, from its attribute (`unknown` without one).
+fn member_state(devices: &[rampart_store::Device], device_id: &str) -> String {
+    devices
+        .iter()
+        .find(|x| x.id == device_id)
+        .and_then(|x| x.attributes.get(MEMBER_STATE_ATTR).cloned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
         .replace_nanosecond(0)
@@ -368,12 +377,9 @@ pub async fn fleet(store: &dyn Store) -> Result<Vec<FleetRow>, HubError> {
             row.releases.push(key.clone());
             for d in &on_release {
                 row.devices += 1;
-                let state = devices
-                    .iter()
-                    .find(|x| x.id == d.device_id)
-                    .and_then(|x| x.attributes.get(MEMBER_STATE_ATTR).cloned())
-                    .unwrap_or_else(|| "unknown".into());
-                *row.devices_by_member_state.entry(state).or_default() += 1;
+                *row.devices_by_member_state
+                    .entry(member_state(&devices, &d.device_id))
+                    .or_default() += 1;
             }
         }
     }
@@ -436,8 +442,9 @@ pub async fn advisories(
     for s in statements {
         by_vuln.entry(s.vulnerability.clone()).or_default().push(s);
     }
-    let date = report::rfc3339(now());
-    let year = now().year();
+    let issued = now();
+    let date = report::rfc3339(issued);
+    let year = issued.year();
     let well_known = out.join(".well-known");
     let dir = well_known.join("csaf").join("white").join(year.to_string());
     std::fs::create_dir_all(&dir).map_err(|e| HubError::Io {
@@ -539,7 +546,7 @@ pub async fn advisories(
         .map(|i| format!("\"{i}\",\"{date}\"\n"))
         .collect();
     write_text(&white.join("changes.csv"), &changes)?;
-    let expires = report::rfc3339(now() + time::Duration::days(365));
+    let expires = report::rfc3339(issued + time::Duration::days(365));
     write_text(
         &well_known.join("security.txt"),
         &csaf::security_txt(&p, &expires),
@@ -550,8 +557,7 @@ pub async fn advisories(
 async fn find_advisory(store: &dyn Store, id: &str) -> Result<Option<Advisory>, HubError> {
     // Stored advisories are keyed by OSV id; aliases need a search through the product's
     // SBOM packages, so look at the id first and then at every advisory of those packages.
-    for (key, body) in store.records("sbom").await? {
-        let _ = key;
+    for (_, body) in store.records("sbom").await? {
         let sbom: Sbom = parse("sbom", &body)?;
         for (eco, pkg) in scan::packages(&sbom) {
             for b in store.advisories_for(&eco, &pkg).await? {
@@ -570,21 +576,20 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), HubError> {
     write_text(path, &(text + "\n"))
 }
 
-/// Writes a file atomically (temporary file, fsync, rename).
+/// Writes a public document atomically (rampart-pki's writer: temporary file, fsync, rename,
+/// directory sync), creating its directory and replacing an older version.
 pub fn write_text(path: &Path, text: &str) -> Result<(), HubError> {
-    use std::io::Write;
-    let io = |e| HubError::Io {
-        path: path.to_owned(),
-        source: e,
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| HubError::Io {
+            path: parent.to_owned(),
+            source: e,
+        })?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    Ok(rampart_pki::files::write_public(
+        path,
+        text.as_bytes(),
+        true,
+    )?)
 }
 
 // ---------------------------------------------------------------- Article 14 reports
@@ -792,12 +797,10 @@ pub async fn report_impact(store: &dyn Store, r: &Report) -> Result<FleetImpact,
     for d in store.device_releases().await? {
         if d.product == p.name && releases.contains(&d.release) {
             impact.devices_total += 1;
-            let state = devices
-                .iter()
-                .find(|x| x.id == d.device_id)
-                .and_then(|x| x.attributes.get(MEMBER_STATE_ATTR).cloned())
-                .unwrap_or_else(|| "unknown".into());
-            *impact.devices_by_member_state.entry(state).or_default() += 1;
+            *impact
+                .devices_by_member_state
+                .entry(member_state(&devices, &d.device_id))
+                .or_default() += 1;
         }
     }
     Ok(impact)

@@ -104,13 +104,7 @@ pub fn read_lockfile(path: &Path) -> Result<Vec<LockedPackage>, ComplianceError>
 
 /// Parses Cargo.lock text; `file` names it in errors.
 pub fn parse_lockfile(file: &str, text: &str) -> Result<Vec<LockedPackage>, ComplianceError> {
-    let lock: Lockfile = toml::from_str(text).map_err(|e| {
-        let place = match e.span() {
-            Some(span) => format!("line {}", text[..span.start].matches('\n').count() + 1),
-            None => "document".into(),
-        };
-        ComplianceError::invalid(file, place, e.message().to_owned())
-    })?;
+    let lock: Lockfile = toml::from_str(text).map_err(|e| ComplianceError::toml(file, text, &e))?;
     if lock.package.is_empty() {
         return Err(ComplianceError::invalid(
             file,

@@ -77,13 +77,7 @@ struct Entry {
 pub fn from_manifest(path: &Path) -> Result<Sbom, ComplianceError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ComplianceError::read(path, e))?;
-    let m: Manifest = toml::from_str(&text).map_err(|e| {
-        let place = match e.span() {
-            Some(s) => format!("line {}", text[..s.start].matches('\n').count() + 1),
-            None => "document".into(),
-        };
-        ComplianceError::invalid(&file, place, e.message().to_owned())
-    })?;
+    let m: Manifest = toml::from_str(&text).map_err(|e| ComplianceError::toml(&file, &text, &e))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let hash = |f: &Option<String>,
                 place: String|

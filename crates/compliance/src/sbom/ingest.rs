@@ -29,13 +29,7 @@ pub fn parse(file: &str, text: &str) -> Result<Sbom, ComplianceError> {
             message: "SPDX tag-value is not read; export SPDX JSON".into(),
         });
     }
-    let doc: Value = serde_json::from_str(text).map_err(|e| {
-        ComplianceError::invalid(
-            file,
-            format!("line {} column {}", e.line(), e.column()),
-            format!("not JSON: {e}"),
-        )
-    })?;
+    let doc: Value = serde_json::from_str(text).map_err(|e| ComplianceError::json(file, &e))?;
     if doc.get("bomFormat").and_then(Value::as_str) == Some("CycloneDX") {
         cyclonedx::read(file, &doc)
     } else if doc.get("spdxVersion").is_some() {

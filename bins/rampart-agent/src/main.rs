@@ -32,17 +32,20 @@ enum Command {
     /// Run the agent until SIGTERM or Ctrl-C.
     Run {
         /// The agent configuration (written by `rampart device add ID --out DIR`).
+        /// The agent's configuration file.
         #[arg(long, short, default_value = "agent.toml")]
         config: PathBuf,
     },
     /// Check a configuration file and its credentials without connecting.
     Check {
+        /// The agent's configuration file.
         #[arg(long, short, default_value = "agent.toml")]
         config: PathBuf,
     },
     /// Show what the running agent is doing: connection, last reading, outbox depth and age,
     /// certificate expiry, versions (read from STATE/status.json; no network involved).
     Status {
+        /// The agent's configuration file.
         #[arg(long, short, default_value = "agent.toml")]
         config: PathBuf,
         /// Print the status document as JSON.
@@ -51,12 +54,14 @@ enum Command {
     },
     /// Print the current session token for the hub's HTTPS endpoints (it is stored sealed).
     Token {
+        /// The agent's configuration file.
         #[arg(long, short, default_value = "agent.toml")]
         config: PathBuf,
     },
     /// Erase the device's data, keys and credentials and return it to its factory state
     /// (see docs/operations.md). The agent must be stopped.
     Reset {
+        /// The agent's configuration file.
         #[arg(long, short, default_value = "agent.toml")]
         config: PathBuf,
         /// Required: confirms a factory reset is meant.

@@ -88,6 +88,7 @@ enum Command {
     Audit {
         #[command(flatten)]
         dir: DataDirArg,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -97,6 +98,7 @@ enum Command {
         dir: DataDirArg,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -133,6 +135,7 @@ enum Command {
     Status {
         #[command(flatten)]
         dir: DataDirArg,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -205,31 +208,37 @@ enum DeviceCommand {
     List {
         #[command(flatten)]
         dir: DataDirArg,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Show a device, its certificates and its newest reading.
     Show {
+        /// The device's id.
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Disable a device: it can no longer connect, and its live session is dropped at once.
     Disable {
+        /// The device's id.
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
     },
     /// Enable a disabled device again.
     Enable {
+        /// The device's id.
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
     },
     /// Approve a device registered just in time by a CA that requires approval.
     Approve {
+        /// The device's id.
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
@@ -237,6 +246,7 @@ enum DeviceCommand {
     /// Revoke all certificates of a device: the CRL is re-signed, the next handshake fails and
     /// the live session is dropped at once.
     Revoke {
+        /// The device's id.
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
@@ -248,18 +258,21 @@ enum DeviceCommand {
     /// Quarantine a device: only its update and diagnostics topics stay open, applied to the
     /// live session without reconnecting.
     Quarantine {
+        /// The device's id.
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
     },
     /// Release a device from quarantine.
     Release {
+        /// The device's id.
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
     },
     /// Set a device's group and attributes (used by policies).
     Set {
+        /// The device's id.
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
@@ -280,6 +293,7 @@ enum ServiceCommand {
     /// Register a service identity and issue its certificate (its rights come from the
     /// policies attached to service:NAME).
     Add {
+        /// The service's name (its certificate's CN).
         name: String,
         #[command(flatten)]
         dir: DataDirArg,
@@ -289,6 +303,7 @@ enum ServiceCommand {
         /// Sign this CSR (PEM) instead of creating a key.
         #[arg(long, value_name = "FILE")]
         csr: Option<PathBuf>,
+        /// Overwrite existing files.
         #[arg(long)]
         force: bool,
     },
@@ -299,9 +314,11 @@ enum ClaimCommand {
     /// Create a claim certificate: shared by a production batch, it only lets a factory-fresh
     /// device ask for its own certificate.
     Add {
+        /// The claim's name (e.g. the production batch).
         name: String,
         #[command(flatten)]
         dir: DataDirArg,
+        /// Directory for the claim bundle (key, certificate, CA chain).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// How many devices may provision with it.
@@ -310,6 +327,7 @@ enum ClaimCommand {
         /// How long it is valid (certificate lifetime and provisioning window), e.g. 30d.
         #[arg(long, default_value = "30d")]
         valid_for: humantime::Duration,
+        /// Overwrite existing files.
         #[arg(long)]
         force: bool,
     },
@@ -319,14 +337,17 @@ enum ClaimCommand {
 enum ProvisionCommand {
     /// Allow a serial number to provision (once).
     Allow {
+        /// The serial number the device will present.
         serial: String,
         #[command(flatten)]
         dir: DataDirArg,
         /// The device id it gets (default: the serial number).
         #[arg(long)]
         device_id: Option<String>,
+        /// The group the device joins.
         #[arg(long)]
         group: Option<String>,
+        /// An attribute the device gets, NAME=VALUE. Repeatable.
         #[arg(long = "attr", value_name = "NAME=VALUE")]
         attrs: Vec<String>,
     },
@@ -359,6 +380,7 @@ enum CaCommand {
     List {
         #[command(flatten)]
         dir: DataDirArg,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -366,6 +388,7 @@ enum CaCommand {
     Crl {
         #[command(flatten)]
         dir: DataDirArg,
+        /// Where to write it (default: standard output).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
@@ -375,6 +398,7 @@ enum CaCommand {
 enum PolicyCommand {
     /// Create or update a policy from a TOML or JSON file (applies to live sessions at once).
     Put {
+        /// The policy file (TOML or JSON; see docs/policies.md).
         file: PathBuf,
         #[command(flatten)]
         dir: DataDirArg,
@@ -386,6 +410,7 @@ enum PolicyCommand {
     },
     /// Print a policy (the current version, or --version N).
     Show {
+        /// The policy's name.
         name: String,
         #[command(flatten)]
         dir: DataDirArg,
@@ -394,20 +419,25 @@ enum PolicyCommand {
     },
     /// Attach a policy to fleet, claims, device:ID, group:NAME, service:NAME or claim:NAME.
     Attach {
+        /// The policy's name.
         name: String,
+        /// fleet, claims, device:ID, group:NAME, service:NAME or claim:NAME.
         target: String,
         #[command(flatten)]
         dir: DataDirArg,
     },
     /// Detach a policy.
     Detach {
+        /// The policy's name.
         name: String,
+        /// Where it is attached (as for attach).
         target: String,
         #[command(flatten)]
         dir: DataDirArg,
     },
     /// Delete a policy and its attachments.
     Delete {
+        /// The policy's name.
         name: String,
         #[command(flatten)]
         dir: DataDirArg,

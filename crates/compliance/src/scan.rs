@@ -67,7 +67,7 @@ pub fn packages(sbom: &Sbom) -> BTreeSet<(String, String)> {
 }
 
 /// Matches one component against the advisories of its package.
-pub fn match_component(component: &Component, advisories: &[Advisory], report: &mut ScanReport) {
+pub fn match_component(component: &Component, advisories: &[&Advisory], report: &mut ScanReport) {
     let Some((ecosystem, package)) = component.osv_package() else {
         return;
     };

@@ -288,22 +288,47 @@ pub async fn scan_sbom(
         components: sbom.components.len() + 1,
         ..Default::default()
     };
-    let mut cache: BTreeMap<(String, String), Vec<Advisory>> = BTreeMap::new();
+    // The advisories of every package the SBOM names, fetched per ecosystem in batches;
+    // each advisory parsed once even when it names several of the packages.
+    let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for c in sbom.all_components() {
+        if let Some((eco, pkg)) = c.osv_package() {
+            wanted.entry(eco).or_default().insert(pkg);
+        }
+    }
+    let mut parsed: BTreeMap<String, std::sync::Arc<Advisory>> = BTreeMap::new();
+    let mut by_package: BTreeMap<(String, String), Vec<std::sync::Arc<Advisory>>> = BTreeMap::new();
+    // Small batches keep only a batch's raw records in memory next to the parsed ones.
+    const BATCH: usize = 100;
+    for (eco, packages) in &wanted {
+        let packages: Vec<String> = packages.iter().cloned().collect();
+        for batch in packages.chunks(BATCH) {
+            for (pkg, id, body) in store.advisories_for_packages(eco, batch).await? {
+                let a = match parsed.get(&id) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let a = std::sync::Arc::new(Advisory::parse("store", &body)?);
+                        parsed.insert(id, a.clone());
+                        a
+                    }
+                };
+                by_package.entry((eco.clone(), pkg)).or_default().push(a);
+            }
+        }
+    }
+    let none = Vec::new();
     for c in sbom.all_components() {
         let Some(key) = c.osv_package() else {
             report.unmatchable.push(format!("{}@{}", c.name, c.version));
             continue;
         };
-        if !cache.contains_key(&key) {
-            let advisories = store
-                .advisories_for(&key.0, &key.1)
-                .await?
-                .iter()
-                .map(|b| Advisory::parse("store", b))
-                .collect::<Result<Vec<_>, _>>()?;
-            cache.insert(key.clone(), advisories);
-        }
-        scan::match_component(c, &cache[&key], &mut report);
+        let advisories: Vec<&Advisory> = by_package
+            .get(&key)
+            .unwrap_or(&none)
+            .iter()
+            .map(|a| &**a)
+            .collect();
+        scan::match_component(c, &advisories, &mut report);
     }
     if let Some((product, release)) = vex_for {
         let statements = vex_statements(store, Some(product)).await?;

@@ -29,6 +29,7 @@ pub struct HubConfig {
     pub storage: StorageConfig,
     pub metrics: MetricsConfig,
     pub audit: AuditConfig,
+    pub cra: CraConfig,
 }
 
 /// `[mqtt]`: the device-facing MQTT/TLS listener.
@@ -229,6 +230,23 @@ impl Default for AuditConfig {
     }
 }
 
+/// `[cra]`: the compliance engine's scheduled work.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CraConfig {
+    pub deadline_check_interval: String,
+    pub deadline_warning: String,
+}
+
+impl Default for CraConfig {
+    fn default() -> Self {
+        CraConfig {
+            deadline_check_interval: "5m".into(),
+            deadline_warning: "6h".into(),
+        }
+    }
+}
+
 /// The file `rampart init` writes: every field, its default and what it means.
 pub fn template(hostnames: &[String]) -> String {
     let d = HubConfig::default();
@@ -334,6 +352,14 @@ certificate_expiry_warning = "{cew}"
 max_certificate_age = "{mca}"
 # Warn about CA certificates expiring within this time.
 ca_expiry_warning = "{caw}"
+
+[cra]
+# How often the hub checks the deadlines of open Article 14 reports (`rampart cra report
+# check` runs it on demand). Each stage due soon or overdue is logged once, recorded in the
+# report's history and counted in rampart_cra_deadlines_due_soon / _overdue.
+deadline_check_interval = "{cdi}"
+# A stage not yet submitted counts as due soon this long before its deadline.
+deadline_warning = "{cdw}"
 "#,
         listen = d.mqtt.listen,
         mps = d.mqtt.max_packet_size,
@@ -376,6 +402,8 @@ ca_expiry_warning = "{caw}"
         cew = d.audit.certificate_expiry_warning,
         mca = d.audit.max_certificate_age,
         caw = d.audit.ca_expiry_warning,
+        cdi = d.cra.deadline_check_interval,
+        cdw = d.cra.deadline_warning,
     )
 }
 
@@ -537,6 +565,10 @@ impl HubConfig {
             return Err("audit.interval must be at least 1s".into());
         }
         self.audit_thresholds()?;
+        let (check, _) = self.cra_deadlines()?;
+        if check < Duration::from_secs(1) {
+            return Err("cra.deadline_check_interval must be at least 1s".into());
+        }
         Ok(())
     }
 
@@ -574,6 +606,17 @@ impl HubConfig {
 
     pub fn hook_timeout(&self) -> Result<Duration, String> {
         duration("provisioning.hook_timeout", &self.provisioning.hook_timeout)
+    }
+
+    /// How often the deadlines are checked, and how early a stage counts as due soon.
+    pub fn cra_deadlines(&self) -> Result<(Duration, Duration), String> {
+        Ok((
+            duration(
+                "cra.deadline_check_interval",
+                &self.cra.deadline_check_interval,
+            )?,
+            duration("cra.deadline_warning", &self.cra.deadline_warning)?,
+        ))
     }
 
     pub fn audit_interval(&self) -> Result<Duration, String> {

@@ -33,6 +33,26 @@ impl AuditCounts {
         }
     }
 }
+/// Article 14 reporting deadlines of open reports, as of the hub's last scheduled check:
+/// what an alert rule watches (`rampart_cra_deadlines_overdue > 0`).
+#[derive(Debug, Default)]
+pub struct DeadlineCounts {
+    due_soon: std::sync::atomic::AtomicU64,
+    overdue: std::sync::atomic::AtomicU64,
+}
+
+impl DeadlineCounts {
+    pub(crate) fn set(&self, warnings: &[crate::compliance::DeadlineWarning]) {
+        let overdue = warnings
+            .iter()
+            .filter(|w| w.state == rampart_compliance::report::State::Overdue)
+            .count() as u64;
+        self.overdue.store(overdue, Ordering::Relaxed);
+        self.due_soon
+            .store(warnings.len() as u64 - overdue, Ordering::Relaxed);
+    }
+}
+
 /// Events devices reported, by kind, and the records they said their outbox dropped.
 #[derive(Debug, Default)]
 pub struct EventCounters {
@@ -249,18 +269,29 @@ const DEFS: [Def; METRIC_COUNT] = [
         kind: "counter",
         help: "Records devices reported dropped from their outbox (bound reached or damaged).",
     },
+    Def {
+        name: "rampart_cra_deadlines_due_soon",
+        kind: "gauge",
+        help: "Article 14 report stages due within cra.deadline_warning, not yet submitted.",
+    },
+    Def {
+        name: "rampart_cra_deadlines_overdue",
+        kind: "gauge",
+        help: "Article 14 report stages past their deadline, not yet submitted.",
+    },
 ];
 
 /// Number of metrics in [`DEFS`]; `snapshot` must produce exactly this many values.
-const METRIC_COUNT: usize = 35;
+const METRIC_COUNT: usize = 37;
 
-/// Takes a snapshot of broker, ingest, device API and audit counters.
+/// Takes a snapshot of broker, ingest, device API, audit, event and deadline counters.
 pub fn snapshot(
     m: &Metrics,
     ingest: &Arc<IngestStats>,
     api: &ApiMetrics,
     audit: &AuditCounts,
     events: &EventCounters,
+    deadlines: &DeadlineCounts,
 ) -> MetricsSnapshot {
     let u = |a: &std::sync::atomic::AtomicU64| {
         i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
@@ -304,6 +335,8 @@ pub fn snapshot(
         u(&events.bms_recovered),
         u(&events.data_dropped),
         u(&events.dropped_records),
+        u(&deadlines.due_soon),
+        u(&deadlines.overdue),
     ];
     MetricsSnapshot {
         values: DEFS
@@ -352,6 +385,7 @@ mod tests {
             &ApiMetrics::default(),
             &AuditCounts::default(),
             &EventCounters::default(),
+            &DeadlineCounts::default(),
         );
         let text = render(&s);
         for d in DEFS {

@@ -21,7 +21,7 @@ use crate::error::HubError;
 use crate::hooks::{HubHooks, SeenBatcher};
 use crate::identity::Authenticator;
 use crate::live::Live;
-use crate::metrics::{self, AuditCounts, EventCounters, MetricsSnapshot};
+use crate::metrics::{self, AuditCounts, DeadlineCounts, EventCounters, MetricsSnapshot};
 use crate::pki_state;
 use crate::policies;
 use crate::provision_hook::Hook;
@@ -177,13 +177,15 @@ impl Hub {
 
         let api_metrics = Arc::new(ApiMetrics::default());
         let audit_counts = Arc::new(AuditCounts::default());
+        let deadline_counts = Arc::new(DeadlineCounts::default());
         let snapshot: Arc<dyn Fn() -> MetricsSnapshot + Send + Sync> = {
             let m = broker.metrics();
             let stats = ingest.stats().clone();
             let api = api_metrics.clone();
             let counts = audit_counts.clone();
             let events = event_counters.clone();
-            Arc::new(move || metrics::snapshot(&m, &stats, &api, &counts, &events))
+            let deadlines = deadline_counts.clone();
+            Arc::new(move || metrics::snapshot(&m, &stats, &api, &counts, &events, &deadlines))
         };
         let mut background = Vec::new();
         let metrics_addr = match bind(&cfg.metrics.listen, "metrics.listen").await? {
@@ -244,6 +246,10 @@ impl Hub {
         background.push(tokio::spawn(seen.clone().run(dyn_store.clone())));
         background.push(tokio::spawn(retire_certificates(live.clone())));
         background.push(tokio::spawn(refresh_crl(live.clone())));
+        background.push(tokio::spawn(scheduled_deadline_check(
+            live.clone(),
+            deadline_counts,
+        )));
         background.push(tokio::spawn(scheduled_audit(live, audit_counts)));
 
         let serve = {
@@ -400,6 +406,28 @@ async fn refresh_crl(live: Arc<Live>) {
                 }
             }
             Err(e) => tracing::error!(error = %e, "could not re-sign the CRL"),
+        }
+    }
+}
+
+/// Checks the Article 14 deadlines of open reports every `cra.deadline_check_interval`:
+/// `compliance::report_check` logs and records each new warning once; the gauges say how
+/// many stages are due soon or overdue right now.
+async fn scheduled_deadline_check(live: Arc<Live>, counts: Arc<DeadlineCounts>) {
+    let Ok((interval, warning)) = live.cfg.cra_deadlines() else {
+        return;
+    };
+    let Ok(warning) = time::Duration::try_from(warning) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        match crate::compliance::report_check(&*live.store, OffsetDateTime::now_utc(), warning)
+            .await
+        {
+            Ok(warnings) => counts.set(&warnings),
+            Err(e) => tracing::error!(error = %e, "Article 14 deadline check failed"),
         }
     }
 }

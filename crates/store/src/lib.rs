@@ -240,6 +240,14 @@ pub trait ComplianceStore: Send + Sync {
         ecosystem: &str,
         package: &str,
     ) -> Result<Vec<String>, StoreError>;
+    /// The advisories that name any of `packages` in `ecosystem`, as (package, advisory id,
+    /// body) rows, fetched in a few batched queries: a scan of a large SBOM costs a handful
+    /// of round trips, and memory for the advisories it touches only.
+    async fn advisories_for_packages(
+        &self,
+        ecosystem: &str,
+        packages: &[String],
+    ) -> Result<Vec<(String, String, String)>, StoreError>;
     async fn advisory_count(&self) -> Result<u64, StoreError>;
     async fn set_device_release(&self, release: &DeviceRelease) -> Result<(), StoreError>;
     async fn device_releases(&self) -> Result<Vec<DeviceRelease>, StoreError>;

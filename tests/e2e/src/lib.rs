@@ -478,6 +478,44 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// The workspace's root directory.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `../shared/data` beside the workspace: the RustSec database and its OSV export.
+pub fn shared_data() -> PathBuf {
+    workspace().join("../shared/data")
+}
+
+/// A copy of the RustSec advisory database in `dir`, committed as a git repository, which is
+/// how `cargo audit --db` wants it.
+pub fn rustsec_db_snapshot(dir: &Path) -> PathBuf {
+    let db = dir.join("advisory-db");
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(shared_data().join("rustsec-advisory-db"))
+            .arg(&db),
+    );
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"][..],
+        &[
+            "-c",
+            "user.email=test@localhost",
+            "-c",
+            "user.name=test",
+            "commit",
+            "-qm",
+            "snapshot",
+        ][..],
+    ] {
+        run_ok(Command::new("git").current_dir(&db).args(args));
+    }
+    db
+}
+
 /// A CA made with OpenSSL, as another vendor would have it.
 pub struct VendorCa {
     pub dir: PathBuf,

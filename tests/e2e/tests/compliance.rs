@@ -13,14 +13,6 @@ use std::time::Duration;
 use rampart_e2e::*;
 use serde_json::Value;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn shared_data() -> PathBuf {
-    workspace().join("../shared/data")
-}
-
 fn validators() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("validators")
 }
@@ -158,7 +150,7 @@ fn the_agents_sbom_validates_against_cyclonedx_1_6_and_spdx_2_3() {
 /// (advisory, package, version) of cargo audit's vulnerabilities, and of its warnings.
 fn cargo_audit(db: &Path, lockfile: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
     let out = Command::new("cargo")
-        .args(["audit", "--no-fetch", "--json", "--db"])
+        .args(["audit", "--no-fetch", "--no-yanked", "--json", "--db"])
         .arg(db)
         .arg("-f")
         .arg(lockfile)
@@ -197,29 +189,7 @@ fn cargo_audit(db: &Path, lockfile: &Path) -> (BTreeSet<String>, BTreeSet<String
 fn scans_equal_cargo_audit_on_real_lockfiles_and_the_real_rustsec_database() {
     let hub = TestHub::init();
     import_rustsec(&hub);
-    // cargo audit wants the database as a git repository: a snapshot in a temporary copy.
-    let db = hub.tmp.path().join("advisory-db");
-    run_ok(
-        Command::new("cp")
-            .arg("-r")
-            .arg(shared_data().join("rustsec-advisory-db"))
-            .arg(&db),
-    );
-    for args in [
-        vec!["init", "-q"],
-        vec!["add", "-A"],
-        vec![
-            "-c",
-            "user.email=test@localhost",
-            "-c",
-            "user.name=test",
-            "commit",
-            "-qm",
-            "snapshot",
-        ],
-    ] {
-        run_ok(Command::new("git").current_dir(&db).args(&args));
-    }
+    let db = rustsec_db_snapshot(hub.tmp.path());
     let lockfiles = [
         workspace().join("Cargo.lock"),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("data/legacy-gateway.Cargo.lock"),
@@ -1035,4 +1005,79 @@ fn article_14_clocks_submissions_warnings_and_drafts_through_the_cli() {
         "yesterday",
     ]);
     assert!(text(&out).contains("RFC 3339"), "{}", text(&out));
+}
+
+#[test]
+fn the_running_hub_checks_deadlines_on_a_schedule_and_exposes_them_as_gauges() {
+    let mut hub = TestHub::init();
+    hub.configure(
+        "deadline_check_interval = \"5m\"",
+        "deadline_check_interval = \"1s\"",
+    );
+    hub.configure("deadline_warning = \"6h\"", "deadline_warning = \"30h\"");
+    let out = hub.rampart(&["product", "add", product_toml(&hub).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Aware 48 h ago: the 24 h early warning is overdue; the 72 h notification is due in
+    // 24 h, inside the 30 h warning window.
+    let aware = time::OffsetDateTime::now_utc() - time::Duration::hours(48);
+    let aware = aware
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let out = hub.rampart(&[
+        "cra",
+        "report",
+        "new",
+        "--kind",
+        "severe-incident",
+        "--product",
+        "BMS Gateway",
+        "--title",
+        "Gateway fleet outage",
+        "--aware-at",
+        &aware,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    hub.start();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let m = hub.metrics();
+            m.get("rampart_cra_deadlines_overdue") == Some(&1.0)
+                && m.get("rampart_cra_deadlines_due_soon") == Some(&1.0)
+        }),
+        "gauges: {:?}",
+        hub.metrics()
+            .iter()
+            .filter(|(k, _)| k.starts_with("rampart_cra"))
+            .collect::<Vec<_>>()
+    );
+    for needle in [
+        "Article 14 deadline overdue",
+        "Article 14 deadline approaching",
+    ] {
+        assert!(
+            hub.logs.wait_for(&[needle], Duration::from_secs(5)),
+            "{}",
+            hub.logs.text()
+        );
+    }
+    // Several checks later, each warning is still recorded once in the history.
+    std::thread::sleep(Duration::from_secs(3));
+    let show = json(&hub.rampart(&["cra", "report", "show", "CRA-2026-0001", "--json"]));
+    let warnings: Vec<&Value> = show["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["action"] == "deadline warning")
+        .collect();
+    assert_eq!(warnings.len(), 2, "{show:#}");
+    // Submitting the overdue stage clears the gauge at the next check.
+    let out = hub.rampart(&["cra", "report", "submit", "CRA-2026-0001", "early-warning"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            hub.metrics().get("rampart_cra_deadlines_overdue") == Some(&0.0)
+        }),
+        "{:?}",
+        hub.metrics().get("rampart_cra_deadlines_overdue")
+    );
 }

@@ -17,6 +17,7 @@ use crate::{CliError, DataDirArg};
 pub enum ProductCommand {
     /// Add or update a product from a TOML record (see docs/compliance.md for every field).
     Add {
+        /// The product record (TOML).
         file: PathBuf,
         #[command(flatten)]
         dir: DataDirArg,
@@ -28,6 +29,7 @@ pub enum ProductCommand {
     },
     /// Show a product record.
     Show {
+        /// The product's name.
         name: String,
         #[command(flatten)]
         dir: DataDirArg,
@@ -38,7 +40,9 @@ pub enum ProductCommand {
 pub enum VexCommand {
     /// Record what a vulnerability means for a product (or one release: PRODUCT@RELEASE).
     Set {
+        /// The product (or PRODUCT@RELEASE for one release).
         product: String,
+        /// The vulnerability: advisory id, CVE or GHSA.
         vulnerability: String,
         #[command(flatten)]
         dir: DataDirArg,
@@ -64,16 +68,20 @@ pub enum VexCommand {
     List {
         #[command(flatten)]
         dir: DataDirArg,
+        /// Only this product's statements.
         #[arg(long)]
         product: Option<String>,
     },
     /// Export a product's statements as OpenVEX 0.2 or CycloneDX 1.6 VEX.
     Export {
+        /// The product whose statements to export.
         product: String,
         #[command(flatten)]
         dir: DataDirArg,
+        /// openvex (OpenVEX 0.2) or cyclonedx (CycloneDX 1.6 VEX).
         #[arg(long, default_value = "openvex", value_name = "openvex|cyclonedx")]
         format: String,
+        /// Where to write it (default: standard output).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
@@ -87,6 +95,7 @@ pub enum CraCommand {
     /// Annex IV categories, read from standard input (y/n per category, then the rationale),
     /// or given with --yes and --rationale.
     Classify {
+        /// The product to classify.
         product: String,
         #[command(flatten)]
         dir: DataDirArg,
@@ -104,9 +113,11 @@ pub enum CraCommand {
     /// Write CSAF 2.0 advisories for the product's fixed vulnerabilities (from VEX), the VEX
     /// profile, provider-metadata.json and security.txt, in the .well-known layout under --out.
     Advisory {
+        /// The product whose advisories to write.
         product: String,
         #[command(flatten)]
         dir: DataDirArg,
+        /// The publication directory (created; .well-known layout inside).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// What users should do, e.g. "Update to 2.1.1 (installed automatically)".
@@ -118,29 +129,36 @@ pub enum CraCommand {
     Report(ReportCommand),
     /// Attach a file to a product's technical documentation (its SHA-256 is recorded).
     Attach {
+        /// The product the file documents.
         product: String,
+        /// The file to attach (copied into the data directory).
         file: PathBuf,
         #[command(flatten)]
         dir: DataDirArg,
         /// test-report, risk-assessment, architecture, photo, standard or other.
         #[arg(long)]
         kind: String,
+        /// A title for the table of contents.
         #[arg(long)]
         title: String,
     },
     /// Write the Annex VII technical documentation and the Annex V declaration of conformity
     /// (Markdown and HTML) from the records, with every gap shown.
     Docs {
+        /// The product to document.
         product: String,
         #[command(flatten)]
         dir: DataDirArg,
+        /// The directory to write the documents into.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// Who signs the declaration.
         #[arg(long, requires_all = ["function", "place"])]
         signatory: Option<String>,
+        /// The signatory's function (e.g. Managing Director).
         #[arg(long)]
         function: Option<String>,
+        /// Where the declaration is signed.
         #[arg(long)]
         place: Option<String>,
     },
@@ -155,8 +173,10 @@ pub enum ReportCommand {
         /// exploited-vulnerability or severe-incident.
         #[arg(long)]
         kind: String,
+        /// The product concerned.
         #[arg(long)]
         product: String,
+        /// A short title.
         #[arg(long)]
         title: String,
         /// When the manufacturer became aware (RFC 3339, e.g. 2026-11-23T08:00:00Z).
@@ -170,20 +190,25 @@ pub enum ReportCommand {
     List {
         #[command(flatten)]
         dir: DataDirArg,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// A report's deadlines and its append-only history.
     Show {
+        /// The report's id (e.g. CRA-2026-0001).
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Record that a stage was submitted (early-warning, notification, final-report).
     Submit {
+        /// The report's id (e.g. CRA-2026-0001).
         id: String,
+        /// early-warning, notification or final-report.
         stage: String,
         #[command(flatten)]
         dir: DataDirArg,
@@ -194,9 +219,11 @@ pub enum ReportCommand {
     /// Record when a corrective or mitigating measure became available (starts the 14-day
     /// final-report clock of an exploited vulnerability).
     Measure {
+        /// The report's id (e.g. CRA-2026-0001).
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
+        /// When the measure became available (default: now).
         #[arg(long, value_name = "TIME")]
         at: Option<String>,
     },
@@ -205,31 +232,38 @@ pub enum ReportCommand {
     Check {
         #[command(flatten)]
         dir: DataDirArg,
+        /// Warn about stages due within this time, e.g. 6h.
         #[arg(long, default_value = "6h")]
         warn: humantime::Duration,
         /// Check as of this time (default: now).
         #[arg(long, value_name = "TIME")]
         at: Option<String>,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Draft a stage's fields for the single reporting platform, for copy and paste.
     Draft {
+        /// The report's id (e.g. CRA-2026-0001).
         id: String,
+        /// early-warning, notification or final-report.
         stage: String,
         #[command(flatten)]
         dir: DataDirArg,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Write the machine-readable user notification (Art. 14(8)).
     Notify {
+        /// The report's id (e.g. CRA-2026-0001).
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
         /// What users should do.
         #[arg(long)]
         action: String,
+        /// Where to write it (default: standard output).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },

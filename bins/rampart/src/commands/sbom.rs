@@ -35,6 +35,7 @@ pub enum SbomCommand {
     },
     /// SBOM of a firmware release from a component manifest (TOML; see docs/compliance.md).
     Firmware {
+        /// The component manifest (TOML; see docs/compliance.md).
         manifest: PathBuf,
         #[command(flatten)]
         out: OutputArgs,
@@ -44,13 +45,16 @@ pub enum SbomCommand {
     /// Read an SBOM made by another tool (CycloneDX 1.4-1.6 or SPDX 2.3 JSON), check it, and
     /// attach it to a release of a product.
     Ingest {
+        /// The SBOM (CycloneDX 1.4-1.6 or SPDX 2.3 JSON).
         file: PathBuf,
         #[command(flatten)]
         attach: AttachArgs,
     },
     /// Write the stored SBOM of a release.
     Export {
+        /// The product.
         product: String,
+        /// The release whose SBOM to write.
         release: String,
         #[command(flatten)]
         out: OutputArgs,
@@ -89,24 +93,28 @@ pub enum VulnCommand {
     /// ecosystem's all.zip). Every record is checked first: one invalid record refuses the
     /// import unless --skip-invalid.
     Import {
+        /// A directory of OSV JSON files (searched recursively) or a ZIP of them (e.g. an OSV ecosystem export).
         path: PathBuf,
         #[command(flatten)]
         dir: DataDirArg,
         /// Skip invalid records (listed) instead of refusing the import.
         #[arg(long)]
         skip_invalid: bool,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Match an SBOM (CycloneDX/SPDX JSON) or a Cargo.lock against the imported advisories.
     /// Exits 1 when an open vulnerability (not informational, not suppressed by VEX) is found.
     Scan {
+        /// A CycloneDX or SPDX JSON SBOM, or a Cargo.lock.
         file: PathBuf,
         #[command(flatten)]
         dir: DataDirArg,
         /// Apply the VEX statements of this product release, PRODUCT@RELEASE.
         #[arg(long, value_name = "PRODUCT@RELEASE")]
         vex: Option<String>,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -115,6 +123,7 @@ pub enum VulnCommand {
     Fleet {
         #[command(flatten)]
         dir: DataDirArg,
+        /// Print JSON instead of text (for scripts).
         #[arg(long)]
         json: bool,
     },

@@ -218,6 +218,32 @@ impl ComplianceStore for SqliteStore {
         rows.iter().map(|r| Ok(r.try_get("body")?)).collect()
     }
 
+    async fn advisories_for_packages(
+        &self,
+        ecosystem: &str,
+        packages: &[String],
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        // Well under SQLite's default limit of 32,766 bound parameters per statement.
+        const BATCH: usize = 500;
+        let mut out = Vec::new();
+        for chunk in packages.chunks(BATCH) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT p.package, a.id, a.body FROM osv_packages p \
+                 JOIN osv_advisories a ON a.id = p.advisory WHERE p.ecosystem = ",
+            );
+            q.push_bind(ecosystem).push(" AND p.package IN (");
+            let mut list = q.separated(", ");
+            for p in chunk {
+                list.push_bind(p);
+            }
+            q.push(") ORDER BY p.package, a.id");
+            for r in q.build().fetch_all(&self.pool).await? {
+                out.push((r.try_get("package")?, r.try_get("id")?, r.try_get("body")?));
+            }
+        }
+        Ok(out)
+    }
+
     async fn advisory_count(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM osv_advisories")
             .fetch_one(&self.pool)

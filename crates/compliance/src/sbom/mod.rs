@@ -153,13 +153,28 @@ pub struct Purl {
     pub namespace: Option<String>,
     pub name: String,
     pub version: Option<String>,
+    /// `key=value` qualifiers (keys lower-cased, values decoded), e.g. `distro`, `arch`.
+    pub qualifiers: Vec<(String, String)>,
 }
 
 impl Purl {
+    /// The value of a qualifier.
+    pub fn qualifier(&self, key: &str) -> Option<&str> {
+        self.qualifiers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn parse(s: &str) -> Option<Purl> {
         let rest = s.strip_prefix("pkg:")?;
         let rest = rest.split('#').next()?;
-        let rest = rest.split('?').next()?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let qualifiers = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_ascii_lowercase(), percent_decode(v)))
+            .collect();
         let (path, version) = match rest.rsplit_once('@') {
             // An '@' inside the path is a scoped npm namespace, encoded as %40.
             Some((p, v)) => (p, Some(percent_decode(v))),
@@ -190,6 +205,7 @@ impl Purl {
             namespace,
             name,
             version,
+            qualifiers,
         })
     }
 }
@@ -201,7 +217,9 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'%'
             && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+            // Bytes, not a str slice: a '%' before a multi-byte character must not panic.
+            && let Ok(hex) = std::str::from_utf8(&b[i + 1..i + 3])
+            && let Ok(v) = u8::from_str_radix(hex, 16)
         {
             out.push(v);
             i += 3;
@@ -247,14 +265,42 @@ pub fn osv_package_of_purl(purl: &str) -> Option<(String, String)> {
         "hex" => ("Hex", p.name.clone()),
         "pub" => ("Pub", p.name.clone()),
         "composer" => ("Packagist", joined("/")),
+        // OSV files Debian advisories under the release ("Debian:12"); the purl says which
+        // with its `distro` qualifier ("debian-12" or a code name). Without it, "Debian".
         "deb" => match p.namespace.as_deref() {
-            Some("debian") => ("Debian", p.name.clone()),
+            Some("debian") => {
+                let eco = match p.qualifier("distro").and_then(debian_release) {
+                    Some(n) => format!("Debian:{n}"),
+                    None => "Debian".to_owned(),
+                };
+                return Some((eco, p.name.clone()));
+            }
             Some("ubuntu") => ("Ubuntu", p.name.clone()),
             _ => return None,
         },
         _ => return None,
     };
     Some((eco.to_owned(), name))
+}
+
+/// The Debian release number of a purl `distro` qualifier: "debian-12", "12" or a code name.
+fn debian_release(distro: &str) -> Option<u32> {
+    let d = distro.to_ascii_lowercase();
+    let d = d.strip_prefix("debian-").unwrap_or(&d);
+    if let Ok(n) = d.parse() {
+        return Some(n);
+    }
+    let n = match d {
+        "jessie" => 8,
+        "stretch" => 9,
+        "buster" => 10,
+        "bullseye" => 11,
+        "bookworm" => 12,
+        "trixie" => 13,
+        "forky" => 14,
+        _ => return None,
+    };
+    Some(n)
 }
 
 /// Normalises old-style Cargo licence fields (`MIT/Apache-2.0`) into SPDX expressions.
@@ -289,6 +335,23 @@ mod tests {
         assert_eq!(
             m("pkg:deb/debian/openssl@3.0.11-1?arch=arm64"),
             Some(("Debian".into(), "openssl".into()))
+        );
+        assert_eq!(
+            m("pkg:deb/debian/openssl@3.0.11-1~deb12u1?arch=arm64&distro=debian-12"),
+            Some(("Debian:12".into(), "openssl".into()))
+        );
+        assert_eq!(
+            m("pkg:deb/debian/curl@7.88.1-10?distro=bookworm"),
+            Some(("Debian:12".into(), "curl".into()))
+        );
+        assert_eq!(
+            m("pkg:deb/debian/curl@7.88.1-10?distro=unknown-name"),
+            Some(("Debian".into(), "curl".into()))
+        );
+        // A '%' before a multi-byte character is left as it is, not a panic.
+        assert_eq!(
+            Purl::parse("pkg:generic/x@1%é").and_then(|p| p.version),
+            Some("1%é".into())
         );
         assert_eq!(m("pkg:generic/linux@6.6.30"), None);
         assert_eq!(m("not a purl"), None);

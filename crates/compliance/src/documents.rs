@@ -139,7 +139,9 @@ impl Doc {
         let mut s = format!(
             "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n\
              <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}\
-             td,th{{border:1px solid #999;padding:.3em;vertical-align:top}}strong{{color:#a00}}</style>\n</head>\n<body>\n",
+             td,th{{border:1px solid #999;padding:.3em;vertical-align:top}}strong{{color:#a00}}\
+             @page{{size:A4;margin:2cm}}@media print{{body{{max-width:none;margin:0}}\
+             h2{{break-before:page}}tr,li{{break-inside:avoid}}}}</style>\n</head>\n<body>\n",
             e(title)
         );
         for b in &self.0 {

@@ -56,11 +56,11 @@ fn json(o: &Output) -> Value {
 }
 
 #[test]
-fn the_agents_sbom_validates_against_cyclonedx_1_6_and_spdx_2_3() {
+fn the_agents_sbom_validates_against_cyclonedx_1_6_spdx_2_3_and_spdx_3_0_1() {
     let dir = tempfile::tempdir().unwrap();
     let binary = bin("rampart-agent");
     let mut files = Vec::new();
-    for format in ["cyclonedx", "spdx"] {
+    for format in ["cyclonedx", "spdx", "spdx3"] {
         let out_file = dir.path().join(format!("agent.{format}.json"));
         let out = Command::new(bin("rampart"))
             .args([
@@ -145,6 +145,55 @@ fn the_agents_sbom_validates_against_cyclonedx_1_6_and_spdx_2_3() {
     bad["packages"][0]["SPDXID"] = "no spaces allowed".into();
     std::fs::write(&broken, bad.to_string()).unwrap();
     assert!(!validate("spdx", &broken).0);
+
+    // SPDX 3.0.1: the same packages, dependencies with SPDX 3's completeness marker, and the
+    // deployable's SHA-512.
+    let spdx3: Value = serde_json::from_str(&std::fs::read_to_string(&files[2]).unwrap()).unwrap();
+    let graph = spdx3["@graph"].as_array().unwrap();
+    let packages: Vec<&Value> = graph
+        .iter()
+        .filter(|e| e["type"] == "software_Package")
+        .collect();
+    assert_eq!(packages.len(), comps.len() + 1);
+    let root3 = packages
+        .iter()
+        .find(|p| p["name"] == "rampart-agent-bin")
+        .unwrap();
+    assert!(
+        root3["verifiedUsing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["algorithm"] == "sha512" && h["hashValue"] == sha512.as_str())
+    );
+    let depends: Vec<&Value> = graph
+        .iter()
+        .filter(|e| e["type"] == "Relationship" && e["relationshipType"] == "dependsOn")
+        .collect();
+    assert_eq!(depends.len(), packages.len(), "one per package");
+    assert!(depends.iter().all(|r| r["completeness"] == "complete"));
+    // Broken SPDX 3 documents fail: a required property gone, a reference to nothing.
+    for (case, edit) in [("no-creation-info", 0usize), ("dangling-reference", 1)] {
+        let broken = dir.path().join(format!("broken-{case}.spdx3.json"));
+        let mut bad = spdx3.clone();
+        let graph = bad["@graph"].as_array_mut().unwrap();
+        if edit == 0 {
+            let p = graph
+                .iter_mut()
+                .find(|e| e["type"] == "software_Package")
+                .unwrap();
+            p.as_object_mut().unwrap().remove("creationInfo");
+        } else {
+            let r = graph
+                .iter_mut()
+                .find(|e| e["type"] == "Relationship")
+                .unwrap();
+            r["to"] = serde_json::json!(["https://example.com/no-such-element"]);
+        }
+        std::fs::write(&broken, bad.to_string()).unwrap();
+        let (ok, report) = validate("spdx3", &broken);
+        assert!(!ok, "{case} passed the SPDX 3 validator: {report}");
+    }
 }
 
 /// (advisory, package, version) of cargo audit's vulnerabilities, and of its warnings.

@@ -3,6 +3,9 @@
 
     validate.py cyclonedx FILE   CycloneDX 1.6 JSON schema (cyclonedx-python-lib, strict)
     validate.py spdx FILE        SPDX 2.3 (spdx-tools: parse + validate_full_spdx_document)
+    validate.py spdx3 FILE       SPDX 3.0.1 JSON-LD (spdx-python-model, the SPDX project's
+                                 bindings generated from the SHACL model: types, value
+                                 patterns, references and required properties)
     validate.py openvex FILE     the published OpenVEX 0.2.0 JSON schema (jsonschema)
 
 Prints the errors and exits 1 when the document is invalid, 0 when it is valid.
@@ -28,6 +31,36 @@ def spdx(path):
     return [m.validation_message for m in validate_full_spdx_document(doc)]
 
 
+def spdx3(path):
+    from spdx_python_model import v3_0_1 as model
+
+    errors = []
+    doc = json.loads(pathlib.Path(path).read_text())
+    if doc.get("@context") != "https://spdx.org/rdf/3.0.1/spdx-context.jsonld":
+        errors.append(f"@context: {doc.get('@context')!r} is not the SPDX 3.0.1 context")
+    objects = model.SHACLObjectSet()
+    try:
+        # Decoding checks every type name, property name, value type and pattern.
+        with open(path) as f:
+            model.JSONLDDeserializer().read(f, objects)
+    except Exception as e:  # the model raises TypeError/ValueError/KeyError by case
+        return errors + [f"decode: {type(e).__name__}: {e}"]
+    # Every reference must resolve to an element of the document.
+    missing = objects.link()
+    errors += [f"unresolved reference: {m}" for m in sorted(missing)]
+    # Encoding enforces required properties and cardinalities.
+    try:
+        import io
+
+        model.JSONLDSerializer().write(objects, io.BytesIO())
+    except Exception as e:
+        errors.append(f"encode: {type(e).__name__}: {e}")
+    docs = [o for o in objects.foreach_type(model.SpdxDocument)]
+    if len(docs) != 1:
+        errors.append(f"{len(docs)} SpdxDocument elements (1 expected)")
+    return errors
+
+
 def openvex(path):
     import jsonschema
 
@@ -40,7 +73,7 @@ def openvex(path):
 
 def main():
     kind, path = sys.argv[1], sys.argv[2]
-    errors = {"cyclonedx": cyclonedx, "spdx": spdx, "openvex": openvex}[kind](path)
+    errors = {"cyclonedx": cyclonedx, "spdx": spdx, "spdx3": spdx3, "openvex": openvex}[kind](path)
     for e in errors:
         print(e)
     print(f"{kind}: {path}: {'INVALID' if errors else 'valid'}")

@@ -65,8 +65,8 @@ pub enum SbomCommand {
 
 #[derive(clap::Args)]
 pub struct OutputArgs {
-    /// cyclonedx (1.6 JSON) or spdx (2.3 JSON).
-    #[arg(long, default_value = "cyclonedx", value_name = "cyclonedx|spdx")]
+    /// cyclonedx (CycloneDX 1.6 JSON), spdx (SPDX 2.3 JSON) or spdx3 (SPDX 3.0.1 JSON-LD).
+    #[arg(long, default_value = "cyclonedx", value_name = "cyclonedx|spdx|spdx3")]
     format: String,
     /// Where to write it (default: standard output).
     #[arg(long, value_name = "FILE")]
@@ -133,10 +133,11 @@ fn render(sbom: &Sbom, format: &str) -> Result<String, CliError> {
     let v = match format {
         "cyclonedx" => sbom::cyclonedx::write(sbom),
         "spdx" => sbom::spdx::write(sbom),
+        "spdx3" => sbom::spdx3::write(sbom),
         other => {
             return Err(CliError::new(
                 format!("unknown SBOM format {other:?}"),
-                Some("use --format cyclonedx or --format spdx"),
+                Some("use --format cyclonedx, --format spdx (2.3) or --format spdx3 (3.0.1)"),
             ));
         }
     };

@@ -13,6 +13,7 @@ pub mod cyclonedx;
 pub mod firmware;
 pub mod ingest;
 pub mod spdx;
+pub mod spdx3;
 
 use serde::{Deserialize, Serialize};
 

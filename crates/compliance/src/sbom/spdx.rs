@@ -2,7 +2,7 @@
 //!
 //! SPDX 2.3 has no completeness field; the writer states it with relationships: a component
 //! whose dependencies are known to be none `DEPENDS_ON NONE`, one whose dependencies are not
-//! known `DEPENDS_ON NOASSERTION` (SPDX 2.3 clause 11). SPDX 3.0 is not written yet.
+//! known `DEPENDS_ON NOASSERTION` (SPDX 2.3 clause 11). SPDX 3.0.1 JSON-LD is written by `spdx3`.
 
 use std::collections::HashMap;
 

@@ -251,14 +251,7 @@ impl TrustedState {
             self.root.role_keys("snapshot")?,
         )?;
         let new: Snapshot = env.role("snapshot")?;
-        if new.common.version != pin.version {
-            return Err(UpdateError::VersionMismatch {
-                role: "snapshot".into(),
-                expected: pin.version,
-                got: new.common.version,
-                by: "timestamp".into(),
-            });
-        }
+        same_version("snapshot", new.common.version, pin.version, "timestamp")?;
         if let Some(old) = &self.snapshot {
             for (name, m) in &old.meta {
                 match new.meta.get(name) {
@@ -322,14 +315,7 @@ impl TrustedState {
         let env = Envelope::parse("targets", bytes)?;
         env.verify("targets", &self.root.keys, self.root.role_keys("targets")?)?;
         let new: Targets = env.role("targets")?;
-        if new.common.version != pin.version {
-            return Err(UpdateError::VersionMismatch {
-                role: "targets".into(),
-                expected: pin.version,
-                got: new.common.version,
-                by: "snapshot".into(),
-            });
-        }
+        same_version("targets", new.common.version, pin.version, "snapshot")?;
         if check_expiry {
             new.common.check_expiry("targets", now)?;
         }
@@ -366,14 +352,7 @@ impl TrustedState {
         let env = Envelope::parse(name, bytes)?;
         env.verify(name, &delegations.keys, &role.role_keys())?;
         let new: Targets = env.role(name)?;
-        if new.common.version != pin.version {
-            return Err(UpdateError::VersionMismatch {
-                role: name.to_owned(),
-                expected: pin.version,
-                got: new.common.version,
-                by: "snapshot".into(),
-            });
-        }
+        same_version(name, new.common.version, pin.version, "snapshot")?;
         new.common.check_expiry(name, now)?;
         self.delegated.insert(name.to_owned(), new);
         self.files.insert(file, bytes.to_vec());
@@ -445,6 +424,19 @@ impl TrustedState {
         }
         out
     }
+}
+
+/// The version a role has must be the one the role above pins (mix-and-match otherwise).
+fn same_version(role: &str, got: u64, pinned: u64, by: &str) -> Result<(), UpdateError> {
+    if got != pinned {
+        return Err(UpdateError::VersionMismatch {
+            role: role.to_owned(),
+            expected: pinned,
+            got,
+            by: by.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Length limit, then the pinned length and hashes if the pin has them.

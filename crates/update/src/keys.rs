@@ -5,8 +5,6 @@
 
 use std::path::Path;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
@@ -98,34 +96,22 @@ impl SigningKey {
 
     /// The key as a PEM document (`-----BEGIN PRIVATE KEY-----`).
     pub fn to_pem(&self) -> Zeroizing<String> {
-        let b64 = Zeroizing::new(STANDARD.encode(&*self.pkcs8));
-        let mut out = Zeroizing::new(format!("-----BEGIN {PEM_LABEL}-----\n"));
-        for line in b64.as_bytes().chunks(64) {
-            out.push_str(&String::from_utf8_lossy(line));
-            out.push('\n');
-        }
-        out.push_str(&format!("-----END {PEM_LABEL}-----\n"));
-        out
+        Zeroizing::new(pem::encode(&pem::Pem::new(PEM_LABEL, self.pkcs8.to_vec())))
     }
 
-    pub fn from_pem(pem: &str) -> Result<SigningKey, UpdateError> {
-        let body: String = pem
-            .lines()
-            .skip_while(|l| !l.starts_with(&format!("-----BEGIN {PEM_LABEL}-----")))
-            .skip(1)
-            .take_while(|l| !l.starts_with("-----END"))
-            .collect();
-        if body.is_empty() {
+    pub fn from_pem(text: &str) -> Result<SigningKey, UpdateError> {
+        let block = pem::parse(text).map_err(|e| {
+            UpdateError::Key(format!(
+                "no \"{PEM_LABEL}\" PEM block ({e}); expected a PKCS#8 Ed25519 key written by `rampart release keygen`"
+            ))
+        })?;
+        if block.tag() != PEM_LABEL {
             return Err(UpdateError::Key(format!(
-                "no \"{PEM_LABEL}\" PEM block (expected a PKCS#8 Ed25519 key written by `rampart release keygen`)"
+                "a \"{}\" PEM block; expected \"{PEM_LABEL}\"",
+                block.tag()
             )));
         }
-        let der = Zeroizing::new(
-            STANDARD
-                .decode(body.trim())
-                .map_err(|e| UpdateError::Key(format!("bad base64 in the PEM: {e}")))?,
-        );
-        SigningKey::from_pkcs8(&der)
+        SigningKey::from_pkcs8(&Zeroizing::new(block.into_contents()))
     }
 
     pub fn load(path: &Path) -> Result<SigningKey, UpdateError> {

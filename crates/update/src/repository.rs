@@ -15,7 +15,6 @@
 //! the old repository or the new one, never a mix.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -235,25 +234,12 @@ pub fn check_target_name(name: &str) -> Result<(), UpdateError> {
     }
 }
 
-/// Temporary file, fsync, rename, fsync of the directory.
+/// Creates the parent directory, then writes through rampart-pki's atomic writer (temporary
+/// file, fsync, rename, directory fsync).
 pub fn atomic_write(path: &Path, data: &[u8]) -> Result<(), UpdateError> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| UpdateError::malformed("path", path.display()))?;
-    std::fs::create_dir_all(dir).map_err(|e| UpdateError::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| UpdateError::io(&tmp, e))?;
-    f.write_all(data).map_err(|e| UpdateError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| UpdateError::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| UpdateError::io(path, e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| UpdateError::io(dir, e))?;
-    Ok(())
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| UpdateError::io(dir, e))?;
+    }
+    rampart_pki::files::write_public(path, data, true)
+        .map_err(|e| UpdateError::io(path, std::io::Error::other(e.to_string())))
 }

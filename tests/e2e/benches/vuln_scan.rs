@@ -75,22 +75,15 @@ fn summary(runs: &[Usage]) -> Usage {
     }
 }
 
-/// (name, version) of the crates.io packages of a lockfile.
+/// (name, version) of the crates.io packages of a lockfile, read by the compliance crate's
+/// parser.
 fn lock_packages(path: &Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut out = Vec::new();
-    for block in text.split("[[package]]").skip(1) {
-        let field = |key: &str| {
-            block
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-        };
-        if field("source").as_deref() == Some(CRATES_IO) {
-            out.push((field("name").unwrap(), field("version").unwrap()));
-        }
-    }
-    out
+    rampart_compliance::sbom::cargo::read_lockfile(path)
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.source.as_deref() == Some(CRATES_IO))
+        .map(|p| (p.name, p.version))
+        .collect()
 }
 
 /// One version of every crate the OSV export names: the first version its first range says

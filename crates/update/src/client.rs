@@ -56,6 +56,34 @@ pub trait Fetch {
     fn fetch(&mut self, path: &str, max_len: u64) -> Result<Option<Vec<u8>>, UpdateError>;
 }
 
+/// Metadata from a local directory (a repository copied to removable media, or the hub's
+/// own published directory). Reads at most `max_len + 1` bytes so an oversized file is
+/// reported as such without being read whole.
+#[derive(Debug, Clone)]
+pub struct DirFetch {
+    pub metadata_dir: std::path::PathBuf,
+}
+
+impl Fetch for DirFetch {
+    fn fetch(&mut self, path: &str, max_len: u64) -> Result<Option<Vec<u8>>, UpdateError> {
+        use std::io::Read;
+        if path.contains('/') || path.starts_with('.') {
+            return Err(UpdateError::malformed(path, "not a metadata file name"));
+        }
+        let full = self.metadata_dir.join(path);
+        let f = match std::fs::File::open(&full) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(UpdateError::io(&full, e)),
+        };
+        let mut out = Vec::new();
+        f.take(max_len.saturating_add(1))
+            .read_to_end(&mut out)
+            .map_err(|e| UpdateError::io(&full, e))?;
+        Ok(Some(out))
+    }
+}
+
 /// Fails if `bytes` is longer than `limit`.
 pub fn within(what: &str, bytes: &[u8], limit: u64) -> Result<(), UpdateError> {
     if bytes.len() as u64 > limit {

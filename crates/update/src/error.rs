@@ -63,6 +63,24 @@ pub enum UpdateError {
     TargetNotFound(String),
     #[error("key: {0}")]
     Key(String),
+    #[error("target {target} is built for hardware {allowed:?}; this device is {device:?}")]
+    WrongHardware {
+        target: String,
+        allowed: Vec<String>,
+        device: String,
+    },
+    #[error(
+        "target {target} is version {version}, not newer than the installed {installed}: downgrade refused"
+    )]
+    Downgrade {
+        target: String,
+        version: String,
+        installed: String,
+    },
+    #[error("target {target} has no usable release fields: {message}")]
+    BadReleaseInfo { target: String, message: String },
+    #[error("{0}")]
+    Release(String),
     #[error("{path}: {source}")]
     Io {
         path: String,

@@ -6,6 +6,10 @@
 //! - `metadata`: the four top-level roles (root, targets, snapshot, timestamp), delegated
 //!   targets roles, and the signed envelope; signature checks against a threshold.
 //! - `repository`: builds, signs and publishes a repository with consistent snapshots.
+//! - `release`: the hub's staged release workflow — offline signatures collected role by
+//!   role, thresholds checked at publish, online re-signing of snapshot and timestamp.
+//! - `selection`: Rampart's fields on a target (version, hardware, kind, channel, security)
+//!   and which target a device should install; hardware and downgrade checks.
 //! - `client`: the client's trust state machine — the root chain walk, expiry, rollback
 //!   and mix-and-match checks, length limits, and target verification before anything is
 //!   installed.
@@ -18,7 +22,9 @@ pub mod client;
 pub mod error;
 pub mod keys;
 pub mod metadata;
+pub mod release;
 pub mod repository;
+pub mod selection;
 
 pub use error::UpdateError;
 

@@ -155,6 +155,9 @@ enum Command {
     /// The Cyber Resilience Act: classification, advisories, Article 14 reports, documents.
     #[command(subcommand)]
     Cra(commands::cra::CraCommand),
+    /// Software updates (TUF): signing keys, staging artifacts, offline signatures, publishing.
+    #[command(subcommand)]
+    Release(commands::release::ReleaseCommand),
     /// Run a complete hub and simulated battery gateways in a temporary directory, and show
     /// their live telemetry until Ctrl-C.
     Demo {
@@ -655,6 +658,7 @@ async fn main() -> ExitCode {
         Command::Vuln(cmd) => commands::sbom::vuln(cmd).await,
         Command::Vex(cmd) => commands::cra::vex_cmd(cmd).await,
         Command::Cra(cmd) => commands::cra::run(cmd).await,
+        Command::Release(cmd) => commands::release::run(cmd),
         Command::Demo {
             devices,
             interval,

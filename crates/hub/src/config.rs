@@ -30,6 +30,7 @@ pub struct HubConfig {
     pub metrics: MetricsConfig,
     pub audit: AuditConfig,
     pub cra: CraConfig,
+    pub updates: UpdatesConfig,
 }
 
 /// `[mqtt]`: the device-facing MQTT/TLS listener.
@@ -247,6 +248,31 @@ impl Default for CraConfig {
     }
 }
 
+/// `[updates]`: the TUF update repository the hub serves to devices.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdatesConfig {
+    pub repository: PathBuf,
+    pub root_expiry: String,
+    pub targets_expiry: String,
+    pub snapshot_expiry: String,
+    pub timestamp_expiry: String,
+    pub refresh_interval: String,
+}
+
+impl Default for UpdatesConfig {
+    fn default() -> Self {
+        UpdatesConfig {
+            repository: "updates".into(),
+            root_expiry: "365d".into(),
+            targets_expiry: "90d".into(),
+            snapshot_expiry: "7d".into(),
+            timestamp_expiry: "1d".into(),
+            refresh_interval: "1m".into(),
+        }
+    }
+}
+
 /// The file `rampart init` writes: every field, its default and what it means.
 pub fn template(hostnames: &[String]) -> String {
     let d = HubConfig::default();
@@ -360,6 +386,21 @@ ca_expiry_warning = "{caw}"
 deadline_check_interval = "{cdi}"
 # A stage not yet submitted counts as due soon this long before its deadline.
 deadline_warning = "{cdw}"
+
+[updates]
+# The release workspace: online keys, staged roles and the published TUF repository that
+# the device API serves (`rampart release ...`, docs/updates.md).
+repository = "{ur}"
+# How long each role's metadata is valid after signing. Root, targets and the security
+# role are signed offline: re-sign them (`rampart release renew`) before they expire.
+root_expiry = "{ure}"
+targets_expiry = "{ute}"
+# Snapshot and timestamp are signed by the hub's online keys and re-signed automatically
+# when half of their validity has passed; devices refuse expired ones (freeze attacks).
+snapshot_expiry = "{use}"
+timestamp_expiry = "{utse}"
+# How often the hub checks whether snapshot or timestamp needs re-signing.
+refresh_interval = "{uri}"
 "#,
         listen = d.mqtt.listen,
         mps = d.mqtt.max_packet_size,
@@ -404,6 +445,12 @@ deadline_warning = "{cdw}"
         caw = d.audit.ca_expiry_warning,
         cdi = d.cra.deadline_check_interval,
         cdw = d.cra.deadline_warning,
+        ur = d.updates.repository.display(),
+        ure = d.updates.root_expiry,
+        ute = d.updates.targets_expiry,
+        use = d.updates.snapshot_expiry,
+        utse = d.updates.timestamp_expiry,
+        uri = d.updates.refresh_interval,
     )
 }
 
@@ -569,6 +616,20 @@ impl HubConfig {
         if check < Duration::from_secs(1) {
             return Err("cra.deadline_check_interval must be at least 1s".into());
         }
+        let e = self.update_expiries()?;
+        let refresh = self.updates_refresh_interval()?;
+        if refresh < Duration::from_secs(1) {
+            return Err("updates.refresh_interval must be at least 1s".into());
+        }
+        if time::Duration::try_from(refresh * 2).map_or(true, |r| e.timestamp <= r) {
+            return Err(format!(
+                "updates.timestamp_expiry = {:?} must be more than twice updates.refresh_interval = {:?}, or timestamps could expire before they are re-signed",
+                self.updates.timestamp_expiry, self.updates.refresh_interval
+            ));
+        }
+        if e.snapshot < e.timestamp || e.targets < e.snapshot || e.root < e.targets {
+            return Err("updates: expiries must grow from timestamp to snapshot to targets to root (online metadata is re-signed more often than offline)".into());
+        }
         Ok(())
     }
 
@@ -617,6 +678,28 @@ impl HubConfig {
             )?,
             duration("cra.deadline_warning", &self.cra.deadline_warning)?,
         ))
+    }
+
+    /// Validity of each update metadata role.
+    pub fn update_expiries(&self) -> Result<rampart_update::release::Expiries, String> {
+        let d = |field: &str, value: &str| -> Result<time::Duration, String> {
+            let v = duration(field, value)?;
+            if v < Duration::from_secs(60) {
+                return Err(format!("{field} = {value:?} is shorter than 1m"));
+            }
+            time::Duration::try_from(v).map_err(|e| format!("{field} = {value:?}: {e}"))
+        };
+        let u = &self.updates;
+        Ok(rampart_update::release::Expiries {
+            root: d("updates.root_expiry", &u.root_expiry)?,
+            targets: d("updates.targets_expiry", &u.targets_expiry)?,
+            snapshot: d("updates.snapshot_expiry", &u.snapshot_expiry)?,
+            timestamp: d("updates.timestamp_expiry", &u.timestamp_expiry)?,
+        })
+    }
+
+    pub fn updates_refresh_interval(&self) -> Result<Duration, String> {
+        duration("updates.refresh_interval", &self.updates.refresh_interval)
     }
 
     pub fn audit_interval(&self) -> Result<Duration, String> {
@@ -689,6 +772,11 @@ mod tests {
             ("[storage]\nbackend = \"oracle\"", "storage.backend"),
             ("[mqtt]\nlisten_port = 1", "listen_port"),
             ("[mqtt\n", "rampart.toml"),
+            (
+                "[updates]\ntimestamp_expiry = \"90s\"",
+                "updates.timestamp_expiry",
+            ),
+            ("[updates]\nsnapshot_expiry = \"1h\"", "expiries must grow"),
         ];
         for (text, needle) in cases {
             let e = HubConfig::parse(text, Path::new("rampart.toml")).expect_err(text);

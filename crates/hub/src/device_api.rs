@@ -41,12 +41,18 @@ pub struct ApiMetrics {
     pub token_forged: AtomicU64,
     pub token_wrong_device: AtomicU64,
     pub token_malformed: AtomicU64,
+    /// Update metadata and target files served (whole or partial).
+    pub update_files_served: AtomicU64,
+    /// Update requests for files that do not exist or names that are not allowed.
+    pub update_files_refused: AtomicU64,
 }
 
 pub(crate) struct ApiState {
     pub auth: Arc<Authenticator>,
     pub token_key: Arc<TokenKey>,
     pub metrics: Arc<ApiMetrics>,
+    /// The published TUF repository (`metadata/`, `targets/`).
+    pub updates: std::path::PathBuf,
 }
 
 /// The device as the TLS layer and the registry established it.
@@ -125,9 +131,160 @@ async fn whoami(
     }
 }
 
+/// `GET /v1/updates/metadata/FILE`: TUF metadata (`N.root.json`, `timestamp.json`, ...).
+async fn update_metadata(
+    Extension(state): Extension<Arc<ApiState>>,
+    Extension(peer): Extension<Peer>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    if let Err(r) = check_token(&state, &peer, &headers) {
+        return *r;
+    }
+    let ok = file.ends_with(".json")
+        && !file.starts_with('.')
+        && file
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if !ok {
+        state
+            .metrics
+            .update_files_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            format!("{file:?} is not a metadata file name"),
+        );
+    }
+    serve_file(&state, state.updates.join("metadata").join(&file), &headers).await
+}
+
+/// `GET /v1/updates/targets/PATH`: an artifact by its consistent-snapshot name, with
+/// `Range: bytes=N-` so an interrupted download resumes.
+async fn update_target(
+    Extension(state): Extension<Arc<ApiState>>,
+    Extension(peer): Extension<Peer>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    if let Err(r) = check_token(&state, &peer, &headers) {
+        return *r;
+    }
+    if rampart_update::repository::check_target_name(&path).is_err() {
+        state
+            .metrics
+            .update_files_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            format!("{path:?} is not a target path"),
+        );
+    }
+    serve_file(&state, state.updates.join("targets").join(&path), &headers).await
+}
+
+/// The byte range a `Range` header asks for, given the file's length: `None` for the
+/// whole file, `Err` when the range cannot be satisfied.
+fn requested_range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(v) = headers.get("range") else {
+        return Ok(None);
+    };
+    let spec = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("bytes="))
+        .ok_or(())?;
+    // One range only: `N-` or `N-M`.
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let start: u64 = a.trim().parse().map_err(|_| ())?;
+    let end: u64 = if b.trim().is_empty() {
+        len.saturating_sub(1)
+    } else {
+        b.trim()
+            .parse::<u64>()
+            .map_err(|_| ())?
+            .min(len.saturating_sub(1))
+    };
+    if start >= len || end < start {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn serve_file(state: &ApiState, path: std::path::PathBuf, headers: &HeaderMap) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let m = &state.metrics;
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(_) => {
+            m.update_files_refused.fetch_add(1, Ordering::Relaxed);
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such file in the update repository".into(),
+            );
+        }
+    };
+    let len = match file.metadata().await {
+        Ok(md) if md.is_file() => md.len(),
+        _ => {
+            m.update_files_refused.fetch_add(1, Ordering::Relaxed);
+            return error(StatusCode::NOT_FOUND, "not_found", "not a file".into());
+        }
+    };
+    let range = match requested_range(headers, len) {
+        Ok(r) => r,
+        Err(()) => {
+            m.update_files_refused.fetch_add(1, Ordering::Relaxed);
+            let mut r = error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "bad_range",
+                format!("the file is {len} bytes; send Range: bytes=N- with N < {len}"),
+            );
+            if let Ok(v) = axum::http::HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert("content-range", v);
+            }
+            return r;
+        }
+    };
+    let (start, end) = range.unwrap_or((0, len.saturating_sub(1)));
+    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "io",
+            "seek failed".into(),
+        );
+    }
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        file.take(count),
+        64 * 1024,
+    ));
+    m.update_files_served.fetch_add(1, Ordering::Relaxed);
+    let mut b = Response::builder()
+        .header("content-length", count)
+        .header("accept-ranges", "bytes")
+        .header("content-type", "application/octet-stream");
+    b = match range {
+        Some((s, e)) => b
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header("content-range", format!("bytes {s}-{e}/{len}")),
+        None => b.status(StatusCode::OK),
+    };
+    b.body(body)
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()))
+}
+
 /// The routes. Every handler checks the token; TLS and registry checks happen per connection.
 fn router() -> axum::Router {
-    axum::Router::new().route("/v1/device/whoami", get(whoami))
+    axum::Router::new()
+        .route("/v1/device/whoami", get(whoami))
+        .route("/v1/updates/metadata/{file}", get(update_metadata))
+        .route("/v1/updates/targets/{*path}", get(update_target))
 }
 
 /// Serves the device API on `listener` with the TLS configuration in `tls` (shared with the

@@ -230,6 +230,16 @@ const DEFS: [Def; METRIC_COUNT] = [
         help: "Device API requests with a malformed token.",
     },
     Def {
+        name: "rampart_update_files_served_total",
+        kind: "counter",
+        help: "Update metadata and artifact files served to devices (whole or a range).",
+    },
+    Def {
+        name: "rampart_update_files_refused_total",
+        kind: "counter",
+        help: "Update file requests refused: unknown file, bad name or unsatisfiable range.",
+    },
+    Def {
         name: "rampart_audit_findings_low",
         kind: "gauge",
         help: "Low findings of the last scheduled identity audit.",
@@ -282,7 +292,7 @@ const DEFS: [Def; METRIC_COUNT] = [
 ];
 
 /// Number of metrics in [`DEFS`]; `snapshot` must produce exactly this many values.
-const METRIC_COUNT: usize = 37;
+const METRIC_COUNT: usize = 39;
 
 /// Takes a snapshot of broker, ingest, device API, audit, event and deadline counters.
 pub fn snapshot(
@@ -327,6 +337,8 @@ pub fn snapshot(
         u(&api.token_forged),
         u(&api.token_wrong_device),
         u(&api.token_malformed),
+        u(&api.update_files_served),
+        u(&api.update_files_refused),
         u(&audit.0[0]),
         u(&audit.0[1]),
         u(&audit.0[2]),

@@ -223,7 +223,8 @@ impl Hub {
                     Arc::new(ApiState {
                         auth: auth.clone(),
                         token_key,
-                        metrics: api_metrics,
+                        metrics: api_metrics.clone(),
+                        updates: dir.resolve(&cfg.updates.repository).join("repository"),
                     }),
                 )));
                 Some(bound)
@@ -250,6 +251,7 @@ impl Hub {
             live.clone(),
             deadline_counts,
         )));
+        background.push(tokio::spawn(scheduled_update_refresh(live.clone())));
         background.push(tokio::spawn(scheduled_audit(live, audit_counts)));
 
         let serve = {
@@ -428,6 +430,39 @@ async fn scheduled_deadline_check(live: Arc<Live>, counts: Arc<DeadlineCounts>) 
         {
             Ok(warnings) => counts.set(&warnings),
             Err(e) => tracing::error!(error = %e, "Article 14 deadline check failed"),
+        }
+    }
+}
+
+/// Re-signs the update repository's timestamp (and snapshot) with the online keys before
+/// they expire, every `updates.refresh_interval`. Nothing happens until the first
+/// `rampart release publish`.
+async fn scheduled_update_refresh(live: Arc<Live>) {
+    let (Ok(interval), Ok(exp)) = (
+        live.cfg.updates_refresh_interval(),
+        live.cfg.update_expiries(),
+    ) else {
+        return;
+    };
+    let release =
+        rampart_update::release::ReleaseDir::new(&live.dir.resolve(&live.cfg.updates.repository));
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        if !release.is_initialised() {
+            continue;
+        }
+        let r = release.clone();
+        let done =
+            tokio::task::spawn_blocking(move || r.refresh_online(OffsetDateTime::now_utc(), &exp))
+                .await;
+        match done {
+            Ok(Ok(Some(v))) => tracing::info!(version = v, "update timestamp re-signed"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not re-sign the update timestamp; devices will refuse it once it expires")
+            }
+            Err(e) => tracing::error!(error = %e, "update timestamp task failed"),
         }
     }
 }

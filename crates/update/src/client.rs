@@ -566,6 +566,17 @@ pub fn verify_target(name: &str, file: &TargetFile, data: &[u8]) -> Result<(), U
     check_file(&format!("target {name}"), data, file.length, &file.hashes)
 }
 
+/// [`verify_target`] for a file on disk, read in chunks (images are too large to hold in
+/// memory on a gateway).
+pub fn verify_target_file(
+    name: &str,
+    file: &TargetFile,
+    path: &std::path::Path,
+) -> Result<(), UpdateError> {
+    let f = std::fs::File::open(path).map_err(|e| UpdateError::io(path, e))?;
+    crate::metadata::check_reader(&format!("target {name}"), f, file.length, &file.hashes)
+}
+
 /// The path a target is published under with consistent snapshots:
 /// `DIR/SHA256.NAME` for `DIR/NAME`.
 pub fn consistent_target_path(name: &str, file: &TargetFile) -> Option<String> {

@@ -81,6 +81,8 @@ pub enum UpdateError {
     BadReleaseInfo { target: String, message: String },
     #[error("{0}")]
     Release(String),
+    #[error("fetching {what}: {message}")]
+    Transport { what: String, message: String },
     #[error("{path}: {source}")]
     Io {
         path: String,

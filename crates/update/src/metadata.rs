@@ -279,11 +279,12 @@ pub struct TargetFile {
 }
 
 impl TargetFile {
-    /// Describes `data` with its SHA-256 and SHA-512.
+    /// Describes `data` with its SHA-256. One hash, because a client checks every hash
+    /// listed: a second one would double the time a device spends verifying a large image
+    /// without adding security beyond SHA-256's collision resistance.
     pub fn of(data: &[u8], custom: Option<Value>) -> TargetFile {
         let mut hashes = BTreeMap::new();
         hashes.insert("sha256".into(), hex::encode(Sha256::digest(data)));
-        hashes.insert("sha512".into(), hex::encode(Sha512::digest(data)));
         TargetFile {
             length: data.len() as u64,
             hashes,
@@ -382,29 +383,95 @@ pub fn check_hashes(
     data: &[u8],
     hashes: &BTreeMap<String, String>,
 ) -> Result<(), UpdateError> {
-    let mut checked = 0;
-    for (alg, expected) in hashes {
-        let got = match alg.as_str() {
-            "sha256" => hex::encode(Sha256::digest(data)),
-            "sha512" => hex::encode(Sha512::digest(data)),
-            _ => continue,
-        };
-        if !got.eq_ignore_ascii_case(expected) {
-            return Err(UpdateError::HashMismatch {
-                what: what.to_owned(),
-                algorithm: alg.clone(),
-                expected: expected.clone(),
-                got,
-            });
+    let mut h = Hasher::new(what, hashes)?;
+    h.update(data);
+    h.finish()
+}
+
+/// Streams a file through [`check_file`]'s checks: at most `length + 1` bytes are read,
+/// so a longer file fails without being read whole.
+pub fn check_reader(
+    what: &str,
+    mut reader: impl std::io::Read,
+    length: u64,
+    hashes: &BTreeMap<String, String>,
+) -> Result<(), UpdateError> {
+    let mut h = Hasher::new(what, hashes)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| UpdateError::io(std::path::Path::new(what), e))?;
+        if n == 0 {
+            break;
         }
-        checked += 1;
+        total += n as u64;
+        if total > length {
+            break;
+        }
+        h.update(&buf[..n]);
     }
-    if checked == 0 {
-        return Err(UpdateError::NoSupportedHash {
+    if total != length {
+        return Err(UpdateError::LengthMismatch {
             what: what.to_owned(),
+            expected: length,
+            got: total,
         });
     }
-    Ok(())
+    h.finish()
+}
+
+/// The supported hashes a description lists, computed incrementally.
+struct Hasher<'a> {
+    what: &'a str,
+    sha256: Option<(Sha256, &'a str)>,
+    sha512: Option<(Sha512, &'a str)>,
+}
+
+impl<'a> Hasher<'a> {
+    fn new(what: &'a str, hashes: &'a BTreeMap<String, String>) -> Result<Self, UpdateError> {
+        let h = Hasher {
+            what,
+            sha256: hashes.get("sha256").map(|e| (Sha256::new(), e.as_str())),
+            sha512: hashes.get("sha512").map(|e| (Sha512::new(), e.as_str())),
+        };
+        if h.sha256.is_none() && h.sha512.is_none() {
+            return Err(UpdateError::NoSupportedHash {
+                what: what.to_owned(),
+            });
+        }
+        Ok(h)
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        if let Some((h, _)) = &mut self.sha256 {
+            h.update(data);
+        }
+        if let Some((h, _)) = &mut self.sha512 {
+            h.update(data);
+        }
+    }
+
+    fn finish(self) -> Result<(), UpdateError> {
+        let results = [
+            self.sha256
+                .map(|(h, e)| ("sha256", hex::encode(h.finalize()), e)),
+            self.sha512
+                .map(|(h, e)| ("sha512", hex::encode(h.finalize()), e)),
+        ];
+        for (alg, got, expected) in results.into_iter().flatten() {
+            if !got.eq_ignore_ascii_case(expected) {
+                return Err(UpdateError::HashMismatch {
+                    what: self.what.to_owned(),
+                    algorithm: alg.to_owned(),
+                    expected: expected.to_owned(),
+                    got,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -473,5 +540,27 @@ mod tests {
             check_hashes("t", b"image", &md5_only),
             Err(UpdateError::NoSupportedHash { .. })
         ));
+    }
+
+    #[test]
+    fn streamed_files_get_the_same_checks_including_a_listed_sha512() {
+        let mut f = TargetFile::of(b"image", None);
+        f.hashes
+            .insert("sha512".into(), hex::encode(Sha512::digest(b"image")));
+        check_reader("t", &b"image"[..], f.length, &f.hashes).expect("good");
+        for (data, short) in [(&b"imag"[..], true), (&b"image and more"[..], true)] {
+            let e = check_reader("t", data, f.length, &f.hashes).unwrap_err();
+            assert_eq!(
+                matches!(e, UpdateError::LengthMismatch { .. }),
+                short,
+                "{e}"
+            );
+        }
+        f.hashes.insert("sha512".into(), "00".repeat(64));
+        let e = check_reader("t", &b"image"[..], f.length, &f.hashes).unwrap_err();
+        assert!(
+            matches!(&e, UpdateError::HashMismatch { algorithm, .. } if algorithm == "sha512"),
+            "{e}"
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod identity;
 pub mod init;
 pub mod policy;
+pub mod release;
 pub mod sbom;
 pub mod status;
 pub mod telemetry;

@@ -58,6 +58,33 @@ enum Command {
         #[arg(long, short, default_value = "agent.toml")]
         config: PathBuf,
     },
+    /// The TUF client on its own, with the command line TUF conformance suites drive:
+    /// `tuf --metadata-dir D init ROOT`, `tuf --metadata-dir D --metadata-url U refresh`,
+    /// `tuf ... --target-name N --target-base-url U --target-dir T download`.
+    /// Exit status 0 on success, 1 on any refusal or error (the reason on stderr).
+    Tuf {
+        /// Directory holding the trusted metadata (root.json, timestamp.json, ...).
+        #[arg(long, global = true, value_name = "DIR")]
+        metadata_dir: Option<PathBuf>,
+        /// Base URL of the repository's metadata (http:// or https://).
+        #[arg(long, global = true, value_name = "URL")]
+        metadata_url: Option<String>,
+        /// The target to download.
+        #[arg(long, global = true, value_name = "NAME")]
+        target_name: Option<String>,
+        /// Base URL of the repository's targets.
+        #[arg(long, global = true, value_name = "URL")]
+        target_base_url: Option<String>,
+        /// Where the downloaded target is written (as its percent-encoded name).
+        #[arg(long, global = true, value_name = "DIR")]
+        target_dir: Option<PathBuf>,
+        /// For https:// URLs (the hub's device API): the agent configuration whose device
+        /// certificate and session token authenticate the requests.
+        #[arg(long, global = true, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TufAction,
+    },
     /// Erase the device's data, keys and credentials and return it to its factory state
     /// (see docs/operations.md). The agent must be stopped.
     Reset {
@@ -71,6 +98,132 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TufAction {
+    /// Trust ROOT (a root.json signed by its own root keys) from now on.
+    Init {
+        /// The trusted root metadata file.
+        trusted_root: PathBuf,
+    },
+    /// Update the trusted metadata from --metadata-url.
+    Refresh,
+    /// Refresh, then download --target-name verified into --target-dir.
+    Download,
+}
+
+struct TufArgs {
+    metadata_dir: Option<PathBuf>,
+    metadata_url: Option<String>,
+    target_name: Option<String>,
+    target_base_url: Option<String>,
+    target_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+}
+
+fn fail(message: impl std::fmt::Display, hint: Option<&str>) -> ExitCode {
+    eprintln!("error: {message}");
+    if let Some(h) = hint {
+        eprintln!("hint: {h}");
+    }
+    ExitCode::FAILURE
+}
+
+fn required<'a, T>(v: &'a Option<T>, flag: &str) -> Result<&'a T, ExitCode> {
+    v.as_ref()
+        .ok_or_else(|| fail(format!("{flag} is required for this command"), None))
+}
+
+/// HTTP client for the repository: the device's mTLS identity and token for https URLs.
+fn tuf_client(
+    a: &TufArgs,
+    https: bool,
+) -> Result<rampart_agent::update::http::HttpClient, ExitCode> {
+    use rampart_agent::update::http::HttpClient;
+    if !https {
+        return Ok(HttpClient::new(None, None));
+    }
+    let config = required(&a.config, "--config (device credentials for https)")?;
+    let cfg = load(config)?;
+    let (cert, key, ca) = (
+        cfg.resolve(&cfg.hub.cert),
+        cfg.resolve(&cfg.hub.key),
+        cfg.resolve(&cfg.hub.ca),
+    );
+    let pem = key_pem(&cfg, &key).map_err(|e| report(&e))?;
+    let tls = rampart_agent::tls::client_config(&ca, &cert, &pem, &key).map_err(|e| report(&e))?;
+    let token = key_pem(&cfg, &cfg.state_dir().join("token"))
+        .map(|t| String::from_utf8_lossy(&t).trim().to_owned())
+        .map_err(|e| report(&e))?;
+    Ok(HttpClient::new(Some(tls), Some(token)))
+}
+
+async fn tuf(a: TufArgs, action: TufAction) -> Result<(), ExitCode> {
+    use rampart_agent::update::http::Url;
+    use rampart_agent::update::store::MetadataStore;
+    use rampart_agent::update::tuf::{self, Remote};
+    let dir = required(&a.metadata_dir, "--metadata-dir")?;
+    let store = MetadataStore::new(dir);
+    let limits = rampart_update::client::Limits::default();
+    if let TufAction::Init { trusted_root } = &action {
+        let root = std::fs::read(trusted_root)
+            .map_err(|e| fail(format!("{}: {e}", trusted_root.display()), None))?;
+        store.init(&root, &limits).map_err(|e| {
+            fail(
+                e,
+                Some("ROOT must be a root.json signed by a threshold of its own root keys"),
+            )
+        })?;
+        println!("trusting {} in {}", trusted_root.display(), dir.display());
+        return Ok(());
+    }
+    if !store.is_initialised() {
+        return Err(fail(
+            format!("{} holds no trusted root.json", dir.display()),
+            Some("run `rampart-agent tuf --metadata-dir DIR init ROOT` first"),
+        ));
+    }
+    let url = |v: &Option<String>, flag: &str| -> Result<Url, ExitCode> {
+        Url::parse(required(v, flag)?).map_err(|e| fail(e, None))
+    };
+    let metadata_url = url(&a.metadata_url, "--metadata-url")?;
+    let targets_url = match &action {
+        TufAction::Download => url(&a.target_base_url, "--target-base-url")?,
+        _ => metadata_url.clone(),
+    };
+    let remote = Remote {
+        client: tuf_client(&a, metadata_url.https || targets_url.https)?,
+        metadata_url,
+        targets_url,
+    };
+    let now = time::OffsetDateTime::now_utc();
+    match action {
+        TufAction::Init { .. } => Ok(()),
+        TufAction::Refresh => {
+            let state = tuf::refresh(&store, &remote, now, limits)
+                .await
+                .map_err(|e| fail(e, None))?;
+            println!(
+                "refreshed: root v{}, timestamp v{}, {} target(s)",
+                state.root().common.version,
+                state.timestamp().map_or(0, |t| t.common.version),
+                state.all_targets().len()
+            );
+            Ok(())
+        }
+        TufAction::Download => {
+            let name = required(&a.target_name, "--target-name")?;
+            let target_dir = required(&a.target_dir, "--target-dir")?;
+            std::fs::create_dir_all(target_dir)
+                .map_err(|e| fail(format!("{}: {e}", target_dir.display()), None))?;
+            let path = tuf::download_to_dir(&store, &remote, name, target_dir, now)
+                .await
+                .map_err(|e| fail(e, None))?;
+            println!("downloaded and verified {name}: {}", path.display());
+            Ok(())
+        }
+    }
 }
 
 fn init_logging(json: bool, verbose: u8) {
@@ -246,6 +399,25 @@ async fn main() -> ExitCode {
             status(&config, json).err().unwrap_or(ExitCode::SUCCESS)
         }
         Command::Token { config } => token(&config).err().unwrap_or(ExitCode::SUCCESS),
+        Command::Tuf {
+            metadata_dir,
+            metadata_url,
+            target_name,
+            target_base_url,
+            target_dir,
+            config,
+            action,
+        } => {
+            let args = TufArgs {
+                metadata_dir,
+                metadata_url,
+                target_name,
+                target_base_url,
+                target_dir,
+                config,
+            };
+            tuf(args, action).await.err().unwrap_or(ExitCode::SUCCESS)
+        }
         Command::Reset {
             config,
             factory,

@@ -11,6 +11,7 @@
 //! - `sequence`: the sequence counter that survives restarts.
 //! - `credentials`: certificate and key files, renewal with atomic swap and rollback.
 //! - `runner`: the main loop.
+//! - `update`: secure software updates (TUF client, downloads, installers).
 
 pub mod config;
 pub mod connection;
@@ -26,6 +27,7 @@ pub mod sequence;
 pub mod source;
 pub mod status;
 pub mod tls;
+pub mod update;
 pub mod vault;
 
 pub use config::AgentConfig;

@@ -43,6 +43,8 @@ pub struct ApiMetrics {
     pub token_malformed: AtomicU64,
     /// Update metadata and target files served (whole or partial).
     pub update_files_served: AtomicU64,
+    /// Of those, partial responses to `Range` requests (resumed downloads).
+    pub update_ranges_served: AtomicU64,
     /// Update requests for files that do not exist or names that are not allowed.
     pub update_files_refused: AtomicU64,
 }
@@ -270,9 +272,11 @@ async fn serve_file(state: &ApiState, path: std::path::PathBuf, headers: &Header
         .header("accept-ranges", "bytes")
         .header("content-type", "application/octet-stream");
     b = match range {
-        Some((s, e)) => b
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header("content-range", format!("bytes {s}-{e}/{len}")),
+        Some((s, e)) => {
+            m.update_ranges_served.fetch_add(1, Ordering::Relaxed);
+            b.status(StatusCode::PARTIAL_CONTENT)
+                .header("content-range", format!("bytes {s}-{e}/{len}"))
+        }
         None => b.status(StatusCode::OK),
     };
     b.body(body)

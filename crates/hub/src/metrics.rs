@@ -235,6 +235,11 @@ const DEFS: [Def; METRIC_COUNT] = [
         help: "Update metadata and artifact files served to devices (whole or a range).",
     },
     Def {
+        name: "rampart_update_ranges_served_total",
+        kind: "counter",
+        help: "Partial update file responses (Range requests of resumed downloads).",
+    },
+    Def {
         name: "rampart_update_files_refused_total",
         kind: "counter",
         help: "Update file requests refused: unknown file, bad name or unsatisfiable range.",
@@ -292,7 +297,7 @@ const DEFS: [Def; METRIC_COUNT] = [
 ];
 
 /// Number of metrics in [`DEFS`]; `snapshot` must produce exactly this many values.
-const METRIC_COUNT: usize = 39;
+const METRIC_COUNT: usize = 40;
 
 /// Takes a snapshot of broker, ingest, device API, audit, event and deadline counters.
 pub fn snapshot(
@@ -338,6 +343,7 @@ pub fn snapshot(
         u(&api.token_wrong_device),
         u(&api.token_malformed),
         u(&api.update_files_served),
+        u(&api.update_ranges_served),
         u(&api.update_files_refused),
         u(&audit.0[0]),
         u(&audit.0[1]),

@@ -170,7 +170,11 @@ impl Response {
     }
 
     /// The whole body, failing as soon as it exceeds `limit` bytes.
-    pub async fn read_limited(&mut self, limit: u64, timeout: Duration) -> Result<Vec<u8>, HttpError> {
+    pub async fn read_limited(
+        &mut self,
+        limit: u64,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, HttpError> {
         let mut out = Vec::new();
         while let Some(c) = self.chunk(timeout).await? {
             out.extend_from_slice(&c);
@@ -249,7 +253,10 @@ impl HttpClient {
         };
         let mut req = hyper::Request::get(url.path.as_str())
             .header("host", host)
-            .header("user-agent", concat!("rampart-agent/", env!("CARGO_PKG_VERSION")));
+            .header(
+                "user-agent",
+                concat!("rampart-agent/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(t) = &self.bearer {
             req = req.header("authorization", format!("Bearer {t}"));
         }
@@ -320,12 +327,21 @@ mod tests {
         let u = Url::parse("https://hub.example:8443/v1/updates/metadata").unwrap();
         assert!(u.https);
         assert_eq!((u.host.as_str(), u.port), ("hub.example", 8443));
-        assert_eq!(u.join("1.root.json").path, "/v1/updates/metadata/1.root.json");
+        assert_eq!(
+            u.join("1.root.json").path,
+            "/v1/updates/metadata/1.root.json"
+        );
         let u = Url::parse("http://[::1]:8000/").unwrap();
         assert_eq!(u.host, "::1");
         assert_eq!(u.to_string(), "http://[::1]:8000/");
         assert_eq!(Url::parse("http://127.0.0.1").unwrap().port, 80);
-        for bad in ["ftp://x/", "http://", "http://h:port/", "https//x", "http://h/a b"] {
+        for bad in [
+            "ftp://x/",
+            "http://",
+            "http://h:port/",
+            "https//x",
+            "http://h/a b",
+        ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
     }

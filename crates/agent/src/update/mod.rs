@@ -1,0 +1,16 @@
+//! Secure software updates on the device: the TUF client wired to storage and the network.
+//!
+//! - `http`: a small HTTP/1.1 client (plain, or HTTPS with the device certificate).
+//! - `store`: the trusted metadata on disk (atomic writes, fail closed) and the trust clock
+//!   for devices without a real-time clock.
+//! - `download`: metadata fetching for the TUF client, and resumable artifact downloads with
+//!   a journal.
+//! - `tuf`: the refresh/download workflow, shared by the agent and the `rampart-agent tuf`
+//!   conformance command.
+//!
+//! The verification itself is `rampart_update`'s: this module moves bytes and keeps state.
+
+pub mod download;
+pub mod http;
+pub mod store;
+pub mod tuf;

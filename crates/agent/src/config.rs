@@ -45,6 +45,9 @@ pub struct AgentConfig {
     pub storage: StorageSection,
     #[serde(default)]
     pub outbox: OutboxSection,
+    /// Secure software updates (TUF). Absent: the agent never updates anything.
+    #[serde(default)]
+    pub updates: Option<UpdatesSection>,
     /// Data minimisation: the groups of fields that leave the device. None: every field of
     /// every reading.
     #[serde(default)]
@@ -269,6 +272,95 @@ pub struct ReleaseSection {
     /// The installed release (firmware or software version).
     pub version: String,
 }
+
+/// `[updates]`: what the agent installs, when, and how it decides it worked.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatesSection {
+    /// Base URL of the hub's update repository (`https://HOST:PORT/v1/updates`); requests
+    /// carry the device certificate and session token.
+    pub url: String,
+    /// The TUF root the device trusts initially (shipped with the device; later roots are
+    /// verified by the chain from this one).
+    #[serde(default = "default_update_root")]
+    pub root: PathBuf,
+    /// This device's hardware model: targets for other hardware are refused.
+    pub hardware: String,
+    /// The release channel followed.
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    /// The version installed at the factory (superseded by what the updater commits).
+    pub installed_version: String,
+    /// Time between checks for updates.
+    #[serde(default = "default_check_interval", with = "duration")]
+    pub check_interval: Duration,
+    /// Install security updates (signed by the security role) without waiting for a rollout.
+    #[serde(default = "default_true")]
+    pub security_auto_install: bool,
+    /// Postpone automatic security installs by this long after they are first seen (at
+    /// most 7 days; the update is then installed).
+    #[serde(default, with = "duration_opt")]
+    pub security_postpone: Option<Duration>,
+    /// Install feature updates as soon as they are seen (otherwise only when a rollout
+    /// instructs it).
+    #[serde(default)]
+    pub feature_auto_install: bool,
+    /// Must exit 0 after a switch for the new version to be committed ("" = none).
+    #[serde(default)]
+    pub health_command: String,
+    /// Time the health command has, and within which the agent must be connected to the
+    /// hub again after a switch.
+    #[serde(default = "default_health_timeout", with = "duration")]
+    pub health_timeout: Duration,
+    /// Package targets: unpacked into DIR/releases/VERSION, DIR/current links the active one.
+    #[serde(default = "default_package_dir")]
+    pub package_dir: PathBuf,
+    #[serde(default)]
+    pub pre_install: String,
+    #[serde(default)]
+    pub post_install: String,
+    /// Image targets: the two slots of the A/B pair and the boot state that selects one.
+    #[serde(default = "default_slot_a")]
+    pub slot_a: PathBuf,
+    #[serde(default = "default_slot_b")]
+    pub slot_b: PathBuf,
+    #[serde(default = "default_boot_state")]
+    pub boot_state: PathBuf,
+    /// Run after an image switch (e.g. "systemctl reboot"); empty: the trial runs at once.
+    #[serde(default)]
+    pub reboot_command: String,
+}
+
+fn default_update_root() -> PathBuf {
+    "update-root.json".into()
+}
+fn default_channel() -> String {
+    "stable".into()
+}
+fn default_check_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_package_dir() -> PathBuf {
+    "app".into()
+}
+fn default_slot_a() -> PathBuf {
+    "slots/a.img".into()
+}
+fn default_slot_b() -> PathBuf {
+    "slots/b.img".into()
+}
+fn default_boot_state() -> PathBuf {
+    "slots/boot.json".into()
+}
+
+/// Longest postponement of a security update the device owner may configure.
+pub const MAX_SECURITY_POSTPONE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `[tokens]`: short-lived session tokens for the hub's HTTPS endpoints.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -504,6 +596,27 @@ impl AgentConfig {
                         "{field} = {v:?}: must be 1-128 characters without @ or |"
                     )));
                 }
+            }
+        }
+        if let Some(u) = &cfg.updates {
+            if !u.url.starts_with("https://") {
+                return Err(err(format!(
+                    "updates.url = {:?}: must be https:// (the hub's device API)",
+                    u.url
+                )));
+            }
+            if u.hardware.trim().is_empty() {
+                return Err(err("updates.hardware must name the hardware model".into()));
+            }
+            if u.security_postpone
+                .is_some_and(|p| p > MAX_SECURITY_POSTPONE)
+            {
+                return Err(err(
+                    "updates.security_postpone is longer than 7d: security fixes may be postponed, not refused".into(),
+                ));
+            }
+            if u.check_interval < Duration::from_secs(1) {
+                return Err(err("updates.check_interval must be at least 1s".into()));
             }
         }
         cfg.hub_host_port().map_err(err)?;

@@ -42,6 +42,9 @@ pub struct Producer {
     /// Woken when something was appended.
     pub ready: Arc<Notify>,
     pub last_drop_report: Option<Instant>,
+    /// Events raised by other parts of the agent (the updater), numbered and stored here
+    /// like the producer's own.
+    pub events: tokio::sync::mpsc::UnboundedReceiver<Event>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -69,7 +72,11 @@ impl Producer {
                     self.reading(result)?;
                 }
                 _ = housekeeping.tick() => self.housekeeping(),
+                Some(ev) = self.events.recv() => self.event(ev)?,
                 _ = stop.cancelled() => {
+                    while let Ok(ev) = self.events.try_recv() {
+                        self.event(ev)?;
+                    }
                     self.housekeeping();
                     return Ok(());
                 }

@@ -176,6 +176,19 @@ async fn run_agent(
 
     let ready = Arc::new(Notify::new());
     let producer_stop = CancellationToken::new();
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let updater_stop = CancellationToken::new();
+    let updater = cfg.updates.as_ref().map(|u| {
+        let task = crate::update::updater::Updater::new(
+            cfg,
+            u,
+            Arc::new(creds.clone()),
+            events_tx.clone(),
+            stats.clone(),
+        );
+        tokio::spawn(task.run(updater_stop.clone()))
+    });
+    drop(events_tx);
     let producer = Producer {
         outbox: outbox.clone(),
         telemetry_seq,
@@ -192,6 +205,7 @@ async fn run_agent(
         stats: stats.clone(),
         ready: ready.clone(),
         last_drop_report: None,
+        events: events_rx,
     };
     let producer = tokio::spawn(producer.run(cfg.telemetry.interval, producer_stop.clone()));
 
@@ -223,6 +237,10 @@ async fn run_agent(
             Err(e) => break Err(e),
         }
     };
+    updater_stop.cancel();
+    if let Some(u) = updater {
+        let _ = u.await;
+    }
     producer_stop.cancel();
     let producer_result = producer.await.unwrap_or(Ok(()));
     {
@@ -550,7 +568,8 @@ impl<'a> Session<'a> {
                             self.request_token(&client, &mut pubs);
                         }
                         if let Some(r) = &self.cfg.release {
-                            let body = serde_json::json!({"v": 1, "product": r.product, "release": r.version}).to_string();
+                            let version = crate::update::updater::committed_version(self.cfg).unwrap_or_else(|| r.version.clone());
+                            let body = serde_json::json!({"v": 1, "product": r.product, "release": version}).to_string();
                             if client
                                 .try_publish(format!("devices/{}/release", self.device_id), QoS::AtLeastOnce, false, body)
                                 .is_ok()

@@ -421,6 +421,33 @@ pub enum DropReason {
     Corrupt,
 }
 
+/// Where an update stands on a device (the rollout states of docs/updates.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateStage {
+    Queued,
+    Downloading,
+    Installing,
+    Verifying,
+    Succeeded,
+    Failed,
+    RolledBack,
+}
+
+impl UpdateStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateStage::Queued => "queued",
+            UpdateStage::Downloading => "downloading",
+            UpdateStage::Installing => "installing",
+            UpdateStage::Verifying => "verifying",
+            UpdateStage::Succeeded => "succeeded",
+            UpdateStage::Failed => "failed",
+            UpdateStage::RolledBack => "rolled_back",
+        }
+    }
+}
+
 /// Something the device reports that is not a reading.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -451,6 +478,33 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_seq: Option<u64>,
     },
+    /// An update the device may install (reported once per version).
+    UpdateAvailable {
+        target: String,
+        version: String,
+        /// Signed by the delegated security role.
+        security: bool,
+        /// When the agent will install it on its own (security updates; absent: it waits
+        /// for a rollout).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "time::serde::rfc3339::option"
+        )]
+        install_at: Option<OffsetDateTime>,
+    },
+    /// An update moved to a new stage.
+    Update {
+        stage: UpdateStage,
+        target: String,
+        version: String,
+        /// The rollout that asked for it, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<String>,
+        /// Why it failed or rolled back, or what is happening.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
 }
 
 impl Event {
@@ -460,6 +514,8 @@ impl Event {
             Event::BmsUnreachable { .. } => "bms_unreachable",
             Event::BmsRecovered { .. } => "bms_recovered",
             Event::DataDropped { .. } => "data_dropped",
+            Event::UpdateAvailable { .. } => "update_available",
+            Event::Update { .. } => "update",
         }
     }
 }
@@ -500,6 +556,28 @@ impl EventMessage {
                 range("down_s", *down_s, 0.0, 1e10)?;
             }
             Event::DataDropped { .. } => {}
+            Event::UpdateAvailable {
+                target, version, ..
+            } => {
+                text("target", target)?;
+                text("version", version)?;
+            }
+            Event::Update {
+                target,
+                version,
+                rollout,
+                detail,
+                ..
+            } => {
+                text("target", target)?;
+                text("version", version)?;
+                if let Some(r) = rollout {
+                    text("rollout", r)?;
+                }
+                if let Some(d) = detail {
+                    text("detail", d)?;
+                }
+            }
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ pub mod units;
 
 pub use document::{
     Aggregate, DropReason, Event, EventMessage, Extremes, PackValues, TelemetryMessage,
-    ValidationError, Window,
+    UpdateStage, ValidationError, Window,
 };
 pub use reading::{Alarm, Fets, Limits, Pack, Reading, Requests, SourceInfo};
 pub use simulator::{SimulatedPack, SimulatorConfig};

@@ -60,6 +60,9 @@ pub struct EventCounters {
     bms_recovered: std::sync::atomic::AtomicU64,
     data_dropped: std::sync::atomic::AtomicU64,
     dropped_records: std::sync::atomic::AtomicU64,
+    update_failed: std::sync::atomic::AtomicU64,
+    update_rolled_back: std::sync::atomic::AtomicU64,
+    update_succeeded: std::sync::atomic::AtomicU64,
 }
 
 impl EventCounters {
@@ -71,6 +74,13 @@ impl EventCounters {
                 self.dropped_records.fetch_add(*records, Ordering::Relaxed);
                 &self.data_dropped
             }
+            rampart_bms::Event::Update { stage, .. } => match stage {
+                rampart_bms::UpdateStage::Failed => &self.update_failed,
+                rampart_bms::UpdateStage::RolledBack => &self.update_rolled_back,
+                rampart_bms::UpdateStage::Succeeded => &self.update_succeeded,
+                _ => return,
+            },
+            rampart_bms::Event::UpdateAvailable { .. } => return,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -265,6 +275,21 @@ const DEFS: [Def; METRIC_COUNT] = [
         help: "Critical findings of the last scheduled identity audit.",
     },
     Def {
+        name: "rampart_device_updates_succeeded_total",
+        kind: "counter",
+        help: "Updates devices reported committed after their health check.",
+    },
+    Def {
+        name: "rampart_device_updates_failed_total",
+        kind: "counter",
+        help: "Updates devices reported failed (download, verification or install refused).",
+    },
+    Def {
+        name: "rampart_device_updates_rolled_back_total",
+        kind: "counter",
+        help: "Updates devices rolled back (health check failed or restart before commit).",
+    },
+    Def {
         name: "rampart_device_events_bms_unreachable_total",
         kind: "counter",
         help: "bms_unreachable events reported by devices (re-sends counted again).",
@@ -297,7 +322,7 @@ const DEFS: [Def; METRIC_COUNT] = [
 ];
 
 /// Number of metrics in [`DEFS`]; `snapshot` must produce exactly this many values.
-const METRIC_COUNT: usize = 40;
+const METRIC_COUNT: usize = 43;
 
 /// Takes a snapshot of broker, ingest, device API, audit, event and deadline counters.
 pub fn snapshot(
@@ -349,6 +374,9 @@ pub fn snapshot(
         u(&audit.0[1]),
         u(&audit.0[2]),
         u(&audit.0[3]),
+        u(&events.update_succeeded),
+        u(&events.update_failed),
+        u(&events.update_rolled_back),
         u(&events.bms_unreachable),
         u(&events.bms_recovered),
         u(&events.data_dropped),

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod raw;
+pub mod release;
 
 pub use nix::sys::signal::Signal;
 

@@ -8,77 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use rampart_e2e::release::{Keys, ok, refused};
 use rampart_e2e::{Agent, Bundle, PLAIN_KEYS, TestHub, bin, free_port, wait_until};
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn refused(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Offline keys made with `rampart release keygen`, kept outside the hub's directory.
-struct Keys {
-    dir: PathBuf,
-}
-
-impl Keys {
-    fn new(hub: &TestHub) -> Keys {
-        let dir = hub.tmp.path().join("offline-keys");
-        std::fs::create_dir_all(&dir).unwrap();
-        for name in ["root-1", "root-2", "targets", "security"] {
-            let out = Command::new(bin("rampart"))
-                .args(["release", "keygen", "--out"])
-                .arg(dir.join(format!("{name}.pem")))
-                .output()
-                .unwrap();
-            let text = ok(out);
-            assert!(text.contains("key id:"), "{text}");
-        }
-        Keys { dir }
-    }
-
-    fn private(&self, name: &str) -> String {
-        self.dir.join(format!("{name}.pem")).display().to_string()
-    }
-
-    fn public(&self, name: &str) -> String {
-        self.dir
-            .join(format!("{name}.pub.json"))
-            .display()
-            .to_string()
-    }
-}
 
 /// Root (2 of 2 keys), targets and security roles, first release published.
 fn first_release(hub: &TestHub, artifact: &Path) -> Keys {
     let k = Keys::new(hub);
-    ok(hub.rampart(&[
-        "release",
-        "root",
-        "--root-key",
-        &k.public("root-1"),
-        "--root-key",
-        &k.public("root-2"),
-        "--root-threshold",
-        "2",
-        "--targets-key",
-        &k.public("targets"),
-        "--security-key",
-        &k.public("security"),
-    ]));
+    k.stage_root(hub);
     let added = ok(hub.rampart(&[
         "release",
         "add",

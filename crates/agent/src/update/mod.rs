@@ -7,10 +7,16 @@
 //!   a journal.
 //! - `tuf`: the refresh/download workflow, shared by the agent and the `rampart-agent tuf`
 //!   conformance command.
+//! - `install`: package and A/B image installers, the trial after a switch, commit and
+//!   rollback, recovery of interrupted installs.
+//! - `updater`: the agent's task that checks, decides (security updates by default) and
+//!   installs, reporting each stage to the hub.
 //!
 //! The verification itself is `rampart_update`'s: this module moves bytes and keeps state.
 
 pub mod download;
 pub mod http;
+pub mod install;
 pub mod store;
 pub mod tuf;
+pub mod updater;

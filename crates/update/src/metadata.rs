@@ -390,28 +390,62 @@ pub fn check_hashes(
 
 /// Streams a file through [`check_file`]'s checks: at most `length + 1` bytes are read,
 /// so a longer file fails without being read whole.
+///
+/// Reading and hashing overlap: a reader thread fills buffers while this thread hashes the
+/// previous one, so on a device with two cores verification costs about the hash alone
+/// (docs/benchmarks.md).
 pub fn check_reader(
     what: &str,
-    mut reader: impl std::io::Read,
+    mut reader: impl std::io::Read + Send,
     length: u64,
     hashes: &BTreeMap<String, String>,
 ) -> Result<(), UpdateError> {
+    const BUF: usize = 1 << 20;
     let mut h = Hasher::new(what, hashes)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| UpdateError::io(std::path::Path::new(what), e))?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if total > length {
-            break;
-        }
-        h.update(&buf[..n]);
+    let limit = length.saturating_add(1);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..3 {
+        // Three buffers circulate: one being read into, one queued, one being hashed.
+        let _ = empty_tx.send(vec![0u8; BUF]);
     }
+    let total = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut read = 0u64;
+            while read < limit {
+                let Ok(mut buf) = empty_rx.recv() else {
+                    return;
+                };
+                buf.resize(BUF, 0);
+                let want = (limit - read).min(BUF as u64) as usize;
+                match reader.read(&mut buf[..want]) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        read += n as u64;
+                        buf.truncate(n);
+                        if full_tx.send(Ok(buf)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = full_tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut total = 0u64;
+        for buf in full_rx.iter() {
+            let buf = buf.map_err(|e| UpdateError::io(std::path::Path::new(what), e))?;
+            total += buf.len() as u64;
+            if total <= length {
+                h.update(&buf);
+            }
+            // The reader may already have stopped; then the buffer is simply dropped.
+            let _ = empty_tx.send(buf);
+        }
+        Ok::<u64, UpdateError>(total)
+    })?;
     if total != length {
         return Err(UpdateError::LengthMismatch {
             what: what.to_owned(),

@@ -63,25 +63,8 @@ enum Command {
     /// `tuf ... --target-name N --target-base-url U --target-dir T download`.
     /// Exit status 0 on success, 1 on any refusal or error (the reason on stderr).
     Tuf {
-        /// Directory holding the trusted metadata (root.json, timestamp.json, ...).
-        #[arg(long, global = true, value_name = "DIR")]
-        metadata_dir: Option<PathBuf>,
-        /// Base URL of the repository's metadata (http:// or https://).
-        #[arg(long, global = true, value_name = "URL")]
-        metadata_url: Option<String>,
-        /// The target to download.
-        #[arg(long, global = true, value_name = "NAME")]
-        target_name: Option<String>,
-        /// Base URL of the repository's targets.
-        #[arg(long, global = true, value_name = "URL")]
-        target_base_url: Option<String>,
-        /// Where the downloaded target is written (as its percent-encoded name).
-        #[arg(long, global = true, value_name = "DIR")]
-        target_dir: Option<PathBuf>,
-        /// For https:// URLs (the hub's device API): the agent configuration whose device
-        /// certificate and session token authenticate the requests.
-        #[arg(long, global = true, value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        args: TufArgs,
         #[command(subcommand)]
         action: TufAction,
     },
@@ -113,12 +96,26 @@ enum TufAction {
     Download,
 }
 
+#[derive(clap::Args)]
 struct TufArgs {
+    /// Directory holding the trusted metadata (root.json, timestamp.json, ...).
+    #[arg(long, global = true, value_name = "DIR")]
     metadata_dir: Option<PathBuf>,
+    /// Base URL of the repository's metadata (http:// or https://).
+    #[arg(long, global = true, value_name = "URL")]
     metadata_url: Option<String>,
+    /// The target to download.
+    #[arg(long, global = true, value_name = "NAME")]
     target_name: Option<String>,
+    /// Base URL of the repository's targets.
+    #[arg(long, global = true, value_name = "URL")]
     target_base_url: Option<String>,
+    /// Where the downloaded target is written (as its percent-encoded name).
+    #[arg(long, global = true, value_name = "DIR")]
     target_dir: Option<PathBuf>,
+    /// For https:// URLs (the hub's device API): the agent configuration whose device
+    /// certificate and session token authenticate the requests.
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
@@ -399,25 +396,7 @@ async fn main() -> ExitCode {
             status(&config, json).err().unwrap_or(ExitCode::SUCCESS)
         }
         Command::Token { config } => token(&config).err().unwrap_or(ExitCode::SUCCESS),
-        Command::Tuf {
-            metadata_dir,
-            metadata_url,
-            target_name,
-            target_base_url,
-            target_dir,
-            config,
-            action,
-        } => {
-            let args = TufArgs {
-                metadata_dir,
-                metadata_url,
-                target_name,
-                target_base_url,
-                target_dir,
-                config,
-            };
-            tuf(args, action).await.err().unwrap_or(ExitCode::SUCCESS)
-        }
+        Command::Tuf { args, action } => tuf(args, action).await.err().unwrap_or(ExitCode::SUCCESS),
         Command::Reset {
             config,
             factory,

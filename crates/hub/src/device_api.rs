@@ -140,27 +140,12 @@ async fn update_metadata(
     axum::extract::Path(file): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    if let Err(r) = check_token(&state, &peer, &headers) {
-        return *r;
-    }
     let ok = file.ends_with(".json")
         && !file.starts_with('.')
         && file
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if !ok {
-        state
-            .metrics
-            .update_files_refused
-            .fetch_add(1, Ordering::Relaxed);
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_name",
-            format!("{file:?} is not a metadata file name"),
-        );
-    }
-    serve_file(&state, state.updates.join("metadata").join(&file), &headers).await
+    serve_update(&state, &peer, &headers, "metadata", &file, ok).await
 }
 
 /// `GET /v1/updates/targets/PATH`: an artifact by its consistent-snapshot name, with
@@ -171,11 +156,25 @@ async fn update_target(
     axum::extract::Path(path): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    let ok = rampart_update::repository::check_target_name(&path).is_ok();
+    serve_update(&state, &peer, &headers, "targets", &path, ok).await
+}
+
+/// Token check, then the file `name` under the repository's `dir` if the name is allowed
+/// (names are checked so no request reaches outside the repository).
+async fn serve_update(
+    state: &ApiState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    dir: &str,
+    name: &str,
+    name_ok: bool,
+) -> Response {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    if let Err(r) = check_token(&state, &peer, &headers) {
+    if let Err(r) = check_token(state, peer, headers) {
         return *r;
     }
-    if rampart_update::repository::check_target_name(&path).is_err() {
+    if !name_ok {
         state
             .metrics
             .update_files_refused
@@ -183,10 +182,10 @@ async fn update_target(
         return error(
             StatusCode::BAD_REQUEST,
             "bad_name",
-            format!("{path:?} is not a target path"),
+            format!("{name:?} is not a {dir} file name"),
         );
     }
-    serve_file(&state, state.updates.join("targets").join(&path), &headers).await
+    serve_file(state, state.updates.join(dir).join(name), headers).await
 }
 
 /// The byte range a `Range` header asks for, given the file's length: `None` for the

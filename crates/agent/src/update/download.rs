@@ -304,18 +304,9 @@ fn write_journal(path: &Path, j: &Journal) -> Result<(), DownloadError> {
 }
 
 fn remove(path: &Path) -> Result<(), DownloadError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(DownloadError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }),
-    }
+    super::remove_file(path).map_err(io(path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), DownloadError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    super::sync_dir(dir).map_err(io(dir))
 }

@@ -620,11 +620,7 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), InstallError> {
 }
 
 fn remove(path: &Path) -> Result<(), InstallError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io(path)(e)),
-    }
+    super::remove_file(path).map_err(io(path))
 }
 
 fn remove_tree(path: &Path) -> Result<(), InstallError> {
@@ -636,7 +632,5 @@ fn remove_tree(path: &Path) -> Result<(), InstallError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), InstallError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    super::sync_dir(dir).map_err(io(dir))
 }

@@ -20,3 +20,18 @@ pub mod install;
 pub mod store;
 pub mod tuf;
 pub mod updater;
+
+use std::path::Path;
+
+/// Removes a file; one that is already gone is fine.
+pub(crate) fn remove_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Makes a directory's entries (renames, new files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
+}

@@ -179,9 +179,5 @@ fn io(path: &Path, e: std::io::Error) -> UpdateError {
 }
 
 fn remove(path: &Path) -> Result<(), UpdateError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io(path, e)),
-    }
+    super::remove_file(path).map_err(|e| io(path, e))
 }

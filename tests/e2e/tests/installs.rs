@@ -198,8 +198,9 @@ fn image(byte: u8) -> Vec<u8> {
     (0..3_000_000u32).map(|i| (i % 251) as u8 ^ byte).collect()
 }
 
-#[test]
-fn an_ab_image_update_switches_slots_and_a_failing_health_check_rolls_back() {
+/// A running hub with an empty published repository, images 1 and 2, and image 2 written
+/// to a file ready for `rampart release add`.
+fn hub_with_images() -> (TestHub, Keys, Vec<u8>, Vec<u8>, std::path::PathBuf) {
     let mut hub = TestHub::init();
     hub.start();
     let keys = Keys::new(&hub);
@@ -207,6 +208,12 @@ fn an_ab_image_update_switches_slots_and_a_failing_health_check_rolls_back() {
     let (v1, v2) = (image(1), image(2));
     let img = hub.tmp.path().join("gw-2.0.0.img");
     std::fs::write(&img, &v2).unwrap();
+    (hub, keys, v1, v2, img)
+}
+
+#[test]
+fn an_ab_image_update_switches_slots_and_a_failing_health_check_rolls_back() {
+    let (mut hub, keys, v1, v2, img) = hub_with_images();
     let good = image_device(&hub, "gw-ab", "", &v1);
     let bad = image_device(&hub, "gw-ab-bad", "health_command = \"exit 3\"", &v1);
     let _agents = [Agent::start(&good, "1s"), Agent::start(&bad, "1s")];
@@ -267,13 +274,7 @@ fn verified_image(path: &Path, allowed: &[&str]) -> bool {
 
 #[test]
 fn killing_the_agent_at_every_install_step_never_leaves_an_unverified_version_active() {
-    let mut hub = TestHub::init();
-    hub.start();
-    let keys = Keys::new(&hub);
-    keys.publish_empty(&hub);
-    let (v1, v2) = (image(1), image(2));
-    let img = hub.tmp.path().join("gw-2.0.0.img");
-    std::fs::write(&img, &v2).unwrap();
+    let (mut hub, keys, v1, _v2, img) = hub_with_images();
     std::fs::write(hub.tmp.path().join("v1.img"), &v1).unwrap();
     let (h1, h2) = (
         sha256_hex(&hub.tmp.path().join("v1.img")).unwrap(),

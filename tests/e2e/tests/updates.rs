@@ -327,13 +327,16 @@ fn the_tuf_command_follows_the_conformance_protocol_over_plain_http() {
     ]));
     let murl = format!("http://127.0.0.1:{port}/metadata");
     let turl = format!("http://127.0.0.1:{port}/targets");
-    ok(cli(&[
-        "--metadata-dir",
-        &meta_s,
-        "--metadata-url",
-        &murl,
-        "refresh",
-    ]));
+    let refresh = || {
+        cli(&[
+            "--metadata-dir",
+            &meta_s,
+            "--metadata-url",
+            &murl,
+            "refresh",
+        ])
+    };
+    ok(refresh());
     ok(cli(&[
         "--metadata-dir",
         &meta_s,
@@ -382,21 +385,9 @@ fn the_tuf_command_follows_the_conformance_protocol_over_plain_http() {
             .to_string(),
     ]));
     ok(hub.rampart(&["release", "publish"]));
-    ok(cli(&[
-        "--metadata-dir",
-        &meta_s,
-        "--metadata-url",
-        &murl,
-        "refresh",
-    ]));
+    ok(refresh());
     std::fs::write(repo.join("metadata/timestamp.json"), old_ts).unwrap();
-    let e = refused(cli(&[
-        "--metadata-dir",
-        &meta_s,
-        "--metadata-url",
-        &murl,
-        "refresh",
-    ]));
+    let e = refused(refresh());
     assert!(e.contains("rollback refused"), "{e}");
     // An uninitialised directory says what to do.
     let e = refused(cli(&[

@@ -306,8 +306,10 @@ impl TestHub {
             self.refusals(reason),
             self.logs.text()
         );
+        // The log line is read from the hub's stderr by another thread: give it a moment.
+        let needle = format!("\"reason\":\"{reason}\"");
         assert!(
-            self.logs.contains(&format!("\"reason\":\"{reason}\"")),
+            wait_until(Duration::from_secs(5), || self.logs.contains(&needle)),
             "refusal {reason} not logged:\n{}",
             self.logs.text()
         );

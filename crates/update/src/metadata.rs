@@ -75,6 +75,24 @@ impl Envelope {
         if role_keys.threshold == 0 {
             return Err(UpdateError::malformed(role, "threshold 0"));
         }
+        let valid = self.valid_signers(keys, role_keys)?;
+        if valid < role_keys.threshold as usize {
+            return Err(UpdateError::Threshold {
+                role: role.to_owned(),
+                valid,
+                threshold: role_keys.threshold,
+            });
+        }
+        Ok(())
+    }
+
+    /// How many distinct keys of `role_keys` signed: listed for the role, found in `keys`
+    /// under their own key id, with a signature that verifies.
+    pub fn valid_signers(
+        &self,
+        keys: &BTreeMap<String, PublicKey>,
+        role_keys: &RoleKeys,
+    ) -> Result<usize, UpdateError> {
         let msg = canonical::to_vec(&self.signed)?;
         let allowed: BTreeSet<&str> = role_keys.keyids.iter().map(String::as_str).collect();
         let mut good: BTreeSet<&str> = BTreeSet::new();
@@ -95,14 +113,7 @@ impl Envelope {
                 good.insert(&s.keyid);
             }
         }
-        if good.len() < role_keys.threshold as usize {
-            return Err(UpdateError::Threshold {
-                role: role.to_owned(),
-                valid: good.len(),
-                threshold: role_keys.threshold,
-            });
-        }
-        Ok(())
+        Ok(good.len())
     }
 
     /// Reads `signed` as a role of `expected_type`.

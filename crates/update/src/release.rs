@@ -125,10 +125,6 @@ impl ReleaseDir {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The published repository devices fetch from.
     pub fn published(&self) -> Published {
         Published::new(&self.dir.join("repository"))
@@ -421,28 +417,30 @@ impl ReleaseDir {
     /// The requirements a staged role must meet to be published.
     fn requirements(&self, role: &str, env: &Envelope) -> Result<Vec<Requirement>, UpdateError> {
         let mut out = Vec::new();
-        let mut check =
-            |by: &str, keys: &BTreeMap<String, PublicKey>, rk: &crate::metadata::RoleKeys| {
-                let valid = count_valid(env, keys, rk);
-                out.push(Requirement {
-                    by: by.to_owned(),
-                    threshold: rk.threshold,
-                    valid,
-                    keyids: rk.keyids.clone(),
-                });
-            };
+        let mut check = |by: &str,
+                         keys: &BTreeMap<String, PublicKey>,
+                         rk: &crate::metadata::RoleKeys|
+         -> Result<(), UpdateError> {
+            out.push(Requirement {
+                by: by.to_owned(),
+                threshold: rk.threshold,
+                valid: env.valid_signers(keys, rk)?,
+                keyids: rk.keyids.clone(),
+            });
+            Ok(())
+        };
         match role {
             "root" => {
                 let new: Root = env.role("root")?;
-                check("new root", &new.keys, new.role_keys("root")?);
+                check("new root", &new.keys, new.role_keys("root")?)?;
                 if let Some((_, old)) = self.latest("root")? {
                     let old: Root = old.role("root")?;
-                    check("previous root", &old.keys, old.role_keys("root")?);
+                    check("previous root", &old.keys, old.role_keys("root")?)?;
                 }
             }
             "targets" => {
                 let root = self.current_root()?.ok_or_else(no_root)?;
-                check("root", &root.keys, root.role_keys("targets")?);
+                check("root", &root.keys, root.role_keys("targets")?)?;
             }
             SECURITY_ROLE => {
                 let d = self
@@ -458,7 +456,7 @@ impl ReleaseDir {
                     .ok_or_else(|| {
                         UpdateError::Release("targets delegates to no security role".into())
                     })?;
-                check("targets delegation", &d.keys, &r.role_keys());
+                check("targets delegation", &d.keys, &r.role_keys())?;
             }
             other => return Err(not_stageable(other)),
         }
@@ -680,29 +678,6 @@ impl ReleaseDir {
         repo.write_timestamp(&env)?;
         Ok(Some(version))
     }
-
-    /// When the offline-signed metadata (root, targets, delegated roles) expires.
-    pub fn offline_expiries(&self) -> Result<Vec<(String, OffsetDateTime)>, UpdateError> {
-        let mut out = Vec::new();
-        for role in STAGEABLE {
-            if let Some((_, env)) = self.latest(role)? {
-                let exp = env
-                    .signed
-                    .get("expires")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default();
-                let t = crate::metadata::Common {
-                    kind: role.into(),
-                    spec_version: String::new(),
-                    version: 0,
-                    expires: exp.to_owned(),
-                }
-                .expires_at(role)?;
-                out.push((role.to_owned(), t));
-            }
-        }
-        Ok(out)
-    }
 }
 
 fn version_of(env: &Envelope) -> u64 {
@@ -710,28 +685,6 @@ fn version_of(env: &Envelope) -> u64 {
         .get("version")
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(0)
-}
-
-fn count_valid(
-    env: &Envelope,
-    keys: &BTreeMap<String, PublicKey>,
-    rk: &crate::metadata::RoleKeys,
-) -> usize {
-    // Count by asking for ever larger thresholds: the envelope's own check stays the only
-    // signature logic.
-    let mut valid = 0;
-    for n in 1..=rk.keyids.len() {
-        let probe = crate::metadata::RoleKeys {
-            keyids: rk.keyids.clone(),
-            threshold: n as u32,
-        };
-        if env.verify("probe", keys, &probe).is_ok() {
-            valid = n;
-        } else {
-            break;
-        }
-    }
-    valid
 }
 
 fn check_threshold(role: &str, keys: usize, threshold: u32) -> Result<(), UpdateError> {

@@ -268,6 +268,23 @@ fn crash_at(dev: &Bundle, step: &str) {
     assert!(!status.success(), "aborted at {step}");
 }
 
+/// Starts the agent again after a crash at `step` and waits until it commits `version`.
+fn restart_until_committed(hub: &TestHub, dev: &Bundle, version: &str, step: &str) -> Agent {
+    let agent = Agent::run(dev);
+    assert!(
+        wait_until(Duration::from_secs(60), || has_event(
+            hub,
+            &dev.id,
+            "succeeded",
+            version
+        )),
+        "no commit after a crash at {step}: {:?}\n{}",
+        update_events(hub, &dev.id),
+        agent.logs.text()
+    );
+    agent
+}
+
 fn verified_image(path: &Path, allowed: &[&str]) -> bool {
     sha256_hex(path).is_some_and(|h| allowed.contains(&h.as_str()))
 }
@@ -304,18 +321,7 @@ fn killing_the_agent_at_every_install_step_never_leaves_an_unverified_version_ac
             verified_image(&active_slot(&dev), &[&h1, &h2]),
             "after a crash at {step}, the active slot holds a verified image"
         );
-        let agent = Agent::run(&dev);
-        assert!(
-            wait_until(Duration::from_secs(60), || has_event(
-                &hub,
-                &dev.id,
-                "succeeded",
-                "2.0.0"
-            )),
-            "no commit after a crash at {step}: {:?}\n{}",
-            update_events(&hub, &dev.id),
-            agent.logs.text()
-        );
+        let agent = restart_until_committed(&hub, &dev, "2.0.0", step);
         assert_eq!(sha256_hex(&active_slot(&dev)).unwrap(), h2, "{step}");
         drop(agent);
     }
@@ -346,18 +352,7 @@ fn killing_the_agent_at_every_install_step_never_leaves_an_unverified_version_ac
                 "{step}"
             );
         }
-        let agent = Agent::run(&dev);
-        assert!(
-            wait_until(Duration::from_secs(60), || has_event(
-                &hub,
-                &dev.id,
-                "succeeded",
-                "1.5.0"
-            )),
-            "no commit after a crash at {step}: {:?}\n{}",
-            update_events(&hub, &dev.id),
-            agent.logs.text()
-        );
+        let agent = restart_until_committed(&hub, &dev, "1.5.0", step);
         assert_eq!(current(&dev).as_deref(), Some("1.5.0"), "{step}");
         drop(agent);
     }

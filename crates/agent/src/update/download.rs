@@ -125,15 +125,6 @@ impl Downloads {
         )
     }
 
-    /// Bytes of `file` already committed from an earlier attempt (0 if none).
-    pub fn resumable(&self, name: &str, file: &TargetFile) -> u64 {
-        let Some(sha) = file.hashes.get("sha256") else {
-            return 0;
-        };
-        let (_, journal, _) = self.paths(sha);
-        read_journal(&journal, name, file, sha).map_or(0, |j| j.committed)
-    }
-
     /// Downloads `name` from `url` (resuming a journaled attempt) and returns the path of
     /// the verified file. `progress` is called with the bytes on disk so far.
     pub async fn fetch(

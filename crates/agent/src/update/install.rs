@@ -235,13 +235,6 @@ impl Installer {
         }
     }
 
-    /// The file of the slot that boots now.
-    pub fn active_slot(&self) -> Result<(String, PathBuf), InstallError> {
-        let b = self.boot_state()?;
-        let p = self.slot_path(&b.active).to_path_buf();
-        Ok((b.active, p))
-    }
-
     /// Finishes or undoes what an earlier run left; call once at start, before anything
     /// else touches the installation.
     pub fn recover(&self) -> Result<Recovery, InstallError> {

@@ -37,10 +37,6 @@ impl MetadataStore {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Whether a trusted root is installed.
     pub fn is_initialised(&self) -> bool {
         self.dir.join("root.json").exists()

@@ -158,6 +158,10 @@ enum Command {
     /// Software updates (TUF): signing keys, staging artifacts, offline signatures, publishing.
     #[command(subcommand)]
     Release(commands::release::ReleaseCommand),
+    /// Staged rollouts of a published release: waves, thresholds, approval, abort with
+    /// rollback, and each device's state.
+    #[command(subcommand)]
+    Rollout(commands::rollout::RolloutCommand),
     /// Run a complete hub and simulated battery gateways in a temporary directory, and show
     /// their live telemetry until Ctrl-C.
     Demo {
@@ -659,6 +663,7 @@ async fn main() -> ExitCode {
         Command::Vex(cmd) => commands::cra::vex_cmd(cmd).await,
         Command::Cra(cmd) => commands::cra::run(cmd).await,
         Command::Release(cmd) => commands::release::run(cmd),
+        Command::Rollout(cmd) => commands::rollout::run(cmd).await,
         Command::Demo {
             devices,
             interval,

@@ -178,17 +178,22 @@ async fn run_agent(
     let producer_stop = CancellationToken::new();
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let updater_stop = CancellationToken::new();
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut commands_tx = Some(commands_tx);
     let updater = cfg.updates.as_ref().map(|u| {
         let task = crate::update::updater::Updater::new(
             cfg,
             u,
             Arc::new(creds.clone()),
             events_tx.clone(),
+            commands_rx,
             stats.clone(),
         );
         tokio::spawn(task.run(updater_stop.clone()))
     });
-    drop(events_tx);
+    if updater.is_none() {
+        commands_tx = None;
+    }
     let producer = Producer {
         outbox: outbox.clone(),
         telemetry_seq,
@@ -217,6 +222,10 @@ async fn run_agent(
         outbox.clone(),
         ready,
         board.clone(),
+        Instructions {
+            commands: commands_tx,
+            events: events_tx,
+        },
     );
     let result = loop {
         let pending = creds.pending().exists();
@@ -367,6 +376,14 @@ struct Session<'a> {
     token_refresh_at: Option<tokio::time::Instant>,
     token_request: Option<String>,
     token_path: PathBuf,
+    instructions: Instructions,
+}
+
+/// Where the hub's update instructions go: to the updater, or — on an agent without
+/// `[updates]` — back to the hub as a refusal, so a rollout does not wait for it forever.
+struct Instructions {
+    commands: Option<tokio::sync::mpsc::UnboundedSender<rampart_update::rollout::Command>>,
+    events: tokio::sync::mpsc::UnboundedSender<rampart_bms::Event>,
 }
 
 impl<'a> Session<'a> {
@@ -378,8 +395,10 @@ impl<'a> Session<'a> {
         outbox: Arc<Mutex<Outbox>>,
         ready: Arc<Notify>,
         board: Arc<Board>,
+        instructions: Instructions,
     ) -> Self {
         Session {
+            instructions,
             cfg,
             creds,
             device_id,
@@ -555,7 +574,7 @@ impl<'a> Session<'a> {
                             tracing::info!("renewed certificate works and is now in use; the previous one is kept as .old");
                         }
                         tracing::info!(hub = %self.cfg.hub.address, backlog = lock(&self.outbox).depth(), "connected to the hub");
-                        for t in [self.topic("certs/renew/response"), self.topic("token/response")] {
+                        for t in [self.topic("certs/renew/response"), self.topic("token/response"), self.command_topic()] {
                             let _ = client.try_subscribe(t, QoS::AtLeastOnce);
                         }
                         if client
@@ -580,6 +599,9 @@ impl<'a> Session<'a> {
                     }
                     Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => pubs.written(pkid),
                     Some(Ok(Event::Incoming(Packet::PubAck(a)))) => self.acked(&mut pubs, a.pkid),
+                    Some(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == self.command_topic() => {
+                        self.instruction(&p.payload);
+                    }
                     Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                         if self.answer(&p.topic, &p.payload)? {
                             draining = Some(tokio::time::Instant::now() + Duration::from_secs(10));
@@ -662,6 +684,42 @@ impl<'a> Session<'a> {
                     return Ok(Conn::End(End::Shutdown));
                 }
             }
+        }
+    }
+
+    fn command_topic(&self) -> String {
+        format!(
+            "devices/{}{}",
+            self.device_id,
+            rampart_update::rollout::COMMAND_SUFFIX
+        )
+    }
+
+    /// Passes an update instruction to the updater; a malformed one, or one this agent
+    /// cannot follow, is reported to the hub as a failure.
+    fn instruction(&self, payload: &[u8]) {
+        let refuse = |why: String| {
+            tracing::warn!(reason = %why, "update instruction refused");
+            let _ = self.instructions.events.send(rampart_bms::Event::Update {
+                stage: rampart_bms::UpdateStage::Failed,
+                target: "-".into(),
+                version: "-".into(),
+                rollout: serde_json::from_slice::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|v| v["rollout"].as_str().map(str::to_owned))
+                    .filter(|r| rampart_update::rollout::valid_id(r)),
+                detail: Some(why),
+            });
+        };
+        match rampart_update::rollout::Command::parse(payload) {
+            Err(e) => refuse(e),
+            Ok(c) => match &self.instructions.commands {
+                Some(tx) => {
+                    // The updater outlives every session; a closed channel means stopping.
+                    let _ = tx.send(c);
+                }
+                None => refuse("this agent has no [updates] section".into()),
+            },
         }
     }
 

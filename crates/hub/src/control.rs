@@ -34,6 +34,8 @@ pub enum Request {
     Audit,
     /// Counters and connected clients.
     Status,
+    /// A rollout was created or an operator stepped it: evaluate it now.
+    RolloutChanged { id: String },
 }
 
 /// A connected client, as reported by `status`.

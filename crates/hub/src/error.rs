@@ -37,6 +37,8 @@ pub enum HubError {
     Compliance(#[from] rampart_compliance::ComplianceError),
     #[error("{0}")]
     NotFound(String),
+    #[error("rollout: {0}")]
+    Rollout(String),
 }
 
 impl HubError {
@@ -56,6 +58,12 @@ impl HubError {
             HubError::Config { .. } => {
                 Some("see docs/configuration.md for every field and its range")
             }
+            HubError::Store(rampart_store::StoreError::AlreadyExists {
+                what: "rollout", ..
+            }) => Some("pick another rollout id; `rampart rollout list` shows the ones in use"),
+            HubError::Rollout(_) => Some(
+                "see docs/updates.md (rollouts); `rampart rollout status ID` shows where a rollout is",
+            ),
             HubError::Store(rampart_store::StoreError::AlreadyExists { .. }) => Some(
                 "pick another device id, or inspect the existing one with `rampart device show ID`",
             ),

@@ -47,6 +47,7 @@ struct ReleaseReport {
 
 pub(crate) struct HubHooks {
     pub store: Arc<dyn Store>,
+    pub rollouts: Arc<crate::rollouts::Engine>,
     pub ingest: IngestQueue,
     pub seen: Arc<SeenBatcher>,
     pub auth: Arc<Authenticator>,
@@ -149,13 +150,34 @@ impl HubHooks {
             _ => tracing::info!(device = %device_id, kind, "device event"),
         }
         self.events_received.count(&msg.event);
-        let store = self.store.clone();
+        // A report on a rollout moves it along, once: a re-sent event is not new.
+        let report = match &msg.event {
+            rampart_bms::Event::Update {
+                stage,
+                rollout: Some(r),
+                detail,
+                ..
+            } => Some((r.clone(), stage.as_str(), detail.clone())),
+            _ => None,
+        };
+        let (store, rollouts, device) = (
+            self.store.clone(),
+            self.rollouts.clone(),
+            device_id.to_owned(),
+        );
         Ok(Some(Box::pin(async move {
-            store
+            let seq = row.seq;
+            let new = store
                 .insert_events(&[row])
                 .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            if let (1, Some((r, stage, detail))) = (new, report) {
+                rollouts
+                    .report(&r, &device, seq, stage, detail.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
         })))
     }
 }
@@ -208,6 +230,17 @@ impl Hooks for HubHooks {
     ) -> Result<Option<Durable>, Refusal> {
         if self.server.dispatch(identity, publish) {
             return Ok(None);
+        }
+        if publish
+            .topic
+            .ends_with(rampart_update::rollout::COMMAND_SUFFIX)
+        {
+            // The policy lets a device publish in its own namespace; update instructions
+            // there come from the hub alone.
+            return Err(Refusal::new(
+                RefusalReason::PublishDenied,
+                "update instructions are sent by the hub only",
+            ));
         }
         if let Some(device_id) = telemetry_device(&publish.topic) {
             return self.telemetry(device_id, &publish.payload).await;

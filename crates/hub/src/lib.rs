@@ -15,7 +15,8 @@
 //! - `control` and `live`: the Unix-socket control channel (CLI → running hub) and what the
 //!   hub does with each request.
 //! - `audit`: the identity audit; `metrics`: Prometheus exposition.
-//! - `ops`: operator operations behind the CLI.
+//! - `ops`: operator operations behind the CLI; `rollouts`: staged rollouts (operations and
+//!   the engine that sends devices their update instructions).
 //! - `run`: starting and stopping the hub.
 
 pub mod audit;
@@ -33,6 +34,7 @@ pub mod ops;
 pub mod pki_state;
 mod policies;
 pub mod provision_hook;
+pub mod rollouts;
 pub mod run;
 mod server_topics;
 

@@ -29,6 +29,7 @@ pub(crate) struct Live {
     pub auth: Arc<Authenticator>,
     pub tls: Arc<RwLock<Arc<ServerConfig>>>,
     pub snapshot: Arc<dyn Fn() -> MetricsSnapshot + Send + Sync>,
+    pub rollouts: Arc<crate::rollouts::Engine>,
 }
 
 impl Live {
@@ -40,6 +41,9 @@ impl Live {
             Request::CertificatesRevoked { serials } => self.revoked(&serials).await,
             Request::Audit => self.audit().await,
             Request::Status => Ok(self.status()),
+            Request::RolloutChanged { id } => {
+                self.rollouts.evaluate(&id).await.map(|()| Response::ok())
+            }
         };
         result.unwrap_or_else(Response::error)
     }

@@ -310,6 +310,26 @@ const DEFS: [Def; METRIC_COUNT] = [
         help: "Records devices reported dropped from their outbox (bound reached or damaged).",
     },
     Def {
+        name: "rampart_rollout_install_commands_total",
+        kind: "counter",
+        help: "Install instructions sent to devices by rollouts.",
+    },
+    Def {
+        name: "rampart_rollout_rollback_commands_total",
+        kind: "counter",
+        help: "Rollback instructions sent to devices by aborted rollouts.",
+    },
+    Def {
+        name: "rampart_rollout_reports_total",
+        kind: "counter",
+        help: "Device reports applied to rollouts.",
+    },
+    Def {
+        name: "rampart_rollout_automatic_pauses_total",
+        kind: "counter",
+        help: "Rollouts paused by their failure or success threshold.",
+    },
+    Def {
         name: "rampart_cra_deadlines_due_soon",
         kind: "gauge",
         help: "Article 14 report stages due within cra.deadline_warning, not yet submitted.",
@@ -322,9 +342,10 @@ const DEFS: [Def; METRIC_COUNT] = [
 ];
 
 /// Number of metrics in [`DEFS`]; `snapshot` must produce exactly this many values.
-const METRIC_COUNT: usize = 43;
+const METRIC_COUNT: usize = 47;
 
-/// Takes a snapshot of broker, ingest, device API, audit, event and deadline counters.
+/// Takes a snapshot of broker, ingest, device API, audit, event, deadline and rollout
+/// counters.
 pub fn snapshot(
     m: &Metrics,
     ingest: &Arc<IngestStats>,
@@ -332,6 +353,7 @@ pub fn snapshot(
     audit: &AuditCounts,
     events: &EventCounters,
     deadlines: &DeadlineCounts,
+    rollouts: &crate::rollouts::RolloutCounters,
 ) -> MetricsSnapshot {
     let u = |a: &std::sync::atomic::AtomicU64| {
         i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
@@ -381,6 +403,10 @@ pub fn snapshot(
         u(&events.bms_recovered),
         u(&events.data_dropped),
         u(&events.dropped_records),
+        u(&rollouts.install_commands),
+        u(&rollouts.rollback_commands),
+        u(&rollouts.reports_applied),
+        u(&rollouts.automatic_pauses),
         u(&deadlines.due_soon),
         u(&deadlines.overdue),
     ];
@@ -432,6 +458,7 @@ mod tests {
             &AuditCounts::default(),
             &EventCounters::default(),
             &DeadlineCounts::default(),
+            &crate::rollouts::RolloutCounters::default(),
         );
         let text = render(&s);
         for d in DEFS {

@@ -154,7 +154,9 @@ impl Hub {
             broker: OnceLock::new(),
         });
         let event_counters = Arc::new(EventCounters::default());
+        let rollouts = crate::rollouts::Engine::new(dyn_store.clone());
         let hooks = Arc::new(HubHooks {
+            rollouts: rollouts.clone(),
             store: dyn_store.clone(),
             ingest: ingest.clone(),
             seen: seen.clone(),
@@ -165,6 +167,7 @@ impl Hub {
         let broker = Broker::new(cfg.broker_config(), tls, hooks, engine.clone());
         // Set once, right after construction: the handlers publish their answers through it.
         let _ = server.broker.set(broker.clone());
+        let _ = rollouts.broker.set(broker.clone());
         let loaded = broker.load_retained(dyn_store.retained().await?);
 
         let listen_addr = match listen {
@@ -185,7 +188,8 @@ impl Hub {
             let counts = audit_counts.clone();
             let events = event_counters.clone();
             let deadlines = deadline_counts.clone();
-            Arc::new(move || metrics::snapshot(&m, &stats, &api, &counts, &events, &deadlines))
+            let rc = rollouts.counters.clone();
+            Arc::new(move || metrics::snapshot(&m, &stats, &api, &counts, &events, &deadlines, &rc))
         };
         let mut background = Vec::new();
         let metrics_addr = match bind(&cfg.metrics.listen, "metrics.listen").await? {
@@ -240,7 +244,10 @@ impl Hub {
             auth,
             tls: tls_holder,
             snapshot: snapshot.clone(),
+            rollouts: rollouts.clone(),
         });
+        // Rollouts that were running when the hub stopped carry on.
+        background.push(tokio::spawn(async move { rollouts.evaluate_all().await }));
         let socket_path = dir.socket_path();
         let control_listener = control::bind(&socket_path).await?;
         background.push(tokio::spawn(control::serve(control_listener, live.clone())));

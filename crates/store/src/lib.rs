@@ -253,6 +253,45 @@ pub trait ComplianceStore: Send + Sync {
     async fn device_releases(&self) -> Result<Vec<DeviceRelease>, StoreError>;
 }
 
+/// Staged rollouts and the per-device state the hub keeps for them.
+#[async_trait]
+pub trait RolloutStore: Send + Sync {
+    /// Stores a new rollout with its devices, in one transaction; `AlreadyExists` if the id
+    /// is taken.
+    async fn create_rollout(
+        &self,
+        rollout: &RolloutRow,
+        devices: &[RolloutDeviceRow],
+    ) -> Result<(), StoreError>;
+    async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, StoreError>;
+    /// All rollouts, newest first.
+    async fn rollouts(&self) -> Result<Vec<RolloutRow>, StoreError>;
+    /// The devices of a rollout, by wave then device id.
+    async fn rollout_devices(&self, id: &str) -> Result<Vec<RolloutDeviceRow>, StoreError>;
+    /// Writes a rollout's `state`, `wave`, `accepted_failures` and `reason` (the rest is
+    /// fixed at creation); `NotFound` if there is no such rollout.
+    async fn set_rollout_state(&self, rollout: &RolloutRow) -> Result<(), StoreError>;
+    /// Sets what the hub did to one device of a rollout (queued with an install, asked to
+    /// roll back, cancelled).
+    async fn set_rollout_device(
+        &self,
+        id: &str,
+        device_id: &str,
+        state: &str,
+        command: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// Applies a device's report (event number `seq`) to its row, unless an equal or later
+    /// report was applied already or the device is not part of the rollout; true if applied.
+    async fn rollout_report(
+        &self,
+        id: &str,
+        device_id: &str,
+        seq: i64,
+        state: &str,
+        detail: Option<&str>,
+    ) -> Result<bool, StoreError>;
+}
+
 /// Everything the hub stores.
 pub trait Store:
     Registry
@@ -264,6 +303,7 @@ pub trait Store:
     + AuditStore
     + EventStore
     + ComplianceStore
+    + RolloutStore
     + 'static
 {
 }
@@ -278,6 +318,7 @@ impl<T> Store for T where
         + AuditStore
         + EventStore
         + ComplianceStore
+        + RolloutStore
         + 'static
 {
 }

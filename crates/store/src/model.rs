@@ -309,6 +309,46 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// A staged rollout (the plan is JSON that `rampart-update::rollout` validates and reads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutRow {
+    pub id: String,
+    /// The signed target it installs, e.g. `releases/1.2.0/app.tar`.
+    pub target: String,
+    pub version: String,
+    pub plan: String,
+    /// `running`, `awaiting_approval`, `paused`, `aborted`, `completed`.
+    pub state: String,
+    /// The wave in progress (0-based).
+    pub wave: i64,
+    /// Failures in the current wave an operator accepted (`rampart rollout resume`).
+    pub accepted_failures: i64,
+    /// Why it is paused or aborted.
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// One device of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutDeviceRow {
+    pub device_id: String,
+    pub wave: i64,
+    /// `pending`, `queued`, `downloading`, `installing`, `verifying`, `succeeded`, `failed`,
+    /// `rolled_back`, `cancelled`.
+    pub state: String,
+    /// The last instruction sent: `install` or `rollback`.
+    pub command: Option<String>,
+    /// What the device said with its last report (an error, a reason).
+    pub detail: Option<String>,
+    /// The device's event number of the last report applied (-1: none).
+    pub last_seq: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
 pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }

@@ -10,6 +10,8 @@
 //!   role, thresholds checked at publish, online re-signing of snapshot and timestamp.
 //! - `selection`: Rampart's fields on a target (version, hardware, kind, channel, security)
 //!   and which target a device should install; hardware and downgrade checks.
+//! - `rollout`: staged rollouts — the plan (waves, thresholds, approval), the states of a
+//!   rollout and of its devices, the verdict on a wave, and the hub's instruction to a device.
 //! - `client`: the client's trust state machine — the root chain walk, expiry, rollback
 //!   and mix-and-match checks, length limits, and target verification before anything is
 //!   installed.
@@ -24,6 +26,7 @@ pub mod keys;
 pub mod metadata;
 pub mod release;
 pub mod repository;
+pub mod rollout;
 pub mod selection;
 
 pub use error::UpdateError;

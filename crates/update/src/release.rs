@@ -153,6 +153,24 @@ impl ReleaseDir {
         Ok(f)
     }
 
+    /// A published target as a device would see it: the client refreshes from the first
+    /// published root through the whole chain, so a rollout only ever names what devices
+    /// can verify. Returns the signed description and the role that signed it.
+    pub fn published_target(
+        &self,
+        name: &str,
+        now: OffsetDateTime,
+    ) -> Result<(crate::metadata::TargetFile, String), UpdateError> {
+        let dir = self.published().metadata_dir();
+        let first = dir.join("1.root.json");
+        let root = std::fs::read(&first).map_err(|e| UpdateError::io(&first, e))?;
+        let limits = crate::client::Limits::default();
+        let mut state = crate::client::TrustedState::new(&root, &limits)?;
+        let mut fetch = crate::client::DirFetch { metadata_dir: dir };
+        crate::client::refresh(&mut state, &mut fetch, now, &limits)?;
+        state.find_target(name)
+    }
+
     /// Whether anything was ever published.
     pub fn is_initialised(&self) -> bool {
         self.published()

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod init;
 pub mod policy;
 pub mod release;
+pub mod rollout;
 pub mod sbom;
 pub mod status;
 pub mod telemetry;

@@ -137,6 +137,26 @@ pub struct Installed {
     /// What a rollback instruction returns to.
     #[serde(default)]
     pub previous: Option<String>,
+    /// How it was installed, and from which target and rollout (absent for the factory
+    /// version and for files written by older agents).
+    #[serde(default)]
+    pub kind: Option<ArtifactKind>,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub rollout: Option<String>,
+    /// Image installs: the slot holding `previous`.
+    #[serde(default)]
+    pub previous_slot: Option<String>,
+}
+
+/// What a rollback instruction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undo {
+    /// Back on `to`.
+    RolledBack { from: String, to: String },
+    /// The committed version did not come from that rollout: nothing to undo.
+    NotInstalled { version: String },
 }
 
 /// What recovery at start did.
@@ -216,6 +236,10 @@ impl Installer {
         Ok(read_json(&self.installed_path())?.unwrap_or(Installed {
             version: shipped.to_owned(),
             previous: None,
+            kind: None,
+            target: None,
+            rollout: None,
+            previous_slot: None,
         }))
     }
 
@@ -463,12 +487,77 @@ impl Installer {
                 &Installed {
                     version: j.version.clone(),
                     previous: Some(j.previous.clone()),
+                    kind: Some(j.kind),
+                    target: Some(j.target.clone()),
+                    rollout: j.rollout.clone(),
+                    previous_slot: j.previous_slot.clone(),
                 },
             )?;
         } else {
             self.switch_back(j)?;
         }
         self.clear_journal()
+    }
+
+    /// Carries out a rollout's rollback instruction: if the committed version came from
+    /// `rollout`, returns to the version before it (the previous package directory, or the
+    /// other slot, which still holds the previous image). The switch comes first and the
+    /// record of what is installed second; a crash in between is repaired by the same
+    /// instruction, which arrives again (retained) and finds the same record.
+    pub async fn roll_back_committed(
+        &self,
+        rollout: &str,
+        shipped: &str,
+    ) -> Result<Undo, InstallError> {
+        let inst = self.installed(shipped)?;
+        let (Some(kind), Some(previous)) = (inst.kind, inst.previous.clone()) else {
+            return Ok(Undo::NotInstalled {
+                version: inst.version,
+            });
+        };
+        if inst.rollout.as_deref() != Some(rollout) {
+            return Ok(Undo::NotInstalled {
+                version: inst.version,
+            });
+        }
+        let j = Journal {
+            phase: Phase::Trial,
+            kind,
+            target: inst.target.clone().unwrap_or_default(),
+            version: inst.version.clone(),
+            previous: previous.clone(),
+            slot: None,
+            previous_slot: inst.previous_slot.clone(),
+            trial_started: true,
+            rollout: inst.rollout.clone(),
+        };
+        self.switch_back(&j)?;
+        crash_point("rollback.switched");
+        write_json(
+            &self.installed_path(),
+            &Installed {
+                version: previous.clone(),
+                previous: None,
+                kind: Some(kind),
+                target: None,
+                rollout: None,
+                previous_slot: None,
+            },
+        )?;
+        if kind == ArtifactKind::Image && !self.cfg.reboot_command.is_empty() {
+            let slot = self.boot_state()?.active;
+            self.hook(
+                "reboot",
+                &self.cfg.reboot_command,
+                &self.slot_path(&slot).to_path_buf(),
+                &previous,
+            )
+            .await?;
+        }
+        Ok(Undo::RolledBack {
+            from: inst.version,
+            to: previous,
+        })
     }
 
     /// Runs the health command (if any) with the timeout.

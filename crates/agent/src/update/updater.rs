@@ -8,6 +8,13 @@
 //! `feature_auto_install = true`. Every update found is reported once (`update_available`),
 //! and every stage of an install is reported as an `update` event through the outbox, so
 //! reports made offline reach the hub later.
+//!
+//! Rollouts: the hub's instructions arrive on `devices/{id}/update/command` (retained, so
+//! they arrive again after every reconnect). Each is carried out once — its id is recorded
+//! in `commands.json` as soon as an install reaches the point where the journal takes over
+//! (or it ends) — and reported with the rollout's id. An install instruction is checked like
+//! any update (signatures, hardware, no downgrade); a rollback returns to the version before
+//! the rollout's and keeps the rolled-back target from coming back by itself.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,16 +23,18 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rampart_bms::{Event, UpdateStage};
-use rampart_update::client::Limits;
-use rampart_update::selection::{self, Candidate};
+use rampart_update::client::{Limits, TrustedState};
+use rampart_update::rollout::{Action, Command};
+use rampart_update::selection::{self, Candidate, ReleaseInfo};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
 use super::download::Downloads;
 use super::http::{HttpClient, Url};
-use super::install::{Artifact, InstallConfig, Installer, Journal, Recovery};
+use super::install::{Artifact, InstallConfig, Installed, Installer, Journal, Recovery, Undo};
 use super::store::{MetadataStore, TrustClock};
 use super::tuf::{self, Remote};
 use crate::config::{AgentConfig, UpdatesSection};
@@ -46,6 +55,25 @@ pub struct Updater {
     stats: Arc<AgentStats>,
     root: PathBuf,
     last_error: Option<String>,
+    commands: UnboundedReceiver<Command>,
+}
+
+/// How many instruction ids `commands.json` remembers (instructions are retained one per
+/// device, so only the latest few can ever arrive again).
+const REMEMBERED_COMMANDS: usize = 64;
+
+/// What the updater remembers of the hub's instructions.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CommandLog {
+    /// Instructions carried out (or being carried out by the install journal).
+    done: Vec<String>,
+    /// Rollout id → its target, from the install instruction.
+    #[serde(default)]
+    targets: BTreeMap<String, String>,
+    /// Targets rolled back on instruction: the periodic check does not install them again
+    /// (a new install instruction does).
+    #[serde(default)]
+    blocked: Vec<String>,
 }
 
 impl std::fmt::Debug for Updater {
@@ -82,12 +110,18 @@ pub fn committed_version(cfg: &AgentConfig) -> Option<String> {
         .map(|i| i.version)
 }
 
-fn event(stage: UpdateStage, c: &str, version: &str, detail: Option<String>) -> Event {
+fn event(
+    stage: UpdateStage,
+    c: &str,
+    version: &str,
+    rollout: Option<&str>,
+    detail: Option<String>,
+) -> Event {
     Event::Update {
         stage,
         target: c.to_owned(),
         version: version.to_owned(),
-        rollout: None,
+        rollout: rollout.map(str::to_owned),
         detail,
     }
 }
@@ -98,6 +132,7 @@ impl Updater {
         u: &UpdatesSection,
         creds: Arc<Credentials>,
         events: UnboundedSender<Event>,
+        commands: UnboundedReceiver<Command>,
         stats: Arc<AgentStats>,
     ) -> Updater {
         let state = cfg.state_dir().join("update");
@@ -114,6 +149,7 @@ impl Updater {
             stats,
             root: cfg.resolve(&u.root),
             last_error: None,
+            commands,
         }
     }
 
@@ -128,6 +164,14 @@ impl Updater {
             tracing::error!(dir = %self.state.display(), error = %e, "updates disabled: cannot create the update state directory");
             return;
         }
+        // The rollout of an interrupted install, for its report.
+        let rollout = self
+            .installer
+            .journal()
+            .ok()
+            .flatten()
+            .and_then(|j| j.rollout);
+        let rollout = rollout.as_deref();
         match self.installer.recover() {
             Ok(Recovery::Nothing) => {}
             Ok(Recovery::Discarded { version, target }) => {
@@ -136,6 +180,7 @@ impl Updater {
                     UpdateStage::Failed,
                     &target,
                     &version,
+                    rollout,
                     Some("interrupted before the switch; the previous version stays active".into()),
                 ));
             }
@@ -145,6 +190,7 @@ impl Updater {
                     UpdateStage::RolledBack,
                     &target,
                     &from,
+                    rollout,
                     Some(format!(
                         "restarted before {from} was committed; back to {to}"
                     )),
@@ -161,6 +207,10 @@ impl Updater {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                Some(c) = self.commands.recv() => {
+                    self.command(c, &stop).await;
+                    continue;
+                }
                 _ = stop.cancelled() => return,
             }
             // Checks need the hub: wait for the connection and a session token.
@@ -175,6 +225,7 @@ impl Updater {
                         UpdateStage::Failed,
                         "metadata",
                         "-",
+                        None,
                         Some(text.clone()),
                     ));
                     self.last_error = Some(text);
@@ -206,7 +257,8 @@ impl Updater {
         })
     }
 
-    async fn check(&mut self, stop: &CancellationToken) -> Result<(), String> {
+    /// Refreshes the trusted metadata from the hub.
+    async fn refreshed(&mut self) -> Result<(TrustedState, Remote), String> {
         if !self.store.is_initialised() {
             let root = std::fs::read(&self.root).map_err(|e| {
                 format!(
@@ -230,13 +282,20 @@ impl Updater {
             .await
             .map_err(|e| e.to_string())?;
         clock.persist().map_err(|e| e.to_string())?;
+        Ok((trusted, remote))
+    }
+
+    async fn check(&mut self, stop: &CancellationToken) -> Result<(), String> {
+        let (trusted, remote) = self.refreshed().await?;
         let installed = self
             .installer
             .installed(&self.cfg.installed_version)
             .map_err(|e| e.to_string())?;
         // The newest update overall, and the newest security fix: a feature release that
         // waits for a rollout must not hold back a security fix that installs by default.
-        let all = trusted.all_targets();
+        let blocked = CommandLog::load(&self.state).blocked;
+        let mut all = trusted.all_targets();
+        all.retain(|(name, _, _)| !blocked.contains(name));
         let security_only: Vec<_> = all
             .iter()
             .filter(|(_, _, role)| role == rampart_update::release::SECURITY_ROLE)
@@ -275,7 +334,8 @@ impl Updater {
                 });
             }
             if install_at.is_some_and(|t| t <= OffsetDateTime::now_utc()) {
-                self.install(&trusted, &remote, &c, &installed, stop).await;
+                self.install(&trusted, &remote, &c, &installed, None, stop)
+                    .await;
                 break;
             }
         }
@@ -303,32 +363,53 @@ impl Updater {
         Ok((now, true))
     }
 
+    /// Installs `c`; `command` is the instruction (id, rollout) that asked for it, if any.
     async fn install(
         &mut self,
-        trusted: &rampart_update::client::TrustedState,
+        trusted: &TrustedState,
         remote: &Remote,
         c: &Candidate,
-        installed: &super::install::Installed,
+        installed: &Installed,
+        command: Option<&Command>,
         stop: &CancellationToken,
     ) {
         let v = &c.info.version;
+        let rollout = command.map(|c| c.rollout.as_str());
         if let Err(e) =
             selection::check_applicable(&c.name, &c.info, &self.cfg.hardware, &installed.version)
         {
-            self.emit(event(UpdateStage::Failed, &c.name, v, Some(e.to_string())));
+            tracing::error!(target = %c.name, error = %e, "update refused; the installed version keeps running");
+            self.emit(event(
+                UpdateStage::Failed,
+                &c.name,
+                v,
+                rollout,
+                Some(e.to_string()),
+            ));
+            self.command_done(command);
             return;
         }
-        tracing::info!(target = %c.name, version = %v, "downloading update");
-        self.emit(event(UpdateStage::Downloading, &c.name, v, None));
+        tracing::info!(target = %c.name, version = %v, rollout = ?rollout, "downloading update");
+        self.emit(event(UpdateStage::Downloading, &c.name, v, rollout, None));
         let (file, signed) = match tuf::download(trusted, remote, &self.downloads, &c.name).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(target = %c.name, error = %e, "update download refused or failed; the installed version keeps running");
-                self.emit(event(UpdateStage::Failed, &c.name, v, Some(e.to_string())));
+                self.emit(event(
+                    UpdateStage::Failed,
+                    &c.name,
+                    v,
+                    rollout,
+                    Some(e.to_string()),
+                ));
+                self.command_done(command);
                 return;
             }
         };
-        self.emit(event(UpdateStage::Installing, &c.name, v, None));
+        // From here the install journal carries the work across restarts: the instruction
+        // must not start it again.
+        self.command_done(command);
+        self.emit(event(UpdateStage::Installing, &c.name, v, rollout, None));
         let j = match self
             .installer
             .install(
@@ -340,14 +421,20 @@ impl Updater {
                     file: &file,
                 },
                 installed,
-                None,
+                rollout.map(str::to_owned),
             )
             .await
         {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!(target = %c.name, error = %e, "install failed; the installed version keeps running");
-                self.emit(event(UpdateStage::Failed, &c.name, v, Some(e.to_string())));
+                self.emit(event(
+                    UpdateStage::Failed,
+                    &c.name,
+                    v,
+                    rollout,
+                    Some(e.to_string()),
+                ));
                 return;
             }
         };
@@ -362,7 +449,14 @@ impl Updater {
     /// The health check after a switch: the command passes and the agent is connected to
     /// the hub within `health_timeout`. Then commit, or roll back.
     async fn trial(&self, j: &Journal, stop: &CancellationToken) {
-        self.emit(event(UpdateStage::Verifying, &j.target, &j.version, None));
+        let rollout = j.rollout.as_deref();
+        self.emit(event(
+            UpdateStage::Verifying,
+            &j.target,
+            &j.version,
+            rollout,
+            None,
+        ));
         let deadline = tokio::time::Instant::now() + self.cfg.health_timeout;
         let mut failure = self.installer.health_command(&j.version).await.err();
         if failure.is_none() {
@@ -392,7 +486,13 @@ impl Updater {
         match failure {
             None => {
                 tracing::info!(target = %j.target, version = %j.version, "update committed");
-                self.emit(event(UpdateStage::Succeeded, &j.target, &j.version, None));
+                self.emit(event(
+                    UpdateStage::Succeeded,
+                    &j.target,
+                    &j.version,
+                    rollout,
+                    None,
+                ));
             }
             Some(why) => {
                 tracing::warn!(target = %j.target, version = %j.version, reason = %why, "health check failed: rolled back");
@@ -400,12 +500,186 @@ impl Updater {
                     UpdateStage::RolledBack,
                     &j.target,
                     &j.version,
+                    rollout,
                     Some(format!(
                         "health check failed: {why}; back to {}",
                         j.previous
                     )),
                 ));
             }
+        }
+    }
+
+    fn command_done(&self, command: Option<&Command>) {
+        let Some(c) = command else { return };
+        let mut log = CommandLog::load(&self.state);
+        log.done.retain(|d| d != &c.id);
+        log.done.push(c.id.clone());
+        let extra = log.done.len().saturating_sub(REMEMBERED_COMMANDS);
+        log.done.drain(..extra);
+        log.save(&self.state);
+    }
+
+    /// Carries out an instruction from the hub, once.
+    async fn command(&mut self, c: Command, stop: &CancellationToken) {
+        if CommandLog::load(&self.state).done.contains(&c.id) {
+            tracing::debug!(id = %c.id, "update instruction already carried out");
+            return;
+        }
+        tracing::info!(id = %c.id, rollout = %c.rollout, action = ?c.action, "update instruction from the hub");
+        match c.action {
+            Action::Install => self.commanded_install(&c, stop).await,
+            Action::Rollback => self.commanded_rollback(&c).await,
+        }
+    }
+
+    async fn commanded_install(&mut self, c: &Command, stop: &CancellationToken) {
+        let target = c.target.clone().unwrap_or_default();
+        let rollout = Some(c.rollout.as_str());
+        let fail = |me: &mut Self, version: &str, why: String| {
+            tracing::error!(%target, rollout = %c.rollout, error = %why, "update instruction refused; the installed version keeps running");
+            me.emit(event(
+                UpdateStage::Failed,
+                &target,
+                version,
+                rollout,
+                Some(why),
+            ));
+            me.command_done(Some(c));
+        };
+        // The instruction can arrive right after connecting, before the session token the
+        // repository needs: wait for it a little.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !self.token_path.exists() && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+        let (trusted, remote) = match self.refreshed().await {
+            Ok(x) => x,
+            Err(e) => return fail(self, "-", format!("update metadata: {e}")),
+        };
+        let (file, role) = match trusted.find_target(&target) {
+            Ok(x) => x,
+            Err(e) => return fail(self, "-", e.to_string()),
+        };
+        let info = match ReleaseInfo::of(&target, &file) {
+            Ok(i) => i,
+            Err(e) => return fail(self, "-", e.to_string()),
+        };
+        let installed = match self.installer.installed(&self.cfg.installed_version) {
+            Ok(i) => i,
+            Err(e) => return fail(self, &info.version, e.to_string()),
+        };
+        let mut log = CommandLog::load(&self.state);
+        log.targets.insert(c.rollout.clone(), target.clone());
+        log.blocked.retain(|t| t != &target);
+        log.save(&self.state);
+        if installed.version == info.version {
+            self.emit(event(
+                UpdateStage::Succeeded,
+                &target,
+                &info.version,
+                rollout,
+                Some("already installed".into()),
+            ));
+            self.command_done(Some(c));
+            return;
+        }
+        let candidate = Candidate {
+            name: target.clone(),
+            file,
+            security: role == rampart_update::release::SECURITY_ROLE,
+            info,
+        };
+        self.install(&trusted, &remote, &candidate, &installed, Some(c), stop)
+            .await;
+    }
+
+    async fn commanded_rollback(&mut self, c: &Command) {
+        let rollout = Some(c.rollout.as_str());
+        let mut log = CommandLog::load(&self.state);
+        let target = log
+            .targets
+            .get(&c.rollout)
+            .cloned()
+            .unwrap_or_else(|| "-".into());
+        match self
+            .installer
+            .roll_back_committed(&c.rollout, &self.cfg.installed_version)
+            .await
+        {
+            Ok(Undo::RolledBack { from, to }) => {
+                tracing::warn!(rollout = %c.rollout, %from, %to, "rolled back on instruction of the hub");
+                self.emit(event(
+                    UpdateStage::RolledBack,
+                    &target,
+                    &from,
+                    rollout,
+                    Some(format!("rollout {} aborted: back to {to}", c.rollout)),
+                ));
+            }
+            Ok(Undo::NotInstalled { version }) => {
+                tracing::info!(rollout = %c.rollout, %version, "rollback instruction: nothing of this rollout is installed");
+                self.emit(event(
+                    UpdateStage::RolledBack,
+                    &target,
+                    &version,
+                    rollout,
+                    Some(format!(
+                        "rollout {} aborted: nothing of it was installed; stays on {version}",
+                        c.rollout
+                    )),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(rollout = %c.rollout, error = %e, "rollback instruction failed");
+                self.emit(event(
+                    UpdateStage::Failed,
+                    &target,
+                    "-",
+                    rollout,
+                    Some(format!("rollback: {e}")),
+                ));
+            }
+        }
+        if target != "-" && !log.blocked.contains(&target) {
+            log.blocked.push(target);
+            log.save(&self.state);
+        }
+        self.command_done(Some(c));
+    }
+}
+
+impl CommandLog {
+    fn path(state: &std::path::Path) -> PathBuf {
+        state.join("commands.json")
+    }
+
+    /// An unreadable log is treated as empty (with a warning): instructions are idempotent
+    /// at the installer (an installed version reports "already installed"), so repeating
+    /// one is safe, and refusing all would stop updates.
+    fn load(state: &std::path::Path) -> CommandLog {
+        let path = Self::path(state);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable instruction log; starting a new one");
+                CommandLog::default()
+            }),
+            Err(_) => CommandLog::default(),
+        }
+    }
+
+    fn save(&self, state: &std::path::Path) {
+        let path = Self::path(state);
+        let written = serde_json::to_vec(self)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                rampart_update::repository::atomic_write(&path, &b).map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            tracing::error!(path = %path.display(), error = %e, "cannot record the update instruction log");
         }
     }
 }

@@ -6,7 +6,7 @@
 //! process but may lose the last commits on power loss.
 //!
 //! One file per storage trait: `registry`, `telemetry`, `retained`, `policies`, `pki`,
-//! `provisioning`, `audit`, `events`, `compliance`.
+//! `provisioning`, `audit`, `events`, `compliance`, `rollouts`.
 
 mod audit;
 mod compliance;
@@ -16,6 +16,7 @@ mod policies;
 mod provisioning;
 mod registry;
 mod retained;
+mod rollouts;
 mod telemetry;
 
 use std::path::{Path, PathBuf};

@@ -387,6 +387,7 @@ struct Instructions {
 }
 
 impl<'a> Session<'a> {
+    #[allow(clippy::too_many_arguments)] // the session's shared handles, one each
     fn new(
         cfg: &'a AgentConfig,
         creds: &'a Credentials,

@@ -510,3 +510,108 @@ async fn events_are_deduplicated_per_device_and_listed_oldest_first() {
     assert_eq!(newest, vec![batch[1].clone()]);
     assert!(s.events("gw-3", 10).await.expect("list").is_empty());
 }
+
+#[tokio::test]
+async fn rollouts_keep_their_devices_and_apply_each_report_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let now = OffsetDateTime::now_utc();
+    let mut r = RolloutRow {
+        id: "r1".into(),
+        target: "releases/1.1.0/app.tar".into(),
+        version: "1.1.0".into(),
+        plan: "{}".into(),
+        state: "running".into(),
+        wave: 0,
+        accepted_failures: 0,
+        reason: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let dev = |id: &str, wave: i64| RolloutDeviceRow {
+        device_id: id.into(),
+        wave,
+        state: "pending".into(),
+        command: None,
+        detail: None,
+        last_seq: -1,
+        updated_at: now,
+    };
+    s.create_rollout(&r, &[dev("b", 1), dev("a", 0)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_rollout(&r, &[]).await,
+        Err(StoreError::AlreadyExists {
+            what: "rollout",
+            ..
+        })
+    ));
+    let ids: Vec<String> = s
+        .rollout_devices("r1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
+    assert_eq!(ids, ["a", "b"], "by wave");
+
+    s.set_rollout_device("r1", "a", "queued", Some("install"))
+        .await
+        .unwrap();
+    assert!(
+        s.rollout_report("r1", "a", 5, "downloading", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.rollout_report("r1", "a", 7, "succeeded", None)
+            .await
+            .unwrap()
+    );
+    // A re-sent older report, a repeat, a device outside the rollout: not applied.
+    assert!(
+        !s.rollout_report("r1", "a", 6, "installing", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.rollout_report("r1", "a", 7, "succeeded", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.rollout_report("r1", "zz", 9, "failed", None)
+            .await
+            .unwrap()
+    );
+    let a = &s.rollout_devices("r1").await.unwrap()[0];
+    assert_eq!(
+        (a.state.as_str(), a.command.as_deref(), a.last_seq),
+        ("succeeded", Some("install"), 7)
+    );
+
+    r.state = "paused".into();
+    r.reason = Some("why".into());
+    r.accepted_failures = 2;
+    s.set_rollout_state(&r).await.unwrap();
+    let back = s.rollout("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            back.state.as_str(),
+            back.accepted_failures,
+            back.reason.as_deref()
+        ),
+        ("paused", 2, Some("why"))
+    );
+    r.id = "nope".into();
+    assert!(matches!(
+        s.set_rollout_state(&r).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.set_rollout_device("r1", "zz", "queued", None).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(s.rollouts().await.unwrap().len(), 1);
+}

@@ -95,6 +95,18 @@ impl Keys {
     /// Adds `artifact` as `version` for hardware gw-1 (`extra`: --security, --kind image),
     /// signs it with the right offline key and publishes. Returns the target name.
     pub fn release(&self, hub: &TestHub, artifact: &Path, version: &str, extra: &[&str]) -> String {
+        self.release_for(hub, artifact, version, "gw-1", extra)
+    }
+
+    /// Like [`Keys::release`], for `hardware`.
+    pub fn release_for(
+        &self,
+        hub: &TestHub,
+        artifact: &Path,
+        version: &str,
+        hardware: &str,
+        extra: &[&str],
+    ) -> String {
         let mut args = vec![
             "release",
             "add",
@@ -102,7 +114,7 @@ impl Keys {
             "--version",
             version,
             "--hardware",
-            "gw-1",
+            hardware,
         ];
         args.extend_from_slice(extra);
         let out = ok(hub.rampart(&args));

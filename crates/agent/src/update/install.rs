@@ -549,7 +549,7 @@ impl Installer {
             self.hook(
                 "reboot",
                 &self.cfg.reboot_command,
-                &self.slot_path(&slot).to_path_buf(),
+                self.slot_path(&slot),
                 &previous,
             )
             .await?;

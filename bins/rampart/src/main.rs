@@ -162,6 +162,10 @@ enum Command {
     /// rollback, and each device's state.
     #[command(subcommand)]
     Rollout(commands::rollout::RolloutCommand),
+    /// Load and compare: simulated devices against a broker (`run`), their identities
+    /// (`fleet`), and the hub beside Mosquitto under the identical load (`compare`).
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
     /// Run a complete hub and simulated battery gateways in a temporary directory, and show
     /// their live telemetry until Ctrl-C.
     Demo {
@@ -664,6 +668,7 @@ async fn main() -> ExitCode {
         Command::Cra(cmd) => commands::cra::run(cmd).await,
         Command::Release(cmd) => commands::release::run(cmd),
         Command::Rollout(cmd) => commands::rollout::run(cmd).await,
+        Command::Bench(cmd) => commands::bench::run(cmd).await,
         Command::Demo {
             devices,
             interval,

@@ -1,6 +1,8 @@
 //! One module per command.
 
 pub mod audit;
+pub mod bench;
+pub mod bench_compare;
 pub mod ca;
 pub mod cra;
 pub mod demo;

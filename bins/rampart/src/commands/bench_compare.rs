@@ -1,0 +1,702 @@
+//! `rampart bench compare`: the hub and Mosquitto under the identical load, in one run.
+//!
+//! Both brokers get the same fleet (one CA made for the run, a certificate per device), the
+//! same authorization (each device confined to `devices/{its id}/#`; the subscriber may read
+//! every device's telemetry) and the same queue bound (10,000 messages per client; Mosquitto
+//! with `max_inflight_messages 0` as BENCHMARKS.md sets it, the hub with its 1,024). Mosquitto keeps no persistence (`persistence false`, its default); the hub
+//! stores every telemetry message in SQLite (`synchronous = full`) before its PUBACK. Each
+//! broker runs pinned to core 0 (`taskset -c 0`); the generator runs as its own process
+//! pinned to core 1, and each phase starts a fresh broker.
+//!
+//! Phases, each for both brokers: saturation at QoS 0 and QoS 1 (delivered messages/s and
+//! loss); a fixed rate both sustain at QoS 0 and QoS 1 (broker CPU per delivered message;
+//! the QoS 1 rate is half of Mosquitto's maximum, where latency is compared too); a
+//! connection storm (mTLS connections/s, also against the in-memory rustls handshake rate);
+//! idle connections held (resident memory per connection).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use rampart_loadgen::fleet::{Fleet, SUBSCRIBER_ID};
+use rampart_loadgen::scenario::Report;
+use serde::Serialize;
+
+use crate::CliError;
+
+#[derive(Args, Clone, Debug)]
+pub struct CompareArgs {
+    /// How long messages flow in each throughput phase.
+    #[arg(long, default_value = "10s")]
+    pub duration: humantime::Duration,
+    /// Publishing devices (fan-in to one subscriber).
+    #[arg(long, default_value_t = 100)]
+    pub devices: usize,
+    /// Connections opened as fast as possible in the connection storm.
+    #[arg(long, default_value_t = 2000)]
+    pub storm: usize,
+    /// Idle connections held to measure memory per connection.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 128)]
+    pub payload: usize,
+    /// Keep the working directory (configurations, logs, the fleet) for inspection.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the result as JSON (one ratio per figure).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Broker {
+    Mosquitto,
+    Rampart,
+}
+
+impl Broker {
+    fn name(self) -> &'static str {
+        match self {
+            Broker::Mosquitto => "mosquitto",
+            Broker::Rampart => "rampart",
+        }
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::new(e.to_string(), None)
+}
+
+/// The working directory and what the phases share.
+struct Bench {
+    dir: PathBuf,
+    fleet_path: PathBuf,
+    exe: PathBuf,
+    pin: bool,
+    port: u16,
+}
+
+/// Whether this process runs as root (read from /proc: no unsafe call needed).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn free_port() -> Result<u16, CliError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)?;
+    Ok(l.local_addr().map_err(fail)?.port())
+}
+
+fn wait_port(port: u16, child: &mut Child, what: &str) -> Result<(), CliError> {
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(CliError::new(
+                format!("{what} exited ({status}) before listening on port {port}"),
+                Some("run with --keep and read the broker's log in the working directory"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(fail(format!(
+        "{what} did not listen on port {port} within 30 s"
+    )))
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Bench {
+    fn pinned(&self, core: u32, program: &Path) -> Command {
+        if self.pin {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(core.to_string()).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn mosquitto_setup(&self) -> Result<PathBuf, CliError> {
+        let d = self.dir.join("mosquitto");
+        std::fs::create_dir_all(&d).map_err(fail)?;
+        let acl = d.join("acl");
+        std::fs::write(
+            &acl,
+            format!(
+                "# every device: its own namespace only\npattern readwrite devices/%u/#\n\n\
+                 # the subscriber reads all telemetry and writes every inbox (fan-out)\n\
+                 user {SUBSCRIBER_ID}\ntopic read devices/+/telemetry\ntopic write devices/+/inbox\n"
+            ),
+        )
+        .map_err(fail)?;
+        let conf = d.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "per_listener_settings false\n\
+                 listener {port} 127.0.0.1\n\
+                 cafile {dir}/ca.pem\ncertfile {dir}/server.pem\nkeyfile {dir}/server.key\n\
+                 tls_version tlsv1.3\n\
+                 require_certificate true\nuse_identity_as_username true\n\
+                 acl_file {acl}\n\
+                 allow_anonymous false\n\
+                 # BENCHMARKS.md: no in-flight limit (Mosquitto's default drops QoS 1 under\n\
+                 # load); the hub's queue bound of 10000 messages per client\n\
+                 max_inflight_messages 0\nmax_queued_messages 10000\n\
+                 # no persistence (Mosquitto's default); the hub stores telemetry before PUBACK\n\
+                 persistence false\n\
+                 log_dest file {log}\nlog_type error\nlog_type warning\n\
+                 max_connections -1\n{user}",
+                // Started as root, Mosquitto switches to the `mosquitto` user, which cannot
+                // read this private working directory: stay the user that owns it.
+                user = if running_as_root() { "user root\n" } else { "" },
+                port = self.port,
+                dir = self.dir.display(),
+                acl = acl.display(),
+                log = d.join("mosquitto.log").display(),
+            ),
+        )
+        .map_err(fail)?;
+        Ok(conf)
+    }
+
+    async fn rampart_setup(&self, fleet: &Fleet) -> Result<PathBuf, CliError> {
+        use rampart_hub::DataDir;
+        let d = self.dir.join("hub");
+        let dir = DataDir::new(&d);
+        rampart_hub::datadir::init(&dir, &[], rampart_pki::KeyAlgorithm::EcdsaP256, false)
+            .map_err(fail)?;
+        // The bench port, no metrics or device API listener.
+        let cfg_path = dir.config_path();
+        let text = std::fs::read_to_string(&cfg_path).map_err(fail)?;
+        let mut out = String::new();
+        let mut section = String::new();
+        for line in text.lines() {
+            if line.starts_with('[') {
+                section = line.to_owned();
+            }
+            if line.starts_with("listen = ") {
+                match section.as_str() {
+                    "[mqtt]" => out.push_str(&format!("listen = \"127.0.0.1:{}\"\n", self.port)),
+                    _ => out.push_str("listen = \"\"\n"),
+                }
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        std::fs::write(&cfg_path, out).map_err(fail)?;
+        let cfg = dir.load_config().map_err(fail)?;
+        // Opened once the way the hub opens it (migrations, the built-in policies devices
+        // connect under), then for registration with relaxed fsync for speed; the hub
+        // itself runs with its default, `synchronous = full`.
+        rampart_hub::run::open_store(&dir, &cfg)
+            .await
+            .map_err(fail)?
+            .close()
+            .await;
+        let mut opts = rampart_store::SqliteOptions::new(dir.resolve(&cfg.storage.sqlite_path));
+        opts.synchronous = rampart_store::Synchronous::Normal;
+        let store = rampart_store::SqliteStore::open(&opts)
+            .await
+            .map_err(fail)?;
+        rampart_hub::ops::register_ca(
+            &dir,
+            &store,
+            &fleet.ca_pem,
+            false,
+            rampart_store::CaTemplate::default(),
+        )
+        .await
+        .map_err(fail)?;
+        let cert = |i: &rampart_loadgen::fleet::Identity| rampart_store::NewCertificate {
+            serial: i.serial.clone(),
+            fingerprint: i.fingerprint.clone(),
+            not_before: i.not_before,
+            not_after: i.not_after,
+            key_algorithm: "ecdsa-p256".into(),
+            issuer: fleet.ca_fingerprint.clone(),
+        };
+        use rampart_store::Registry;
+        for d in &fleet.devices {
+            store
+                .add_identity(&rampart_store::NewIdentity::device(&d.id, cert(d), "bench"))
+                .await
+                .map_err(fail)?;
+        }
+        let mut sub =
+            rampart_store::NewIdentity::device(SUBSCRIBER_ID, cert(&fleet.subscriber), "bench");
+        sub.kind = rampart_store::IdentityKind::Service;
+        store.add_identity(&sub).await.map_err(fail)?;
+        let policy = "name = \"bench-subscriber\"\n\
+            [[statement]]\neffect = \"allow\"\nactions = [\"connect\"]\nresources = [\"bench-subscriber\"]\n\
+            [[statement]]\neffect = \"allow\"\nactions = [\"subscribe\", \"receive\"]\nresources = [\"devices/+/telemetry\"]\n\
+            [[statement]]\neffect = \"allow\"\nactions = [\"publish\"]\nresources = [\"devices/+/inbox\"]\n";
+        rampart_hub::ops::put_policy(&dir, &store, policy)
+            .await
+            .map_err(fail)?;
+        rampart_hub::ops::attach_policy(
+            &dir,
+            &store,
+            "bench-subscriber",
+            &format!("service:{SUBSCRIBER_ID}"),
+            true,
+        )
+        .await
+        .map_err(fail)?;
+        store.close().await;
+        Ok(d)
+    }
+
+    fn start(&self, broker: Broker, conf: &Path) -> Result<Child, CliError> {
+        let log =
+            std::fs::File::create(self.dir.join(format!("{}.out", broker.name()))).map_err(fail)?;
+        let mut cmd = match broker {
+            Broker::Mosquitto => {
+                let mut c = self.pinned(0, Path::new("mosquitto"));
+                c.arg("-c").arg(conf);
+                c
+            }
+            Broker::Rampart => {
+                let mut c = self.pinned(0, &self.exe);
+                c.arg("hub").arg("--data-dir").arg(conf);
+                c
+            }
+        };
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                CliError::new(
+                    format!("cannot start {}: {e}", broker.name()),
+                    Some("Mosquitto comes from the Debian package `mosquitto` (scripts/setup installs it)"),
+                )
+            })?;
+        wait_port(self.port, &mut child, broker.name())?;
+        Ok(child)
+    }
+
+    /// One phase against one broker: a fresh broker, the generator pinned to core 1.
+    fn phase(&self, broker: Broker, conf: &Path, args: &[String]) -> Result<Report, CliError> {
+        // Mosquitto's certificate is the fleet CA's; the hub's is its own root CA's.
+        let server_ca = match broker {
+            Broker::Mosquitto => self.dir.join("ca.pem"),
+            Broker::Rampart => conf.join("pki/root-ca.crt"),
+        };
+        let child = self.start(broker, conf)?;
+        // The generator reads the broker's own process, not taskset's (taskset execs).
+        let pid = child.id();
+        let out = self
+            .pinned(1, &self.exe)
+            .arg("bench")
+            .arg("run")
+            .arg("--fleet")
+            .arg(&self.fleet_path)
+            .arg("--target")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--server-ca")
+            .arg(&server_ca)
+            .arg("--target-pid")
+            .arg(pid.to_string())
+            .arg("--json")
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(fail)?;
+        stop(child);
+        if !out.status.success() {
+            return Err(fail(format!(
+                "the generator failed against {}: {}",
+                broker.name(),
+                String::from_utf8_lossy(&out.stdout)
+            )));
+        }
+        serde_json::from_slice(&out.stdout).map_err(fail)
+    }
+}
+
+/// One figure for both brokers and their ratio (Rampart ÷ Mosquitto).
+#[derive(Debug, Serialize)]
+struct Figure {
+    mosquitto: f64,
+    rampart: f64,
+    ratio: f64,
+    unit: &'static str,
+    /// What "better" means for the ratio.
+    better: &'static str,
+}
+
+fn figure(m: f64, r: f64, unit: &'static str, better: &'static str) -> Figure {
+    Figure {
+        mosquitto: m,
+        rampart: r,
+        ratio: if m > 0.0 { r / m } else { 0.0 },
+        unit,
+        better,
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Comparison {
+    machine: String,
+    date: String,
+    devices: usize,
+    payload_bytes: usize,
+    seconds_per_phase: f64,
+    pinned: bool,
+    figures: BTreeMap<&'static str, Figure>,
+    /// The headline ratios, one per figure, flat (for scripts).
+    ratios: BTreeMap<String, f64>,
+    rustls_server_handshakes_per_s: f64,
+    connections_per_s_vs_rustls: f64,
+    /// Every run's full report.
+    runs: BTreeMap<String, Report>,
+    notes: Vec<String>,
+}
+
+pub async fn run(args: CompareArgs) -> Result<(), CliError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("rampart-bench-")
+        .tempdir()
+        .map_err(fail)?;
+    // With --keep the directory outlives the run, also a failed one.
+    let (dir, _cleanup) = if args.keep {
+        let kept = tmp.keep();
+        eprintln!("working directory (kept): {}", kept.display());
+        (kept, None)
+    } else {
+        (tmp.path().to_path_buf(), Some(tmp))
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = cores >= 2
+        && Command::new("taskset")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    let bench = Bench {
+        fleet_path: dir.join("fleet.json"),
+        exe: std::env::current_exe().map_err(fail)?,
+        pin,
+        port: free_port()?,
+        dir: dir.clone(),
+    };
+    let n = args.devices.max(args.storm).max(args.connections);
+    eprintln!("issuing {n} device certificates ...");
+    let fleet = tokio::task::spawn_blocking(move || Fleet::issue(n))
+        .await
+        .map_err(fail)?
+        .map_err(fail)?;
+    fleet.save(&bench.fleet_path).map_err(fail)?;
+    fleet.write_server_files(&dir).map_err(fail)?;
+    let handshake = {
+        let f = fleet.clone();
+        tokio::task::spawn_blocking(move || {
+            rampart_loadgen::handshake::server_rate(&f, Duration::from_secs(2), 20_000)
+        })
+        .await
+        .map_err(fail)?
+        .map_err(fail)?
+    };
+    eprintln!("setting up Mosquitto and the hub in {} ...", dir.display());
+    let mosq = bench.mosquitto_setup()?;
+    let hub = bench.rampart_setup(&fleet).await?;
+    let conf = |b: Broker| match b {
+        Broker::Mosquitto => mosq.clone(),
+        Broker::Rampart => hub.clone(),
+    };
+    let secs = Duration::from(args.duration).as_secs_f64();
+    let common = |qos: u8, rate: String| -> Vec<String> {
+        vec![
+            "--devices".into(),
+            args.devices.to_string(),
+            "--payload".into(),
+            args.payload.to_string(),
+            "--qos".into(),
+            qos.to_string(),
+            "--rate".into(),
+            rate,
+            "--duration".into(),
+            format!("{secs}s"),
+        ]
+    };
+    let mut runs: BTreeMap<String, Report> = BTreeMap::new();
+    let both = [Broker::Mosquitto, Broker::Rampart];
+    let blocking = |b: &Bench, broker: Broker, a: Vec<String>| b.phase(broker, &conf(broker), &a);
+    for qos in [0u8, 1] {
+        for b in both {
+            eprintln!("saturation, QoS {qos}, {} ...", b.name());
+            let r = blocking(&bench, b, common(qos, "max".into()))?;
+            runs.insert(format!("{}_qos{qos}_saturation", b.name()), r);
+        }
+    }
+    fn saturation(runs: &BTreeMap<String, Report>, b: Broker, qos: u8) -> f64 {
+        runs.get(&format!("{}_qos{qos}_saturation", b.name()))
+            .map_or(0.0, |r| r.received_per_s)
+    }
+    let sat = |b: Broker, qos: u8| saturation(&runs, b, qos);
+    // A rate both sustain: half the lower saturation (QoS 0); half of Mosquitto's maximum
+    // (QoS 1, where latency is compared), unless the hub's is lower.
+    let fixed = [
+        (
+            0u8,
+            0.5 * sat(Broker::Mosquitto, 0).min(sat(Broker::Rampart, 0)),
+        ),
+        (
+            1u8,
+            (0.5 * sat(Broker::Mosquitto, 1)).min(0.9 * sat(Broker::Rampart, 1)),
+        ),
+    ];
+    for (qos, total) in fixed {
+        let per_device = (total / args.devices as f64).max(0.1);
+        for b in both {
+            eprintln!("fixed rate {total:.0}/s, QoS {qos}, {} ...", b.name());
+            let r = blocking(&bench, b, common(qos, format!("{per_device:.3}")))?;
+            runs.insert(format!("{}_qos{qos}_fixed", b.name()), r);
+        }
+    }
+    for b in both {
+        eprintln!(
+            "connection storm, {} connections, {} ...",
+            args.storm,
+            b.name()
+        );
+        let r = blocking(
+            &bench,
+            b,
+            vec![
+                "--devices".into(),
+                args.storm.to_string(),
+                "--connect-concurrency".into(),
+                "256".into(),
+                "--idle".into(),
+                "2s".into(),
+            ],
+        )?;
+        runs.insert(format!("{}_storm", b.name()), r);
+        eprintln!("{} idle connections, {} ...", args.connections, b.name());
+        let r = blocking(
+            &bench,
+            b,
+            vec![
+                "--devices".into(),
+                args.connections.to_string(),
+                "--connect-concurrency".into(),
+                "128".into(),
+                "--idle".into(),
+                "5s".into(),
+            ],
+        )?;
+        runs.insert(format!("{}_idle", b.name()), r);
+    }
+    let sat = |b: Broker, qos: u8| saturation(&runs, b, qos);
+    let get = |b: Broker, what: &str| &runs[&format!("{}_{what}", b.name())];
+    let (m, r) = (Broker::Mosquitto, Broker::Rampart);
+    let cpu = |b, what: &str| {
+        get(b, what)
+            .target
+            .as_ref()
+            .map_or(0.0, |t| t.cpu_us_per_msg)
+    };
+    let rss = |b, what: &str| {
+        get(b, what)
+            .target
+            .as_ref()
+            .map_or(0.0, |t| t.rss_kib_per_connection)
+    };
+    let mut figures = BTreeMap::new();
+    for qos in [0u8, 1] {
+        let key: &'static str = if qos == 0 {
+            "qos0_msgs_per_s"
+        } else {
+            "qos1_msgs_per_s"
+        };
+        figures.insert(
+            key,
+            figure(
+                sat(m, qos),
+                sat(r, qos),
+                "delivered msgs/s at saturation",
+                "higher",
+            ),
+        );
+        let key: &'static str = if qos == 0 {
+            "qos0_cpu_per_msg"
+        } else {
+            "qos1_cpu_per_msg"
+        };
+        let what = format!("qos{qos}_fixed");
+        figures.insert(
+            key,
+            figure(
+                cpu(m, &what),
+                cpu(r, &what),
+                "broker CPU µs per delivered msg at a fixed rate",
+                "lower",
+            ),
+        );
+        let key: &'static str = if qos == 0 { "qos0_loss" } else { "qos1_loss" };
+        let lost = |b| (get(b, &format!("qos{qos}_saturation")).lost + get(b, &what).lost) as f64;
+        figures.insert(
+            key,
+            figure(
+                lost(m),
+                lost(r),
+                "messages lost (saturation + fixed)",
+                "zero",
+            ),
+        );
+    }
+    let lat = |b, p99: bool| {
+        let l = get(b, "qos1_fixed").latency;
+        (if p99 { l.p99_us } else { l.p50_us }) as f64 / 1000.0
+    };
+    figures.insert(
+        "p50_latency",
+        figure(
+            lat(m, false),
+            lat(r, false),
+            "ms, QoS 1 at the fixed rate",
+            "lower",
+        ),
+    );
+    figures.insert(
+        "p99_latency",
+        figure(
+            lat(m, true),
+            lat(r, true),
+            "ms, QoS 1 at the fixed rate",
+            "lower",
+        ),
+    );
+    figures.insert(
+        "connections_per_s",
+        figure(
+            get(m, "storm").connect.per_s,
+            get(r, "storm").connect.per_s,
+            "mTLS connections/s",
+            "higher",
+        ),
+    );
+    figures.insert(
+        "rss_per_connection",
+        figure(
+            rss(m, "idle"),
+            rss(r, "idle"),
+            "KiB per idle mTLS connection",
+            "lower",
+        ),
+    );
+    let mut ratios: BTreeMap<String, f64> = figures
+        .iter()
+        .map(|(k, f)| (format!("{k}_ratio"), f.ratio))
+        .collect();
+    let vs_rustls = get(r, "storm").connect.per_s / handshake.server_per_s.max(1e-9);
+    ratios.insert("connections_per_s_vs_rustls_ratio".into(), vs_rustls);
+    let mut notes = Vec::new();
+    if !pin {
+        notes.push("not pinned: fewer than 2 cores or no taskset; figures share cores".into());
+    }
+    for (name, rep) in &runs {
+        if rep.generator_cpu_cores > 0.9 {
+            notes.push(format!(
+                "{name}: the generator used {:.2} cores: it, not the broker, may have been the limit",
+                rep.generator_cpu_cores
+            ));
+        }
+        if rep.connect.connected < rep.connect.attempted {
+            notes.push(format!(
+                "{name}: {} of {} connections failed: {:?}",
+                rep.connect.attempted - rep.connect.connected,
+                rep.connect.attempted,
+                rep.connect.first_errors
+            ));
+        }
+    }
+    let cmp = Comparison {
+        machine: format!(
+            "{} CPUs, {}",
+            cores,
+            std::fs::read_to_string("/proc/cpuinfo")
+                .ok()
+                .and_then(|c| c.lines().find_map(|l| l
+                    .strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+                .unwrap_or_default()
+        ),
+        date: super::when(Some(time::OffsetDateTime::now_utc())),
+        devices: args.devices,
+        payload_bytes: args.payload,
+        seconds_per_phase: secs,
+        pinned: pin,
+        figures,
+        ratios,
+        rustls_server_handshakes_per_s: handshake.server_per_s,
+        connections_per_s_vs_rustls: vs_rustls,
+        runs,
+        notes,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&cmp).map_err(fail)?);
+        return Ok(());
+    }
+    println!(
+        "machine: {} ({}); {}",
+        cmp.machine,
+        if pin {
+            "brokers on core 0, generator on core 1"
+        } else {
+            "not pinned"
+        },
+        cmp.date
+    );
+    println!(
+        "{} devices → 1 subscriber, {}-byte payloads, {:.0} s per phase\n",
+        cmp.devices, cmp.payload_bytes, secs
+    );
+    println!(
+        "{:22} {:>14} {:>14} {:>8}  {}",
+        "FIGURE", "MOSQUITTO", "RAMPART", "RATIO", "UNIT (better)"
+    );
+    for (k, f) in &cmp.figures {
+        println!(
+            "{:22} {:>14.2} {:>14.2} {:>8.2}  {} ({})",
+            k, f.mosquitto, f.rampart, f.ratio, f.unit, f.better
+        );
+    }
+    println!(
+        "\nrustls server-side mTLS handshakes in memory: {:.0}/s; hub connections/s ÷ that: {:.2}",
+        cmp.rustls_server_handshakes_per_s, cmp.connections_per_s_vs_rustls
+    );
+    for n in &cmp.notes {
+        println!("note: {n}");
+    }
+    Ok(())
+}

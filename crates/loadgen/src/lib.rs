@@ -1,0 +1,45 @@
+//! Rampart's fleet load generator.
+//!
+//! Simulated devices, each with its own client certificate, connect over mutual TLS to an
+//! MQTT broker — the Rampart hub or any other, such as Mosquitto — and publish telemetry
+//! while one subscriber receives it. The generator measures what an operator needs to size
+//! a deployment and what BENCHMARKS.md compares: connections per second, messages per
+//! second sent and delivered, loss, end-to-end latency, errors by kind, and the target's CPU
+//! time and resident memory read from `/proc`.
+//!
+//! - `fleet`: a certificate authority of its own and one certificate per device, written to
+//!   one file that both the generator and the broker under test can use.
+//! - `client`: one MQTT connection over TLS, built on `rampart-mqtt`'s codec; several packets
+//!   per write so the generator stays cheaper than the broker it measures.
+//! - `scenario`: what to run (devices, protocol, QoS, payload, rate, pattern, bounds) and the
+//!   run itself.
+//! - `stats`: latency percentiles and `/proc` sampling.
+//! - `handshake`: the in-memory rustls handshake rate, the reference for connection rates.
+//!
+//! Every loop is bounded in count and time, and targets are loopback addresses only.
+
+pub mod client;
+pub mod fleet;
+pub mod handshake;
+pub mod scenario;
+pub mod stats;
+
+/// Why a run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("fleet {path}: {detail}")]
+    Fleet {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error(transparent)]
+    Pki(#[from] rampart_pki::PkiError),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("{0} is not a loopback address: the generator only targets this machine")]
+    NotLoopback(std::net::IpAddr),
+    #[error("invalid scenario: {0}")]
+    Invalid(String),
+    #[error("the subscriber could not start: {0}")]
+    Subscriber(String),
+}

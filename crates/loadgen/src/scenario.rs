@@ -78,6 +78,15 @@ pub struct Scenario {
     pub idle: Option<Duration>,
     /// The broker's process, for CPU and memory.
     pub target_pid: Option<u32>,
+    /// A progress line on stderr while the run goes (for people; off for scripts).
+    pub progress: bool,
+}
+
+/// Rewrites one status line on stderr.
+fn progress_line(on: bool, text: std::fmt::Arguments<'_>) {
+    if on {
+        eprint!("\r\x1b[2K{text}");
+    }
 }
 
 impl Scenario {
@@ -421,9 +430,25 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
     }
     // Messages flow for the duration or until the budget is spent.
     let deadline = flow_start + sc.duration;
+    let mut shown = Instant::now();
     while Instant::now() < deadline && shared.budget.load(Ordering::Relaxed) > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        if shown.elapsed() >= Duration::from_secs(1) {
+            shown = Instant::now();
+            let t = flow_start.elapsed().as_secs_f64();
+            progress_line(
+                sc.progress,
+                format_args!(
+                    "{t:5.1}/{:.0} s  sent {}  received {} ({:.0}/s)",
+                    sc.duration.as_secs_f64(),
+                    shared.sent_count.load(Ordering::Relaxed),
+                    received.load(Ordering::Relaxed),
+                    received.load(Ordering::Relaxed) as f64 / t.max(1e-9)
+                ),
+            );
+        }
     }
+    progress_line(sc.progress, format_args!("draining ...\n"));
     shared.stop.store(true, Ordering::Relaxed);
     let flow = flow_start.elapsed();
     let target_after = sc.target_pid.and_then(stats::sample);
@@ -588,8 +613,16 @@ async fn connect_all(
         });
     }
     let mut conns = Vec::with_capacity(sc.devices);
+    let mut shown = Instant::now();
     while let Some(done) = set.join_next().await {
         rep.attempted += 1;
+        if shown.elapsed() >= Duration::from_secs(1) {
+            shown = Instant::now();
+            progress_line(
+                sc.progress,
+                format_args!("connecting: {} of {}", rep.attempted, sc.devices),
+            );
+        }
         match done {
             Ok((i, Ok(c))) => conns.push((i, c)),
             Ok((_, Err(e))) => {
@@ -601,6 +634,10 @@ async fn connect_all(
     }
     rep.seconds = start.elapsed().as_secs_f64();
     rep.connected = conns.len() as u64;
+    progress_line(
+        sc.progress,
+        format_args!("connected {} of {}\n", rep.connected, sc.devices),
+    );
     rep.per_s = rep.connected as f64 / rep.seconds.max(1e-9);
     conns.sort_by_key(|(i, _)| *i);
     conns

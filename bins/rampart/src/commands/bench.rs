@@ -157,6 +157,7 @@ impl RunArgs {
             drain: self.drain.into(),
             idle: self.idle.map(Into::into),
             target_pid: self.target_pid,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         })
     }
 }

@@ -793,10 +793,10 @@ async fn receiver_task(
         if !acks.is_empty() && conn.writer.write_all(&acks).await.is_err() {
             break;
         }
-        if local.len() >= 4096 {
-            if let Ok(mut l) = latencies.lock() {
-                l.append(&mut local);
-            }
+        if local.len() >= 4096
+            && let Ok(mut l) = latencies.lock()
+        {
+            l.append(&mut local);
         }
     }
     if let Ok(mut l) = latencies.lock() {

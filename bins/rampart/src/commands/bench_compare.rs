@@ -682,8 +682,8 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         cmp.devices, cmp.payload_bytes, secs
     );
     println!(
-        "{:22} {:>14} {:>14} {:>8}  {}",
-        "FIGURE", "MOSQUITTO", "RAMPART", "RATIO", "UNIT (better)"
+        "{:22} {:>14} {:>14} {:>8}  UNIT (better)",
+        "FIGURE", "MOSQUITTO", "RAMPART", "RATIO"
     );
     for (k, f) in &cmp.figures {
         println!(

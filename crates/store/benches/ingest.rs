@@ -1,0 +1,170 @@
+//! Ingest: telemetry rows/s stored through the hub's ingest path ÷ a raw batched insert of
+//! the same rows into the same schema, side by side in one run (BENCHMARKS.md figure 4;
+//! docs/benchmarks.md).
+//!
+//! `cargo bench -p rampart-store --bench ingest`
+//!
+//! - hub path: `IngestQueue` — 100 concurrent submitters (one per device, as connections
+//!   are), each waiting for its row's commit ticket like a PUBACK does; group commit, one
+//!   transaction per batch (at most 2,000 rows, the hub's default), multi-row statements;
+//! - raw: the same rows, arriving device-interleaved, inserted with plain SQL on its own
+//!   connection pool — 2,000 rows per transaction, each transaction's rows in key order, 64
+//!   rows per multi-row INSERT, no queue, no tickets.
+//!
+//! Each side gets a fresh database file (WAL) with the hub's migrations, for both
+//! `synchronous` levels. Bounded: 100,000 rows per side.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rampart_store::{IngestQueue, SqliteOptions, SqliteStore, Store, Synchronous, TelemetryRow};
+use time::OffsetDateTime;
+
+const DEVICES: usize = 100;
+const ROWS: usize = 100_000;
+const BATCH: usize = 2_000;
+
+fn row(device: usize, seq: i64, now: OffsetDateTime) -> TelemetryRow {
+    let body = format!(
+        "{{\"v\":1,\"seq\":{seq},\"ts\":\"2026-11-25T12:00:00.000Z\",\"pack\":{{\"voltage_v\":52.41,\"current_a\":-12.5,\"soc_pct\":81.2}}}}"
+    );
+    TelemetryRow {
+        device_id: format!("gw-{device:05}"),
+        seq,
+        ts: now + time::Duration::milliseconds(seq),
+        received_at: now,
+        voltage_v: Some(52.41),
+        current_a: Some(-12.5),
+        soc_pct: Some(81.2),
+        soh_pct: None,
+        temp_min_c: None,
+        temp_max_c: None,
+        cell_min_v: None,
+        cell_max_v: None,
+        alarms: Vec::new(),
+        body,
+    }
+}
+
+fn rows() -> Vec<TelemetryRow> {
+    let now = OffsetDateTime::now_utc();
+    (0..ROWS)
+        .map(|i| row(i % DEVICES, (i / DEVICES) as i64, now))
+        .collect()
+}
+
+async fn open(dir: &std::path::Path, name: &str, sync: Synchronous) -> SqliteStore {
+    let mut o = SqliteOptions::new(dir.join(name));
+    o.synchronous = sync;
+    SqliteStore::open(&o).await.expect("open the database")
+}
+
+async fn hub_path(dir: &std::path::Path, sync: Synchronous, rows: Vec<TelemetryRow>) -> f64 {
+    let store: Arc<dyn Store> = Arc::new(open(dir, "hub.db", sync).await);
+    let queue = IngestQueue::spawn(store.clone(), 65_536, BATCH);
+    let mut per_device: Vec<Vec<TelemetryRow>> = (0..DEVICES).map(|_| Vec::new()).collect();
+    for (i, r) in rows.into_iter().enumerate() {
+        per_device[i % DEVICES].push(r);
+    }
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mine in per_device {
+        let q = queue.clone();
+        tasks.spawn(async move {
+            // Like a device with a window of 64 unacknowledged publishes.
+            let mut pending = std::collections::VecDeque::new();
+            for r in mine {
+                pending.push_back(q.submit(r).await.expect("submit"));
+                if pending.len() >= 64 {
+                    pending
+                        .pop_front()
+                        .expect("a ticket")
+                        .await
+                        .expect("committed");
+                }
+            }
+            for t in pending {
+                t.await.expect("committed");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    ROWS as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn raw(dir: &std::path::Path, sync: Synchronous, rows: &[TelemetryRow]) -> f64 {
+    // The hub's schema, then a connection of our own.
+    let path = dir.join("raw.db");
+    open(dir, "raw.db", sync).await.close().await;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(match sync {
+            Synchronous::Full => sqlx::sqlite::SqliteSynchronous::Full,
+            Synchronous::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
+        });
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .expect("raw pool");
+    let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+    let start = Instant::now();
+    for batch in rows.chunks(BATCH) {
+        // In key order: neighbouring rows land on the same B-tree pages.
+        let mut batch: Vec<&TelemetryRow> = batch.iter().collect();
+        batch.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
+        let mut tx = pool.begin().await.expect("begin");
+        for chunk in batch.chunks(64) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO telemetry (device_id, seq, ts, received_at, voltage_v, current_a, \
+                 soc_pct, soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, body) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.device_id)
+                    .push_bind(r.seq)
+                    .push_bind(ms(r.ts))
+                    .push_bind(ms(r.received_at))
+                    .push_bind(r.voltage_v)
+                    .push_bind(r.current_a)
+                    .push_bind(r.soc_pct)
+                    .push_bind(r.soh_pct)
+                    .push_bind(r.temp_min_c)
+                    .push_bind(r.temp_max_c)
+                    .push_bind(r.cell_min_v)
+                    .push_bind(r.cell_max_v)
+                    .push_bind("[]")
+                    .push_bind(&r.body);
+            });
+            q.build().execute(&mut *tx).await.expect("insert");
+        }
+        tx.commit().await.expect("commit");
+    }
+    let rate = ROWS as f64 / start.elapsed().as_secs_f64();
+    pool.close().await;
+    rate
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "machine: {} CPUs; {} rows from {DEVICES} devices, interleaved; batches of {BATCH}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ROWS
+    );
+    println!(
+        "{:8} {:>14} {:>14} {:>7}",
+        "sync", "hub rows/s", "raw rows/s", "ratio"
+    );
+    for (name, sync) in [("full", Synchronous::Full), ("normal", Synchronous::Normal)] {
+        let data = rows();
+        let raw_dir = tempfile::tempdir().expect("tempdir");
+        let hub_dir = tempfile::tempdir().expect("tempdir");
+        let r = rt.block_on(raw(raw_dir.path(), sync, &data));
+        let h = rt.block_on(hub_path(hub_dir.path(), sync, data));
+        println!("{name:8} {h:>14.0} {r:>14.0} {:>7.2}", h / r);
+    }
+}

@@ -793,14 +793,13 @@ async fn receiver_task(
         if !acks.is_empty() && conn.writer.write_all(&acks).await.is_err() {
             break;
         }
-        if local.len() >= 4096
+        // Handed over after every read: the task is aborted at the end of the run, and
+        // samples still held here would be lost (one uncontended lock per read).
+        if !local.is_empty()
             && let Ok(mut l) = latencies.lock()
         {
             l.append(&mut local);
         }
-    }
-    if let Ok(mut l) = latencies.lock() {
-        l.append(&mut local);
     }
 }
 
@@ -823,9 +822,18 @@ async fn fan_out_publisher(sh: Arc<Shared>, mut conn: Conn, ids: Vec<String>, ra
     let mut seq = sh.base;
     let base = seq;
     let mut packet_id: u16 = 0;
+    let mut inflight: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let paced = matches!(rate, Rate::PerDevice(_));
     while !sh.stop.load(Ordering::Relaxed) && !topics.is_empty() {
-        let n = sh.take(per_tick);
+        // At --rate max with QoS 1, only what fits in the window.
+        let want = if qos1 && !paced {
+            per_tick.saturating_sub(inflight).max(1)
+        } else {
+            per_tick
+        };
+        let n = sh.take(want);
         if n == 0 {
             return;
         }
@@ -859,13 +867,35 @@ async fn fan_out_publisher(sh: Arc<Shared>, mut conn: Conn, ids: Vec<String>, ra
             return;
         }
         sh.sent_count.fetch_add(n, Ordering::Relaxed);
-        tokio::select! {
-            r = conn.reader.read_packets(&mut packets), if qos1 => {
-                if r.is_err() { return; }
-                let acks = packets.drain(..).filter(|p| matches!(p, Packet::PubAck(_))).count() as u64;
-                sh.acked.fetch_add(acks, Ordering::Relaxed);
+        if qos1 {
+            inflight += n;
+        }
+        // Paced: the next batch waits for the tick. At --rate max: for room in the window.
+        // Acknowledgements are counted meanwhile.
+        let next_tick = tick.tick();
+        tokio::pin!(next_tick);
+        let mut ticked = false;
+        loop {
+            let room = !qos1 || inflight < per_tick;
+            if (!paced && room) || (paced && ticked) {
+                break;
             }
-            _ = tick.tick() => {}
+            tokio::select! {
+                r = conn.reader.read_packets(&mut packets), if qos1 => {
+                    if r.is_err() {
+                        sh.errors.count(ErrorKind::Closed);
+                        return;
+                    }
+                    let acks = packets.drain(..).filter(|p| matches!(p, Packet::PubAck(_))).count() as u64;
+                    inflight = inflight.saturating_sub(acks);
+                    sh.acked.fetch_add(acks, Ordering::Relaxed);
+                }
+                _ = &mut next_tick, if !ticked => ticked = true,
+            }
+        }
+        if !paced && !qos1 {
+            // QoS 0 at full speed: let the receivers run.
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use rampart_e2e::release::{ok, refused};
-use rampart_e2e::{TestHub, bin};
+use rampart_e2e::{TestHub, bin, free_port, wait_until};
 use serde_json::Value;
 
 #[test]
@@ -124,4 +124,87 @@ fn the_generator_reports_refused_connections_by_kind_and_only_targets_loopback()
     );
     assert!(e.contains("--rate"), "{e}");
     hub.stop();
+}
+
+#[test]
+fn the_generator_drives_another_broker_with_its_own_ca_fan_in_and_fan_out_over_both_protocols() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let fleet = d.join("fleet.json");
+    ok(Command::new(bin("rampart"))
+        .args(["bench", "fleet", "--devices", "5", "--out"])
+        .arg(&fleet)
+        .output()
+        .unwrap());
+    // Mosquitto trusting only the fleet's CA, each device confined to its own topics.
+    let port = free_port();
+    std::fs::write(
+        d.join("acl"),
+        "pattern readwrite devices/%u/#\nuser bench-subscriber\ntopic read devices/+/telemetry\ntopic write devices/+/inbox\n",
+    )
+    .unwrap();
+    let conf = d.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n\
+             require_certificate true\nuse_identity_as_username true\nacl_file {0}/acl\n\
+             allow_anonymous false\npersistence false\nuser root\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let mut broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .spawn()
+        .unwrap();
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    for (pattern, protocol, qos) in [
+        ("fan-in", "5", "1"),
+        ("fan-out", "3.1.1", "1"),
+        ("fan-out", "5", "0"),
+    ] {
+        let out = ok(Command::new(bin("rampart"))
+            .args(["bench", "run", "--fleet"])
+            .arg(&fleet)
+            .args([
+                "--target",
+                &format!("127.0.0.1:{port}"),
+                "--devices",
+                "5",
+                "--pattern",
+                pattern,
+                "--protocol",
+                protocol,
+                "--qos",
+                qos,
+                "--rate",
+                "20",
+                "--duration",
+                "1s",
+                "--target-pid",
+                &broker.id().to_string(),
+                "--json",
+            ])
+            .output()
+            .unwrap());
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let what = format!("{pattern} MQTT {protocol} QoS {qos}: {v}");
+        assert_eq!(v["connect"]["connected"], 5, "{what}");
+        let sent = v["sent"].as_u64().unwrap();
+        assert!(sent >= 50, "{what}");
+        assert_eq!(v["received"].as_u64().unwrap(), sent, "{what}");
+        assert_eq!(v["lost"], 0, "{what}");
+        assert_eq!(v["latency"]["samples"].as_u64().unwrap(), sent, "{what}");
+        // The broker's process was sampled (its CPU at this rate is below /proc's 10 ms tick).
+        assert!(
+            v["target"]["rss_kib_before"].as_u64().unwrap() > 0,
+            "{what}"
+        );
+    }
+    let _ = broker.kill();
+    let _ = broker.wait();
 }

@@ -48,6 +48,8 @@ const DELIVERY_BATCH: usize = 256;
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Read granularity.
 const READ_CHUNK: usize = 4096;
+/// A read smaller than this that leaves nothing buffered releases the read buffer.
+const IDLE_READ: usize = 512;
 
 /// Decrements the active-connection gauge however the task ends.
 struct ActiveGuard(Arc<Metrics>);
@@ -220,7 +222,9 @@ pub(crate) async fn run(
         protocol,
         addr,
         stream,
-        rbuf,
+        // Nothing after CONNECT yet (the usual case): start the session without a read
+        // buffer, as an idle connection keeps none (see IDLE_READ).
+        rbuf: if rbuf.is_empty() { BytesMut::new() } else { rbuf },
         wbuf,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         last_read: tokio::time::Instant::now(),
@@ -567,7 +571,15 @@ impl Conn {
                     if let Err(exit) = self.process_input().await {
                         return exit;
                     }
-                    self.rbuf.reserve(READ_CHUNK);
+                    if self.rbuf.is_empty() && n < IDLE_READ {
+                        // A small read, all of it consumed: likely an idle device (a
+                        // ping, one reading). Give the buffer back; the next read starts
+                        // small and grows with the data (idle connections are most of a
+                        // fleet, and their memory is what limits a hub's connections).
+                        self.rbuf = BytesMut::new();
+                    } else {
+                        self.rbuf.reserve(READ_CHUNK);
+                    }
                 }
                 Event::Read(Err(e)) => {
                     tracing::debug!(client_id = %self.client_id, error = %e, "read error");

@@ -224,7 +224,11 @@ pub(crate) async fn run(
         stream,
         // Nothing after CONNECT yet (the usual case): start the session without a read
         // buffer, as an idle connection keeps none (see IDLE_READ).
-        rbuf: if rbuf.is_empty() { BytesMut::new() } else { rbuf },
+        rbuf: if rbuf.is_empty() {
+            BytesMut::new()
+        } else {
+            rbuf
+        },
         wbuf,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         last_read: tokio::time::Instant::now(),

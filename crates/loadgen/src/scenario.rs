@@ -643,6 +643,70 @@ async fn connect_all(
     conns
 }
 
+/// Publishes of numbered telemetry documents, encoded into one buffer and sent in one write.
+struct Batch {
+    buf: BytesMut,
+    payload: Vec<u8>,
+    /// The last sequence number used; the send-time ring is indexed from `base`.
+    seq: u64,
+    base: u64,
+    packet_id: u16,
+    ts: String,
+    sent_at: u64,
+}
+
+impl Batch {
+    fn new(sh: &Shared) -> Batch {
+        Batch {
+            buf: BytesMut::with_capacity(64 * 1024),
+            payload: Vec::with_capacity(sh.payload + 64),
+            seq: sh.base,
+            base: sh.base,
+            packet_id: 0,
+            ts: String::new(),
+            sent_at: 0,
+        }
+    }
+
+    /// Starts a batch: one timestamp for its documents and its send-time records.
+    fn start(&mut self, sh: &Shared) {
+        self.buf.clear();
+        self.ts = now_rfc3339();
+        self.sent_at = sh.now_ns();
+    }
+
+    fn push(&mut self, sh: &Shared, topic: &str, dev: usize) {
+        self.seq += 1;
+        telemetry_payload(&mut self.payload, self.seq, &self.ts, sh.payload);
+        let id = (sh.qos != QoS::AtMostOnce).then(|| {
+            self.packet_id = self.packet_id.wrapping_add(1).max(1);
+            self.packet_id
+        });
+        encode_publish(
+            &mut self.buf,
+            sh.protocol,
+            topic,
+            &self.payload,
+            sh.qos,
+            false,
+            false,
+            id,
+            None,
+        );
+        sh.sent.record(dev, self.seq - self.base, self.sent_at);
+    }
+
+    /// Writes the batch of `n` publishes; false (counted) if the connection is gone.
+    async fn send(&mut self, sh: &Shared, conn: &mut Conn, n: u64) -> bool {
+        if conn.writer.write_all(&self.buf).await.is_err() {
+            sh.errors.count(ErrorKind::Closed);
+            return false;
+        }
+        sh.sent_count.fetch_add(n, Ordering::Relaxed);
+        true
+    }
+}
+
 /// One device publishing its telemetry.
 async fn publisher(sh: Arc<Shared>, dev: usize, mut conn: Conn, rate: Rate) {
     let topic = format!("devices/{}/telemetry", crate::fleet::device_id(dev));
@@ -652,12 +716,8 @@ async fn publisher(sh: Arc<Shared>, dev: usize, mut conn: Conn, rate: Rate) {
         Rate::PerDevice(_) => 1024,
     }
     .min(u64::from(conn.receive_maximum.unwrap_or(u16::MAX)));
-    let mut seq = sh.base;
-    let base = seq;
+    let mut batch = Batch::new(&sh);
     let mut inflight: u64 = 0;
-    let mut packet_id: u16 = 0;
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut payload = Vec::with_capacity(sh.payload + 64);
     let mut packets = Vec::new();
     let mut owed = 0.0f64;
     let mut last = Instant::now();
@@ -687,36 +747,13 @@ async fn publisher(sh: Arc<Shared>, dev: usize, mut conn: Conn, rate: Rate) {
         };
         let n = if want > 0 { sh.take(want) } else { 0 };
         if n > 0 {
-            let ts = now_rfc3339();
-            buf.clear();
-            let t = sh.now_ns();
+            batch.start(&sh);
             for _ in 0..n {
-                seq += 1;
-                telemetry_payload(&mut payload, seq, &ts, sh.payload);
-                let id = if qos1 {
-                    packet_id = packet_id.wrapping_add(1).max(1);
-                    Some(packet_id)
-                } else {
-                    None
-                };
-                encode_publish(
-                    &mut buf,
-                    sh.protocol,
-                    &topic,
-                    &payload,
-                    sh.qos,
-                    false,
-                    false,
-                    id,
-                    None,
-                );
-                sh.sent.record(dev, seq - base, t);
+                batch.push(&sh, &topic, dev);
             }
-            if conn.writer.write_all(&buf).await.is_err() {
-                sh.errors.count(ErrorKind::Closed);
+            if !batch.send(&sh, &mut conn, n).await {
                 return;
             }
-            sh.sent_count.fetch_add(n, Ordering::Relaxed);
             if qos1 {
                 inflight += n;
             }
@@ -815,13 +852,9 @@ async fn fan_out_publisher(sh: Arc<Shared>, mut conn: Conn, ids: Vec<String>, ra
         Rate::Max { window } => u64::from(window),
     };
     let qos1 = sh.qos != QoS::AtMostOnce;
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut payload = Vec::new();
+    let mut batch = Batch::new(&sh);
     let mut packets = Vec::new();
     let mut k = 0usize;
-    let mut seq = sh.base;
-    let base = seq;
-    let mut packet_id: u16 = 0;
     let mut inflight: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -837,36 +870,15 @@ async fn fan_out_publisher(sh: Arc<Shared>, mut conn: Conn, ids: Vec<String>, ra
         if n == 0 {
             return;
         }
-        let ts = now_rfc3339();
-        buf.clear();
-        let t = sh.now_ns();
+        batch.start(&sh);
         for _ in 0..n {
-            seq += 1;
             let i = k % topics.len();
             k += 1;
-            telemetry_payload(&mut payload, seq, &ts, sh.payload);
-            let id = qos1.then(|| {
-                packet_id = packet_id.wrapping_add(1).max(1);
-                packet_id
-            });
-            encode_publish(
-                &mut buf,
-                sh.protocol,
-                &topics[i],
-                &payload,
-                sh.qos,
-                false,
-                false,
-                id,
-                None,
-            );
-            sh.sent.record(devs[i], seq - base, t);
+            batch.push(&sh, &topics[i], devs[i]);
         }
-        if conn.writer.write_all(&buf).await.is_err() {
-            sh.errors.count(ErrorKind::Closed);
+        if !batch.send(&sh, &mut conn, n).await {
             return;
         }
-        sh.sent_count.fetch_add(n, Ordering::Relaxed);
         if qos1 {
             inflight += n;
         }

@@ -378,33 +378,13 @@ impl Updater {
         if let Err(e) =
             selection::check_applicable(&c.name, &c.info, &self.cfg.hardware, &installed.version)
         {
-            tracing::error!(target = %c.name, error = %e, "update refused; the installed version keeps running");
-            self.emit(event(
-                UpdateStage::Failed,
-                &c.name,
-                v,
-                rollout,
-                Some(e.to_string()),
-            ));
-            self.command_done(command);
-            return;
+            return self.failed(&c.name, v, command, e.to_string());
         }
         tracing::info!(target = %c.name, version = %v, rollout = ?rollout, "downloading update");
         self.emit(event(UpdateStage::Downloading, &c.name, v, rollout, None));
         let (file, signed) = match tuf::download(trusted, remote, &self.downloads, &c.name).await {
             Ok(x) => x,
-            Err(e) => {
-                tracing::error!(target = %c.name, error = %e, "update download refused or failed; the installed version keeps running");
-                self.emit(event(
-                    UpdateStage::Failed,
-                    &c.name,
-                    v,
-                    rollout,
-                    Some(e.to_string()),
-                ));
-                self.command_done(command);
-                return;
-            }
+            Err(e) => return self.failed(&c.name, v, command, e.to_string()),
         };
         // From here the install journal carries the work across restarts: the instruction
         // must not start it again.
@@ -510,6 +490,21 @@ impl Updater {
         }
     }
 
+    /// An update refused or failed before anything was installed: logged, reported (with
+    /// the instruction's rollout), and the instruction, if any, is done.
+    fn failed(&self, target: &str, version: &str, command: Option<&Command>, why: String) {
+        let rollout = command.map(|c| c.rollout.as_str());
+        tracing::error!(%target, rollout = ?rollout, error = %why, "update refused or failed; the installed version keeps running");
+        self.emit(event(
+            UpdateStage::Failed,
+            target,
+            version,
+            rollout,
+            Some(why),
+        ));
+        self.command_done(command);
+    }
+
     fn command_done(&self, command: Option<&Command>) {
         let Some(c) = command else { return };
         let mut log = CommandLog::load(&self.state);
@@ -536,17 +531,8 @@ impl Updater {
     async fn commanded_install(&mut self, c: &Command, stop: &CancellationToken) {
         let target = c.target.clone().unwrap_or_default();
         let rollout = Some(c.rollout.as_str());
-        let fail = |me: &mut Self, version: &str, why: String| {
-            tracing::error!(%target, rollout = %c.rollout, error = %why, "update instruction refused; the installed version keeps running");
-            me.emit(event(
-                UpdateStage::Failed,
-                &target,
-                version,
-                rollout,
-                Some(why),
-            ));
-            me.command_done(Some(c));
-        };
+        let fail =
+            |me: &Self, version: &str, why: String| me.failed(&target, version, Some(c), why);
         // The instruction can arrive right after connecting, before the session token the
         // repository needs: wait for it a little.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -212,7 +212,20 @@ async fn run_agent(
         last_drop_report: None,
         events: events_rx,
     };
-    let producer = tokio::spawn(producer.run(cfg.telemetry.interval, producer_stop.clone()));
+    // The session stops the producer and waits for it before its shutdown flush, so the
+    // last reading is sent rather than left for the next start.
+    let producer_done = CancellationToken::new();
+    let producer = {
+        let (run, done) = (
+            producer.run(cfg.telemetry.interval, producer_stop.clone()),
+            producer_done.clone(),
+        );
+        tokio::spawn(async move {
+            let r = run.await;
+            done.cancel();
+            r
+        })
+    };
 
     let mut session = Session::new(
         cfg,
@@ -227,6 +240,7 @@ async fn run_agent(
             events: events_tx,
         },
     );
+    session.producer = Some((producer_stop.clone(), producer_done));
     let result = loop {
         let pending = creds.pending().exists();
         let pair = if pending {

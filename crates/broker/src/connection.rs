@@ -48,6 +48,9 @@ const DELIVERY_BATCH: usize = 256;
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Read granularity.
 const READ_CHUNK: usize = 4096;
+/// How long a connection waits at shutdown for messages it took to be stored and
+/// acknowledged (the hub's stop waits 5 s for connections to close).
+const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(3);
 /// A read smaller than this that leaves nothing buffered releases the read buffer.
 const IDLE_READ: usize = 512;
 
@@ -553,7 +556,10 @@ impl Conn {
                         return Exit::Kicked(k);
                     }
                 }
-                Event::Shutdown => return Exit::Shutdown,
+                Event::Shutdown => {
+                    self.finish_pending().await;
+                    return Exit::Shutdown;
+                }
                 Event::Durable(Ok(())) => {
                     if let Some(front) = self.pending.front_mut() {
                         front.durable = None;
@@ -709,6 +715,29 @@ impl Conn {
     }
 
     /// Sends acknowledgements at the front of the queue whose messages are durable.
+    /// At shutdown: messages already taken are being stored; wait for them (bounded) and
+    /// acknowledge those that were, so a client never counts as lost — and drops from its
+    /// own buffer — what the hub kept. Nothing more is read.
+    async fn finish_pending(&mut self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_ACK_WAIT;
+        while self.pending.front().is_some_and(|p| p.durable.is_some()) {
+            match tokio::time::timeout_at(deadline, front_durable(&mut self.pending)).await {
+                Ok(Ok(())) => {
+                    if let Some(front) = self.pending.front_mut() {
+                        front.durable = None;
+                    }
+                    self.flush_ready_acks();
+                }
+                // Not stored, or not in time: no acknowledgement, the client sends it again.
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        self.flush_ready_acks();
+        if !self.wbuf.is_empty() {
+            let _ = self.flush().await;
+        }
+    }
+
     fn flush_ready_acks(&mut self) {
         while self.pending.front().is_some_and(|p| p.durable.is_none()) {
             let Some(p) = self.pending.pop_front() else {

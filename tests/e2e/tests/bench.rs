@@ -154,11 +154,23 @@ fn the_generator_drives_another_broker_with_its_own_ca_fan_in_and_fan_out_over_b
         ),
     )
     .unwrap();
-    let mut broker = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .spawn()
-        .unwrap();
+    /// Stops the broker however the test ends (a failed assertion included).
+    struct Broker(std::process::Child);
+    impl Drop for Broker {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let broker = Broker(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     assert!(wait_until(std::time::Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     }));
@@ -186,7 +198,7 @@ fn the_generator_drives_another_broker_with_its_own_ca_fan_in_and_fan_out_over_b
                 "--duration",
                 "1s",
                 "--target-pid",
-                &broker.id().to_string(),
+                &broker.0.id().to_string(),
                 "--json",
             ])
             .output()
@@ -205,6 +217,4 @@ fn the_generator_drives_another_broker_with_its_own_ca_fan_in_and_fan_out_over_b
             "{what}"
         );
     }
-    let _ = broker.kill();
-    let _ = broker.wait();
 }

@@ -197,6 +197,16 @@ fn at_the_bound_the_oldest_are_dropped_and_the_hub_is_told() {
     )
     .is_empty()));
     hub.stop();
+    // Readings published on the lost connection and not acknowledged have an unknown fate:
+    // the hub may have stored them. Telemetry is the only record kind so far, so record k
+    // is reading k. Read once the agent has seen the loss (its counters stop there).
+    assert!(wait_until(
+        Duration::from_secs(10),
+        || agent_status(&dev)["connection"]["state"] != "connected"
+    ));
+    let before = agent_status(&dev);
+    let in_flight_at_loss = status_u64(&before, &["outbox", "acknowledged"]) as i64 + 1
+        ..=status_u64(&before, &["outbox", "published"]) as i64;
     assert!(
         wait_until(Duration::from_secs(40), || status_u64(
             &agent_status(&dev),
@@ -241,8 +251,19 @@ fn at_the_bound_the_oldest_are_dropped_and_the_hub_is_told() {
     let stored: BTreeSet<i64> = seqs(&hub, "gw-bound").into_iter().collect();
     let last = last_seq(&dev);
     // The oldest went: every reading is either stored or inside a reported dropped range,
-    // and nothing stored was reported dropped.
-    assert!(stored.is_disjoint(&dropped));
+    // and nothing stored was reported dropped — except readings whose fate the agent could
+    // not know: in flight when the hub went away, dropped at the bound before it came back
+    // (the documented limit, docs/security-model.md).
+    let overlap: Vec<i64> = stored.intersection(&dropped).copied().collect();
+    assert!(
+        overlap.iter().all(|s| in_flight_at_loss.contains(s)),
+        "stored and reported dropped: {overlap:?} (in flight at the loss: {in_flight_at_loss:?})\nevents: {:?}\n{}",
+        events
+            .iter()
+            .filter(|e| e["kind"] == "data_dropped")
+            .collect::<Vec<_>>(),
+        agent.logs.text()
+    );
     let all: BTreeSet<i64> = stored.union(&dropped).copied().collect();
     let missing: Vec<i64> = (1..=last).filter(|n| !all.contains(n)).collect();
     assert!(

@@ -143,6 +143,11 @@ pub struct TargetUsage {
     pub rss_kib_after_connect: u64,
     /// (RSS after connecting − before) ÷ connections, in KiB.
     pub rss_kib_per_connection: f64,
+    /// The target's CPU time per accepted connection while devices connected (TLS
+    /// handshake, MQTT CONNECT, authorization), in microseconds: its connection cost,
+    /// whatever limited the rate.
+    #[serde(default)]
+    pub connect_cpu_us_per_connection: f64,
 }
 
 /// What happened.
@@ -382,6 +387,7 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
         let settled = sc.target_pid.and_then(stats::sample);
         tokio::time::sleep(idle.saturating_sub(Duration::from_secs(2))).await;
         report.target = usage(before, settled, None, 0, report.connect.connected);
+        connect_cost(&mut report, before, after_connect);
         drop(conns);
         return Ok(report);
     }
@@ -497,7 +503,19 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
         report.received,
         report.connect.connected,
     );
+    connect_cost(&mut report, before, after_connect);
     Ok(report)
+}
+
+/// Fills in the target's CPU per connection from the samples around the connect phase.
+fn connect_cost(report: &mut Report, before: Option<ProcSample>, after: Option<ProcSample>) {
+    let connected = report.connect.connected;
+    if let (Some(t), Some(b), Some(a)) = (report.target.as_mut(), before, after)
+        && connected > 0
+    {
+        t.connect_cpu_us_per_connection =
+            a.cpu_us.saturating_sub(b.cpu_us) as f64 / connected as f64;
+    }
 }
 
 fn usage(

@@ -38,6 +38,8 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
         "p99_latency_ratio",
         "connections_per_s_ratio",
         "connections_per_s_vs_rustls_ratio",
+        "connections_per_cpu_s_ratio",
+        "connections_per_cpu_s_vs_rustls_ratio",
         "rss_per_connection_ratio",
     ] {
         let x = v["ratios"][r].as_f64().unwrap_or(-1.0);

@@ -605,6 +605,24 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
             "higher",
         ),
     );
+    let per_cpu_s = |b| {
+        get(b, "storm").target.as_ref().map_or(0.0, |t| {
+            if t.connect_cpu_us_per_connection > 0.0 {
+                1e6 / t.connect_cpu_us_per_connection
+            } else {
+                0.0
+            }
+        })
+    };
+    figures.insert(
+        "connections_per_cpu_s",
+        figure(
+            per_cpu_s(m),
+            per_cpu_s(r),
+            "mTLS connections per second of broker CPU (storm)",
+            "higher",
+        ),
+    );
     figures.insert(
         "rss_per_connection",
         figure(
@@ -620,6 +638,12 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         .collect();
     let vs_rustls = get(r, "storm").connect.per_s / handshake.server_per_s.max(1e-9);
     ratios.insert("connections_per_s_vs_rustls_ratio".into(), vs_rustls);
+    // The hub's own connection cost against rustls' handshake cost, whatever limited the
+    // rate (the generator does the client side of every handshake on one core).
+    ratios.insert(
+        "connections_per_cpu_s_vs_rustls_ratio".into(),
+        per_cpu_s(r) / handshake.server_per_s.max(1e-9),
+    );
     let mut notes = Vec::new();
     if !pin {
         notes.push("not pinned: fewer than 2 cores or no taskset; figures share cores".into());

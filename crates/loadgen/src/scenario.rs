@@ -725,6 +725,16 @@ impl Batch {
     }
 }
 
+/// Counts the PUBACKs among `packets` (emptied) as acknowledged; returns how many.
+fn take_acks(sh: &Shared, packets: &mut Vec<Packet>) -> u64 {
+    let acks = packets
+        .drain(..)
+        .filter(|p| matches!(p, Packet::PubAck(_)))
+        .count() as u64;
+    sh.acked.fetch_add(acks, Ordering::Relaxed);
+    acks
+}
+
 /// One device publishing its telemetry.
 async fn publisher(sh: Arc<Shared>, dev: usize, mut conn: Conn, rate: Rate) {
     let topic = format!("devices/{}/telemetry", crate::fleet::device_id(dev));
@@ -785,9 +795,7 @@ async fn publisher(sh: Arc<Shared>, dev: usize, mut conn: Conn, rate: Rate) {
                         sh.errors.count(ErrorKind::Closed);
                         return;
                     }
-                    let acks = packets.drain(..).filter(|p| matches!(p, Packet::PubAck(_))).count() as u64;
-                    inflight = inflight.saturating_sub(acks);
-                    sh.acked.fetch_add(acks, Ordering::Relaxed);
+                    inflight = inflight.saturating_sub(take_acks(&sh, &mut packets));
                 }
                 _ = tick.tick(), if !waiting_for_acks => {}
             }
@@ -916,9 +924,7 @@ async fn fan_out_publisher(sh: Arc<Shared>, mut conn: Conn, ids: Vec<String>, ra
                         sh.errors.count(ErrorKind::Closed);
                         return;
                     }
-                    let acks = packets.drain(..).filter(|p| matches!(p, Packet::PubAck(_))).count() as u64;
-                    inflight = inflight.saturating_sub(acks);
-                    sh.acked.fetch_add(acks, Ordering::Relaxed);
+                    inflight = inflight.saturating_sub(take_acks(&sh, &mut packets));
                 }
                 _ = &mut next_tick, if !ticked => ticked = true,
             }

@@ -179,6 +179,12 @@ pub struct StorageConfig {
     pub backend: String,
     pub sqlite_path: PathBuf,
     pub synchronous: String,
+    /// `postgres://user[:password]@host[:port]/database` (backend `postgres`).
+    pub postgres_url: String,
+    /// Schema holding Rampart's tables in that database (created if missing).
+    pub postgres_schema: String,
+    /// Connections each hub process keeps to PostgreSQL.
+    pub postgres_max_connections: u32,
     pub ingest_batch: usize,
     pub ingest_queue: usize,
 }
@@ -189,6 +195,9 @@ impl Default for StorageConfig {
             backend: "sqlite".into(),
             sqlite_path: "rampart.db".into(),
             synchronous: "full".into(),
+            postgres_url: String::new(),
+            postgres_schema: "rampart".into(),
+            postgres_max_connections: 16,
             ingest_batch: 2000,
             ingest_queue: 65_536,
         }
@@ -356,12 +365,19 @@ hook_timeout = "{hookt}"
 listen = "{api}"
 
 [storage]
-# "sqlite" (embedded default).
+# "sqlite" (embedded default, one hub process) or "postgres" (large fleets, several hub nodes).
 backend = "{backend}"
 sqlite_path = "{db}"
-# "full": every commit is fsynced before a device gets its PUBACK (survives power loss).
-# "normal": survives a crash of the hub, may lose the last commits on power loss.
+# SQLite only. "full": every commit is fsynced before a device gets its PUBACK (survives power
+# loss). "normal": survives a crash of the hub, may lose the last commits on power loss.
 synchronous = "{sync}"
+# PostgreSQL only: postgres://user[:password]@host[:port]/database. Keep this file private if
+# the URL holds a password. Commits wait for the server's WAL flush (synchronous_commit = on;
+# the hub refuses a server where it is off).
+postgres_url = "{pgurl}"
+# Schema for Rampart's tables (created if missing); hub nodes sharing a registry use the same.
+postgres_schema = "{pgschema}"
+postgres_max_connections = {pgmax}
 # Most telemetry rows per transaction, and rows waiting for a commit before publishers wait.
 ingest_batch = {ib}
 ingest_queue = {iq}
@@ -436,6 +452,9 @@ refresh_interval = "{uri}"
         backend = d.storage.backend,
         db = d.storage.sqlite_path.display(),
         sync = d.storage.synchronous,
+        pgurl = d.storage.postgres_url,
+        pgschema = d.storage.postgres_schema,
+        pgmax = d.storage.postgres_max_connections,
         ib = d.storage.ingest_batch,
         iq = d.storage.ingest_queue,
         ml = d.metrics.listen,
@@ -587,11 +606,29 @@ impl HubConfig {
             return Err("provisioning.hook_ca is required for an https:// hook_url".into());
         }
         addr("device_api.listen", &self.device_api.listen, true)?;
-        if self.storage.backend != "sqlite" {
-            return Err(format!(
-                "storage.backend = {:?}: only \"sqlite\" is available in this build",
-                self.storage.backend
-            ));
+        match self.storage.backend.as_str() {
+            "sqlite" => {}
+            "postgres" => {
+                let url = &self.storage.postgres_url;
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(format!(
+                        "storage.postgres_url = {url:?}: backend \"postgres\" needs a postgres://user@host:port/database URL"
+                    ));
+                }
+                rampart_store::check_schema(&self.storage.postgres_schema)
+                    .map_err(|e| format!("storage.postgres_schema: {e}"))?;
+                within(
+                    "storage.postgres_max_connections",
+                    self.storage.postgres_max_connections as usize,
+                    1,
+                    1000,
+                )?;
+            }
+            other => {
+                return Err(format!(
+                    "storage.backend = {other:?}: expected \"sqlite\" or \"postgres\""
+                ));
+            }
         }
         self.synchronous()?;
         within(
@@ -770,6 +807,19 @@ mod tests {
                 "storage.synchronous",
             ),
             ("[storage]\nbackend = \"oracle\"", "storage.backend"),
+            ("[storage]\nbackend = \"postgres\"", "storage.postgres_url"),
+            (
+                "[storage]\nbackend = \"postgres\"\npostgres_url = \"mysql://x\"",
+                "storage.postgres_url",
+            ),
+            (
+                "[storage]\nbackend = \"postgres\"\npostgres_url = \"postgres://h/db\"\npostgres_schema = \"Bad-Name\"",
+                "storage.postgres_schema",
+            ),
+            (
+                "[storage]\nbackend = \"postgres\"\npostgres_url = \"postgres://h/db\"\npostgres_max_connections = 0",
+                "storage.postgres_max_connections",
+            ),
             ("[mqtt]\nlisten_port = 1", "listen_port"),
             ("[mqtt\n", "rampart.toml"),
             (

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use rampart_broker::Broker;
-use rampart_store::{AuditEntry, IngestQueue, SqliteOptions, SqliteStore, Store};
+use rampart_store::{
+    AuditEntry, IngestQueue, PgOptions, PgStore, SqliteOptions, SqliteStore, Store,
+};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -30,7 +32,7 @@ use crate::server_topics::{ServerTopicConfig, ServerTopics};
 /// A running hub.
 pub struct Hub {
     broker: Broker,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     ingest: IngestQueue,
     seen: Arc<SeenBatcher>,
     mqtt_addr: SocketAddr,
@@ -53,11 +55,23 @@ impl std::fmt::Debug for Hub {
 }
 
 /// Opens the store a configuration names, installing the built-in policies in a new one.
-pub async fn open_store(dir: &DataDir, cfg: &HubConfig) -> Result<SqliteStore, HubError> {
-    let mut opts = SqliteOptions::new(dir.resolve(&cfg.storage.sqlite_path));
-    opts.synchronous = cfg.synchronous().map_err(HubError::Invalid)?;
-    let store = SqliteStore::open(&opts).await?;
-    if policies::install_builtin(&store).await? {
+pub async fn open_store(dir: &DataDir, cfg: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
+    let store: Arc<dyn Store> = match cfg.storage.backend.as_str() {
+        "postgres" => {
+            let opts = PgOptions {
+                url: cfg.storage.postgres_url.clone(),
+                schema: cfg.storage.postgres_schema.clone(),
+                max_connections: cfg.storage.postgres_max_connections,
+            };
+            Arc::new(PgStore::open(&opts).await?)
+        }
+        _ => {
+            let mut opts = SqliteOptions::new(dir.resolve(&cfg.storage.sqlite_path));
+            opts.synchronous = cfg.synchronous().map_err(HubError::Invalid)?;
+            Arc::new(SqliteStore::open(&opts).await?)
+        }
+    };
+    if policies::install_builtin(&*store).await? {
         tracing::info!(
             "installed the built-in policies: fleet-default (fleet), quarantine, provisioning (claims)"
         );
@@ -93,8 +107,8 @@ impl Hub {
         cfg: HubConfig,
         listen: Option<SocketAddr>,
     ) -> Result<Hub, HubError> {
-        let store = Arc::new(open_store(dir, &cfg).await?);
-        let dyn_store: Arc<dyn Store> = store.clone();
+        let store = open_store(dir, &cfg).await?;
+        let dyn_store = store.clone();
         let engine = Arc::new(policies::load_engine(&*dyn_store, &cfg).await?);
         let auth = Arc::new(
             Authenticator::new(
@@ -269,7 +283,7 @@ impl Hub {
             mqtt = %mqtt_addr,
             device_api = %api_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-            database = %store.path().display(),
+            database = %store.location(),
             retained = loaded,
             "hub started"
         );

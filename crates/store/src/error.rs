@@ -11,6 +11,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("storage configuration: {0}")]
+    Config(String),
     #[error("corrupt row in {table}: {why}")]
     Corrupt { table: &'static str, why: String },
     #[error("the ingest queue is closed (the hub is shutting down)")]
@@ -21,4 +23,9 @@ pub enum StoreError {
         id: String,
         why: String,
     },
+}
+
+/// Whether a database error is a unique-key violation (an id or key already taken).
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }

@@ -14,18 +14,23 @@
 //! | [`EventStore`] | events devices report |
 //! | [`ComplianceStore`] | CRA records, their history, SBOM components, OSV advisories, device releases |
 //!
-//! [`SqliteStore`] implements all of them (the embedded default); a PostgreSQL backend
-//! implements the same traits. [`IngestQueue`] batches telemetry from many connections into
+//! [`SqliteStore`] implements all of them (the embedded default), and so does [`PgStore`]
+//! (PostgreSQL, for large fleets and several hub nodes sharing one registry). Both map rows
+//! to records through one module (`rows`) and their schemas come from twin migration
+//! directories, `migrations/sqlite` and `migrations/postgres`, numbered alike. [`IngestQueue`] batches telemetry from many connections into
 //! one transaction (group commit) and tells each submitter when its row is durable.
 
 mod error;
 mod ingest;
 mod model;
+mod postgres;
+mod rows;
 mod sqlite;
 
 pub use error::StoreError;
 pub use ingest::{IngestQueue, IngestStats, Ticket};
 pub use model::*;
+pub use postgres::{PgOptions, PgStore, check_schema};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 use async_trait::async_trait;
@@ -292,9 +297,48 @@ pub trait RolloutStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 }
 
+/// Which database a store is, and closing it.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Where the data is, for logs: the SQLite file, or the PostgreSQL server and schema
+    /// (never the password).
+    fn location(&self) -> String;
+    /// Closes the connections, waiting for running statements to finish.
+    async fn close(&self);
+}
+
+#[async_trait]
+impl Backend for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+    fn location(&self) -> String {
+        self.path().display().to_string()
+    }
+    async fn close(&self) {
+        SqliteStore::close(self).await
+    }
+}
+
+#[async_trait]
+impl Backend for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+    fn location(&self) -> String {
+        self.location().to_owned()
+    }
+    async fn close(&self) {
+        PgStore::close(self).await
+    }
+}
+
 /// Everything the hub stores.
 pub trait Store:
-    Registry
+    Backend
+    + Registry
     + TelemetryStore
     + RetainedStore
     + PolicyStore
@@ -309,7 +353,8 @@ pub trait Store:
 }
 
 impl<T> Store for T where
-    T: Registry
+    T: Backend
+        + Registry
         + TelemetryStore
         + RetainedStore
         + PolicyStore

@@ -135,6 +135,45 @@ pub struct TestHub {
     pub api_port: u16,
     child: Option<Child>,
     pub logs: Lines,
+    /// The PostgreSQL schema this hub stores in, when the suite runs on PostgreSQL.
+    pub pg_schema: Option<String>,
+}
+
+/// The PostgreSQL server the end-to-end suite stores in, when `RAMPART_TEST_BACKEND` is
+/// `postgres` (`scripts/test` runs the suite a second time so, with
+/// `RAMPART_TEST_POSTGRES_URL` set); `None` for the embedded SQLite default.
+pub fn postgres_backend() -> Option<String> {
+    match std::env::var("RAMPART_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Some(
+            std::env::var("RAMPART_TEST_POSTGRES_URL")
+                .expect("RAMPART_TEST_BACKEND=postgres needs RAMPART_TEST_POSTGRES_URL"),
+        ),
+        Ok("sqlite") | Err(_) => None,
+        Ok(other) => panic!("RAMPART_TEST_BACKEND={other}: expected sqlite or postgres"),
+    }
+}
+
+/// A schema name no other test (or earlier run) uses.
+pub fn unique_schema(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// `psql` on `schema` of the server at `url`: tuples only, unaligned, stops at the first error.
+pub fn psql(url: &str, schema: &str, statement: &str) -> Output {
+    Command::new("psql")
+        .env("PGOPTIONS", format!("-c search_path={schema}"))
+        .args([url, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", statement])
+        .output()
+        .expect("psql is installed")
 }
 
 impl TestHub {
@@ -170,6 +209,18 @@ impl TestHub {
                 "listen = \"0.0.0.0:8443\"",
                 &format!("listen = \"127.0.0.1:{api_port}\""),
             );
+        let pg_schema = postgres_backend().map(|_| unique_schema("e2e"));
+        let cfg = match (postgres_backend(), &pg_schema) {
+            (Some(url), Some(schema)) => cfg
+                .replace("backend = \"sqlite\"", "backend = \"postgres\"")
+                .replace("postgres_url = \"\"", &format!("postgres_url = \"{url}\""))
+                .replace(
+                    "postgres_schema = \"rampart\"",
+                    &format!("postgres_schema = \"{schema}\""),
+                )
+                .replace("postgres_max_connections = 16", "postgres_max_connections = 4"),
+            _ => cfg,
+        };
         std::fs::write(&cfg_path, cfg).unwrap();
         TestHub {
             tmp,
@@ -179,6 +230,7 @@ impl TestHub {
             api_port,
             child: None,
             logs: Lines::default(),
+            pg_schema,
         }
     }
 
@@ -410,6 +462,12 @@ impl Drop for TestHub {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A passing test's schema goes with it; a failing one's stays for inspection.
+        if let (Some(url), Some(schema)) = (postgres_backend(), &self.pg_schema)
+            && !std::thread::panicking()
+        {
+            let _ = psql(&url, "public", &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
     }
 }
 
@@ -639,14 +697,28 @@ impl TestHub {
         (code.trim().parse().unwrap_or(0), body.to_string())
     }
 
-    /// Runs SQL on the hub's database (crafting registry states for audit tests).
-    pub fn sql(&self, statement: &str) {
-        // A busy timeout, as the hub writes concurrently (last-seen batches, telemetry).
-        run_ok(
-            Command::new("sqlite3")
+    /// Runs SQL on the hub's database with its own client (`sqlite3` or `psql`): stdout is
+    /// the result, one row a line, columns separated by `|`.
+    pub fn query(&self, statement: &str) -> Output {
+        match (postgres_backend(), &self.pg_schema) {
+            (Some(url), Some(schema)) => psql(&url, schema, statement),
+            _ => Command::new("sqlite3")
+                // A busy timeout, as the hub writes concurrently (last-seen batches, telemetry).
                 .args(["-cmd", ".timeout 10000"])
                 .arg(self.data.join("rampart.db"))
-                .arg(statement),
+                .arg(statement)
+                .output()
+                .expect("sqlite3 is installed"),
+        }
+    }
+
+    /// Runs SQL that must succeed (crafting registry states for audit tests).
+    pub fn sql(&self, statement: &str) {
+        let out = self.query(statement);
+        assert!(
+            out.status.success(),
+            "{statement}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }

@@ -387,11 +387,7 @@ fn bad_input_names_the_file_and_place_and_stores_nothing() {
     let hub = TestHub::init();
     import_rustsec(&hub);
     let count = |h: &TestHub| -> u64 {
-        let out = Command::new("sqlite3")
-            .arg(h.data.join("rampart.db"))
-            .arg("SELECT COUNT(*) FROM osv_advisories")
-            .output()
-            .unwrap();
+        let out = h.query("SELECT COUNT(*) FROM osv_advisories");
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     };
     let before = count(&hub);
@@ -572,11 +568,7 @@ fn fleet_view_vex_csaf_advisories_and_documents_from_real_agents() {
     let _c = agent_with_release(&hub, "gw-de-2", "2.1.0", "DE");
     assert!(
         wait_until(Duration::from_secs(20), || {
-            let out = Command::new("sqlite3")
-                .arg(hub.data.join("rampart.db"))
-                .arg("SELECT COUNT(*) FROM device_releases")
-                .output()
-                .unwrap();
+            let out = hub.query("SELECT COUNT(*) FROM device_releases");
             String::from_utf8_lossy(&out.stdout).trim() == "3"
         }),
         "every agent reported its release; hub: {}\nagent: {}",
@@ -961,11 +953,8 @@ fn article_14_clocks_submissions_warnings_and_drafts_through_the_cli() {
         "{actions:?}"
     );
     hub.sql("SELECT 1"); // the database is readable by another client
-    let out = Command::new("sqlite3")
-        .arg(hub.data.join("rampart.db"))
-        .arg("DELETE FROM compliance_history")
-        .output()
-        .unwrap();
+    let out = hub.query("DELETE FROM compliance_history");
+    assert!(!out.status.success());
     assert!(text(&out).contains("append-only"), "{}", text(&out));
     // The draft for the single reporting platform.
     let out = hub.rampart(&["cra", "report", "draft", id, "notification", "--json"]);

@@ -4,14 +4,13 @@ use std::path::Path;
 
 use rampart_hub::audit::Severity;
 use rampart_hub::ops;
-use rampart_store::AuditStore;
 
 use super::when;
 use crate::CliError;
 
 pub async fn run(data_dir: &Path, json: bool) -> Result<(), CliError> {
     let (dir, cfg, store) = super::open(data_dir).await?;
-    let (findings, live) = ops::run_audit(&dir, &cfg, &store).await?;
+    let (findings, live) = ops::run_audit(&dir, &cfg, &*store).await?;
     if json {
         println!(
             "{}",

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use rampart_hub::ops;
-use rampart_store::{CaTemplate, PkiStore};
+use rampart_store::CaTemplate;
 
 use super::when;
 use crate::CliError;
@@ -24,7 +24,7 @@ pub async fn register(
         policy,
         attributes: super::pairs(attrs, "--attr")?,
     };
-    let ca = ops::register_ca(&dir, &store, &pem, !pending, template).await?;
+    let ca = ops::register_ca(&dir, &*store, &pem, !pending, template).await?;
     println!("Trusted {} (sha256:{}).", ca.subject, ca.fingerprint);
     println!(
         "Devices it certified are registered on first connect as {}.",
@@ -69,7 +69,7 @@ pub async fn list(data_dir: &Path, json: bool) -> Result<(), CliError> {
 
 pub async fn crl(data_dir: &Path, out: Option<&Path>) -> Result<(), CliError> {
     let (dir, cfg, store) = super::open(data_dir).await?;
-    let pem = ops::publish_crl(&dir, &cfg, &store).await?;
+    let pem = ops::publish_crl(&dir, &cfg, &*store).await?;
     match out {
         Some(p) => {
             std::fs::write(p, &pem)

@@ -298,7 +298,7 @@ pub async fn product(cmd: ProductCommand) -> Result<(), CliError> {
     match cmd {
         ProductCommand::Add { file, dir } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            let p = cra::product_put(&store, &file).await?;
+            let p = cra::product_put(&*store, &file).await?;
             println!(
                 "product {:?} stored: support until {}, {} release(s), made available in {}",
                 p.name,
@@ -310,7 +310,7 @@ pub async fn product(cmd: ProductCommand) -> Result<(), CliError> {
         }
         ProductCommand::List { dir } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            for p in cra::products(&store).await? {
+            for p in cra::products(&*store).await? {
                 println!(
                     "{:30} {:30} support until {}  releases {}",
                     p.name,
@@ -323,7 +323,7 @@ pub async fn product(cmd: ProductCommand) -> Result<(), CliError> {
         }
         ProductCommand::Show { name, dir } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            print_json(&cra::product(&store, &name).await?);
+            print_json(&cra::product(&*store, &name).await?);
             Ok(())
         }
     }
@@ -343,7 +343,7 @@ pub async fn vex_cmd(cmd: VexCommand) -> Result<(), CliError> {
         } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
             let name = product.split('@').next().unwrap_or(&product).to_owned();
-            let p = cra::product(&store, &name).await?;
+            let p = cra::product(&*store, &name).await?;
             let s = VexStatement {
                 product: product.clone(),
                 vulnerability: vulnerability.clone(),
@@ -354,13 +354,13 @@ pub async fn vex_cmd(cmd: VexCommand) -> Result<(), CliError> {
                 timestamp: report::rfc3339(time_arg(&None)?),
                 author: author.unwrap_or(p.manufacturer.name),
             };
-            cra::vex_put(&store, &s).await?;
+            cra::vex_put(&*store, &s).await?;
             println!("{product}: {vulnerability} is {}", s.status.as_str());
             Ok(())
         }
         VexCommand::List { dir, product } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            for s in cra::vex_statements(&store, product.as_deref()).await? {
+            for s in cra::vex_statements(&*store, product.as_deref()).await? {
                 println!(
                     "{:30} {:22} {:20} {}",
                     s.product,
@@ -382,8 +382,8 @@ pub async fn vex_cmd(cmd: VexCommand) -> Result<(), CliError> {
             out,
         } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            let p = cra::product(&store, &product).await?;
-            let statements = cra::vex_statements(&store, Some(&product)).await?;
+            let p = cra::product(&*store, &product).await?;
+            let statements = cra::vex_statements(&*store, Some(&product)).await?;
             if statements.is_empty() {
                 return Err(CliError::new(
                     format!("no VEX statements for {product}"),
@@ -439,7 +439,7 @@ pub async fn run(cmd: CraCommand) -> Result<(), CliError> {
             by,
         } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            cra::product(&store, &product).await?;
+            cra::product(&*store, &product).await?;
             let (answers, rationale) = match rationale {
                 Some(r) => (
                     CATEGORIES
@@ -464,7 +464,7 @@ pub async fn run(cmd: CraCommand) -> Result<(), CliError> {
             let now = report::rfc3339(time_arg(&None)?);
             let c = classify::classify(&product, &answers, &rationale, &now, &by)
                 .map_err(compliance_error)?;
-            cra::classification_put(&store, &c).await?;
+            cra::classification_put(&*store, &c).await?;
             println!("{product}: {}", c.class.label());
             println!("conformity assessment routes:");
             for r in &c.routes {
@@ -479,7 +479,7 @@ pub async fn run(cmd: CraCommand) -> Result<(), CliError> {
             remediation,
         } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            let files = cra::advisories(&store, &product, &out, &remediation).await?;
+            let files = cra::advisories(&*store, &product, &out, &remediation).await?;
             for f in &files {
                 println!("wrote {}", f.display());
             }
@@ -499,7 +499,7 @@ pub async fn run(cmd: CraCommand) -> Result<(), CliError> {
             title,
         } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            let a = cra::attach(&store, &product, &kind, &title, &file).await?;
+            let a = cra::attach(&*store, &product, &kind, &title, &file).await?;
             println!(
                 "attached {} ({}) to {product}: sha256 {}",
                 a.title, a.kind, a.sha256
@@ -519,7 +519,7 @@ pub async fn run(cmd: CraCommand) -> Result<(), CliError> {
                 (Some(s), Some(f), Some(p)) => Some((s, f, p)),
                 _ => None,
             };
-            for f in cra::docs(&store, &product, &out, sig).await? {
+            for f in cra::docs(&*store, &product, &out, sig).await? {
                 println!("wrote {}", f.display());
             }
             Ok(())
@@ -588,7 +588,7 @@ async fn report_cmd(cmd: ReportCommand) -> Result<(), CliError> {
             let (_, _, store) = super::open(&dir.data_dir).await?;
             let kind = ReportKind::parse(&kind).map_err(compliance_error)?;
             let aware = report::parse_time(&aware_at).map_err(compliance_error)?;
-            let r = cra::report_new(&store, kind, &product, &title, aware, vulnerability).await?;
+            let r = cra::report_new(&*store, kind, &product, &title, aware, vulnerability).await?;
             println!("opened {} ({})", r.id, kind.as_str());
             print_deadlines(&r, time_arg(&None)?);
             Ok(())
@@ -596,7 +596,7 @@ async fn report_cmd(cmd: ReportCommand) -> Result<(), CliError> {
         ReportCommand::List { dir, json } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
             let now = time_arg(&None)?;
-            let rs = cra::reports(&store).await?;
+            let rs = cra::reports(&*store).await?;
             if json {
                 let v: Vec<serde_json::Value> = rs
                     .iter()
@@ -634,8 +634,8 @@ async fn report_cmd(cmd: ReportCommand) -> Result<(), CliError> {
         }
         ReportCommand::Show { id, dir, json } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            let r = cra::report(&store, &id).await?;
-            let history = store_history(&store, &id).await?;
+            let r = cra::report(&*store, &id).await?;
+            let history = store_history(&*store, &id).await?;
             let now = time_arg(&None)?;
             if json {
                 print_json(&serde_json::json!({
@@ -657,14 +657,14 @@ async fn report_cmd(cmd: ReportCommand) -> Result<(), CliError> {
         ReportCommand::Submit { id, stage, dir, at } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
             let stage = Stage::parse(&stage).map_err(compliance_error)?;
-            let r = cra::report_submit(&store, &id, stage, time_arg(&at)?).await?;
+            let r = cra::report_submit(&*store, &id, stage, time_arg(&at)?).await?;
             println!("{}: {} submitted", r.id, stage.as_str());
             print_deadlines(&r, time_arg(&None)?);
             Ok(())
         }
         ReportCommand::Measure { id, dir, at } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            let r = cra::report_measure(&store, &id, time_arg(&at)?).await?;
+            let r = cra::report_measure(&*store, &id, time_arg(&at)?).await?;
             print_deadlines(&r, time_arg(&None)?);
             Ok(())
         }
@@ -677,7 +677,7 @@ async fn report_cmd(cmd: ReportCommand) -> Result<(), CliError> {
             let (_, _, store) = super::open(&dir.data_dir).await?;
             let warn = time::Duration::try_from(std::time::Duration::from(warn))
                 .map_err(|e| CliError::new(e.to_string(), None))?;
-            let warnings = cra::report_check(&store, time_arg(&at)?, warn).await?;
+            let warnings = cra::report_check(&*store, time_arg(&at)?, warn).await?;
             if json {
                 print_json(&warnings);
             } else if warnings.is_empty() {
@@ -713,7 +713,7 @@ async fn report_cmd(cmd: ReportCommand) -> Result<(), CliError> {
         } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
             let stage = Stage::parse(&stage).map_err(compliance_error)?;
-            let fields = cra::report_draft(&store, &id, stage).await?;
+            let fields = cra::report_draft(&*store, &id, stage).await?;
             if json {
                 let m: serde_json::Map<String, serde_json::Value> =
                     fields.into_iter().map(|(k, v)| (k, v.into())).collect();
@@ -732,17 +732,16 @@ async fn report_cmd(cmd: ReportCommand) -> Result<(), CliError> {
             out,
         } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            let v = cra::report_notification(&store, &id, &action).await?;
+            let v = cra::report_notification(&*store, &id, &action).await?;
             write_or_print(&out, &v)
         }
     }
 }
 
 async fn store_history(
-    store: &rampart_store::SqliteStore,
+    store: &dyn rampart_store::Store,
     id: &str,
 ) -> Result<Vec<rampart_store::HistoryEntry>, CliError> {
-    use rampart_store::ComplianceStore;
     Ok(store.history("report", id).await?)
 }
 

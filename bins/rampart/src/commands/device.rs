@@ -7,7 +7,7 @@ use rampart_agent::AgentConfig;
 use rampart_hub::HubConfig;
 use rampart_hub::ops::{self, KeySource};
 use rampart_pki::{KeyAlgorithm, files};
-use rampart_store::{DeviceUpdate, Registry};
+use rampart_store::DeviceUpdate;
 
 use super::{num, when};
 use crate::CliError;
@@ -58,7 +58,7 @@ pub async fn add(
             KeySource::Generate(alg)
         }
     };
-    let added = ops::add_device(&dir, &cfg, &store, id, key_source, out, force).await?;
+    let added = ops::add_device(&dir, &cfg, &*store, id, key_source, out, force).await?;
     let address = hub_address
         .map(str::to_owned)
         .unwrap_or_else(|| default_hub_address(&cfg));
@@ -129,7 +129,7 @@ pub async fn list(data_dir: &Path, json: bool) -> Result<(), CliError> {
 
 pub async fn show(data_dir: &Path, id: &str, json: bool) -> Result<(), CliError> {
     let (_, cfg, store) = super::open(data_dir).await?;
-    let d = ops::show_device(&cfg, &store, id).await?;
+    let d = ops::show_device(&cfg, &*store, id).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
         return Ok(());
@@ -205,7 +205,7 @@ pub async fn show(data_dir: &Path, id: &str, json: bool) -> Result<(), CliError>
 
 pub async fn disable(data_dir: &Path, id: &str) -> Result<(), CliError> {
     let (dir, _, store) = super::open(data_dir).await?;
-    let o = ops::disable_device(&dir, &store, id).await?;
+    let o = ops::disable_device(&dir, &*store, id).await?;
     match (o.hub_running, o.disconnected) {
         (true, Some(n)) => {
             println!("Disabled {id}; the running hub closed {n} live connection(s).")
@@ -219,7 +219,7 @@ pub async fn disable(data_dir: &Path, id: &str) -> Result<(), CliError> {
 
 pub async fn enable(data_dir: &Path, id: &str) -> Result<(), CliError> {
     let (dir, _, store) = super::open(data_dir).await?;
-    ops::enable_device(&dir, &store, id).await?;
+    ops::enable_device(&dir, &*store, id).await?;
     println!("Enabled {id}.");
     Ok(())
 }
@@ -236,7 +236,7 @@ pub async fn approve(data_dir: &Path, id: &str) -> Result<(), CliError> {
     }
     let o = ops::update_device(
         &dir,
-        &store,
+        &*store,
         id,
         DeviceUpdate {
             pending: Some(false),
@@ -256,7 +256,7 @@ pub async fn revoke(data_dir: &Path, id: &str, reason: &str) -> Result<(), CliEr
     let reason: rampart_pki::RevocationReason =
         reason.parse().map_err(|e: String| CliError::new(e, None))?;
     let (dir, cfg, store) = super::open(data_dir).await?;
-    let (revoked, o) = ops::revoke_device(&dir, &cfg, &store, id, reason).await?;
+    let (revoked, o) = ops::revoke_device(&dir, &cfg, &*store, id, reason).await?;
     if revoked.is_empty() {
         println!("{id} had no valid certificate to revoke; the CRL was re-signed anyway.");
     } else {
@@ -277,7 +277,7 @@ pub async fn quarantine(data_dir: &Path, id: &str, on: bool) -> Result<(), CliEr
     let (dir, cfg, store) = super::open(data_dir).await?;
     let o = ops::update_device(
         &dir,
-        &store,
+        &*store,
         id,
         DeviceUpdate {
             quarantined: Some(on),
@@ -323,7 +323,7 @@ pub async fn set(
         },
         ..Default::default()
     };
-    let o = ops::update_device(&dir, &store, id, update, "device.set").await?;
+    let o = ops::update_device(&dir, &*store, id, update, "device.set").await?;
     println!("Updated {id} ({}).", super::live_note(&o));
     Ok(())
 }

@@ -7,7 +7,7 @@ use crate::CliError;
 
 pub async fn run(data_dir: &Path, id: &str, limit: u32, json: bool) -> Result<(), CliError> {
     let (_, _, store) = super::open(data_dir).await?;
-    let rows = rampart_hub::ops::events(&store, id, limit).await?;
+    let rows = rampart_hub::ops::events(&*store, id, limit).await?;
     if json {
         // Each event as the device sent it, with when the hub received it.
         let out: Vec<serde_json::Value> = rows

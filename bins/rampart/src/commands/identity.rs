@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rampart_hub::ops::{self, KeySource};
 use rampart_pki::files;
-use rampart_store::{AllowEntry, IdentityKind, ProvisioningStore};
+use rampart_store::{AllowEntry, IdentityKind};
 use time::OffsetDateTime;
 
 use super::when;
@@ -37,7 +37,7 @@ pub async fn add_service(
     let added = ops::add_identity(
         &dir,
         &cfg,
-        &store,
+        &*store,
         IdentityKind::Service,
         name,
         key_source,
@@ -78,7 +78,7 @@ pub async fn add_claim(
     let added = ops::add_identity(
         &dir,
         &cfg,
-        &store,
+        &*store,
         IdentityKind::Claim,
         name,
         KeySource::Generate(alg),
@@ -142,7 +142,7 @@ pub async fn allow(
         group,
         attributes: super::pairs(attrs, "--attr")?,
     };
-    ops::allow_serial(&store, entry).await?;
+    ops::allow_serial(&*store, entry).await?;
     println!(
         "Serial {serial} may provision once, as device {}.",
         device_id.as_deref().unwrap_or(serial)

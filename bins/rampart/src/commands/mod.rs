@@ -19,14 +19,15 @@ pub mod status;
 pub mod telemetry;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rampart_hub::{DataDir, HubConfig};
-use rampart_store::SqliteStore;
+use rampart_store::Store;
 
 use crate::CliError;
 
 /// Opens a data directory: its configuration and its store.
-pub async fn open(data_dir: &Path) -> Result<(DataDir, HubConfig, SqliteStore), CliError> {
+pub async fn open(data_dir: &Path) -> Result<(DataDir, HubConfig, Arc<dyn Store>), CliError> {
     let dir = DataDir::new(data_dir);
     let cfg = dir.load_config()?;
     let store = rampart_hub::run::open_store(&dir, &cfg).await?;

@@ -23,7 +23,7 @@ fn print_findings(findings: &[Finding]) {
 pub async fn put(data_dir: &Path, file: &Path) -> Result<(), CliError> {
     let text = read(file)?;
     let (dir, _, store) = super::open(data_dir).await?;
-    let (doc, version, findings) = ops::put_policy(&dir, &store, &text).await?;
+    let (doc, version, findings) = ops::put_policy(&dir, &*store, &text).await?;
     print_findings(&findings);
     println!("Stored policy {} version {version}.", doc.name);
     Ok(())
@@ -35,7 +35,7 @@ pub async fn list(data_dir: &Path) -> Result<(), CliError> {
         "{:24} {:>7} {:26} ATTACHED TO",
         "POLICY", "VERSION", "UPDATED"
     );
-    for (p, targets) in ops::list_policies(&store).await? {
+    for (p, targets) in ops::list_policies(&*store).await? {
         println!(
             "{:24} {:>7} {:26} {}",
             p.name,
@@ -53,7 +53,7 @@ pub async fn list(data_dir: &Path) -> Result<(), CliError> {
 
 pub async fn show(data_dir: &Path, name: &str, version: Option<i64>) -> Result<(), CliError> {
     let (_, _, store) = super::open(data_dir).await?;
-    let p = ops::show_policy(&store, name, version).await?;
+    let p = ops::show_policy(&*store, name, version).await?;
     println!(
         "# policy {} version {} ({})",
         p.name,
@@ -66,7 +66,7 @@ pub async fn show(data_dir: &Path, name: &str, version: Option<i64>) -> Result<(
 
 pub async fn attach(data_dir: &Path, name: &str, target: &str, on: bool) -> Result<(), CliError> {
     let (dir, _, store) = super::open(data_dir).await?;
-    ops::attach_policy(&dir, &store, name, target, on).await?;
+    ops::attach_policy(&dir, &*store, name, target, on).await?;
     println!(
         "{} {name} {} {target}.",
         if on { "Attached" } else { "Detached" },
@@ -77,7 +77,7 @@ pub async fn attach(data_dir: &Path, name: &str, target: &str, on: bool) -> Resu
 
 pub async fn delete(data_dir: &Path, name: &str) -> Result<(), CliError> {
     let (dir, _, store) = super::open(data_dir).await?;
-    ops::delete_policy(&dir, &store, name).await?;
+    ops::delete_policy(&dir, &*store, name).await?;
     println!("Deleted policy {name}.");
     Ok(())
 }

@@ -188,7 +188,7 @@ pub async fn run(cmd: RolloutCommand) -> Result<(), CliError> {
             let s = rollouts::start(
                 &d,
                 &cfg,
-                &store,
+                &*store,
                 NewRollout {
                     id,
                     target,
@@ -201,11 +201,11 @@ pub async fn run(cmd: RolloutCommand) -> Result<(), CliError> {
         }
         RolloutCommand::Status { dir, id, json } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            print(&rollouts::status(&store, &id).await?, json)
+            print(&rollouts::status(&*store, &id).await?, json)
         }
         RolloutCommand::List { dir, json } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            let all = rollouts::list(&store).await?;
+            let all = rollouts::list(&*store).await?;
             if json {
                 let text = serde_json::to_string_pretty(&all)
                     .map_err(|e| CliError::new(e.to_string(), None))?;
@@ -242,7 +242,7 @@ async fn stepped(
     reason: Option<String>,
 ) -> Result<(), CliError> {
     let (d, _, store) = super::open(&dir.data_dir).await?;
-    let s = rollouts::step(&d, &store, id, step, reason).await?;
+    let s = rollouts::step(&d, &*store, id, step, reason).await?;
     println!(
         "rollout {} is {} (wave {} of {}){}",
         s.id,

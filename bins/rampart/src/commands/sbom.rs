@@ -172,7 +172,7 @@ async fn attach(sbom: &Sbom, a: &AttachArgs) -> Result<(), CliError> {
         ));
     };
     let (_, _, store) = super::open(dir).await?;
-    cra::sbom_attach(&store, product, release, sbom).await?;
+    cra::sbom_attach(&*store, product, release, sbom).await?;
     eprintln!("attached to {product} {release}");
     Ok(())
 }
@@ -234,7 +234,7 @@ pub async fn run(cmd: SbomCommand) -> Result<(), CliError> {
             dir,
         } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            let s = cra::sbom(&store, &product, &release).await?;
+            let s = cra::sbom(&*store, &product, &release).await?;
             emit(&s, &out)
         }
     }
@@ -266,7 +266,7 @@ pub async fn vuln(cmd: VulnCommand) -> Result<(), CliError> {
             json,
         } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            let stats = cra::vuln_import(&store, &path, skip_invalid).await?;
+            let stats = cra::vuln_import(&*store, &path, skip_invalid).await?;
             if json {
                 println!(
                     "{}",
@@ -302,7 +302,7 @@ pub async fn vuln(cmd: VulnCommand) -> Result<(), CliError> {
                 ),
                 None => None,
             };
-            let report = cra::scan_sbom(&store, &s, vex_for).await?;
+            let report = cra::scan_sbom(&*store, &s, vex_for).await?;
             let open_vulns = report.open().filter(|f| f.informational.is_none()).count();
             if json {
                 println!(
@@ -374,7 +374,7 @@ pub async fn vuln(cmd: VulnCommand) -> Result<(), CliError> {
         }
         VulnCommand::Fleet { dir, json } => {
             let (_, _, store) = super::open(&dir.data_dir).await?;
-            let rows = cra::fleet(&store).await?;
+            let rows = cra::fleet(&*store).await?;
             if json {
                 println!(
                     "{}",

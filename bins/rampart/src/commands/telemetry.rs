@@ -26,7 +26,7 @@ pub async fn run(
 ) -> Result<(), CliError> {
     let (_, _, store) = super::open(data_dir).await?;
     let since = OffsetDateTime::now_utc() - since;
-    let rows = rampart_hub::ops::telemetry(&store, id, since, limit).await?;
+    let rows = rampart_hub::ops::telemetry(&*store, id, since, limit).await?;
     if json {
         let out: Vec<JsonRow<'_>> = rows
             .iter()

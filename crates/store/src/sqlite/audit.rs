@@ -1,10 +1,10 @@
 //! The audit log.
 
 use async_trait::async_trait;
-use sqlx::Row;
 
 use super::SqliteStore;
-use crate::model::{from_ms, to_ms};
+use crate::model::to_ms;
+use crate::rows;
 use crate::{AuditEntry, AuditStore, StoreError};
 
 #[async_trait]
@@ -28,16 +28,6 @@ impl AuditStore for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    at: from_ms(r.try_get("at")?, "audit_log")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    subject: r.try_get("subject")?,
-                    detail: r.try_get("detail")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::audit).collect()
     }
 }

@@ -6,7 +6,8 @@ use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::SqliteStore;
-use crate::model::{from_ms, to_ms};
+use crate::model::to_ms;
+use crate::rows;
 use crate::{
     AdvisoryRow, ComplianceStore, DeviceRelease, HistoryEntry, SbomComponentRow, StoreError,
 };
@@ -97,18 +98,7 @@ impl ComplianceStore for SqliteStore {
                 .bind(key)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(HistoryEntry {
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    key: r.try_get("key")?,
-                    at: from_ms(r.try_get("at")?, "compliance_history")?,
-                    action: r.try_get("action")?,
-                    detail: r.try_get("detail")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::history).collect()
     }
 
     async fn put_sbom_components(
@@ -271,16 +261,7 @@ impl ComplianceStore for SqliteStore {
         let rows = sqlx::query("SELECT * FROM device_releases ORDER BY device_id")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeviceRelease {
-                    device_id: r.try_get("device_id")?,
-                    product: r.try_get("product")?,
-                    release: r.try_get("release")?,
-                    reported_at: from_ms(r.try_get("reported_at")?, "device_releases")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::device_release).collect()
     }
 }
 

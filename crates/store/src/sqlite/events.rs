@@ -1,10 +1,10 @@
 //! Device events.
 
 use async_trait::async_trait;
-use sqlx::Row;
 
 use super::SqliteStore;
-use crate::model::{from_ms, to_ms};
+use crate::model::to_ms;
+use crate::rows;
 use crate::{EventRow, EventStore, StoreError};
 
 #[async_trait]
@@ -41,16 +41,7 @@ impl EventStore for SqliteStore {
         .await?;
         let mut out = rows
             .iter()
-            .map(|r| {
-                Ok(EventRow {
-                    device_id: r.try_get("device_id")?,
-                    seq: r.try_get("seq")?,
-                    ts: from_ms(r.try_get("ts")?, "device_events")?,
-                    received_at: from_ms(r.try_get("received_at")?, "device_events")?,
-                    kind: r.try_get("kind")?,
-                    body: r.try_get("body")?,
-                })
-            })
+            .map(rows::event)
             .collect::<Result<Vec<_>, StoreError>>()?;
         out.reverse();
         Ok(out)

@@ -126,27 +126,4 @@ impl SqliteStore {
     }
 }
 
-pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-pub(crate) fn corrupt(table: &'static str, why: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        why: why.to_string(),
-    }
-}
-
-pub(crate) fn json_map(
-    text: &str,
-    table: &'static str,
-) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
-    serde_json::from_str(text).map_err(|e| corrupt(table, format!("attributes: {e}")))
-}
-
-pub(crate) fn to_json<T: serde::Serialize>(
-    v: &T,
-    table: &'static str,
-) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| corrupt(table, e))
-}
+pub(crate) use crate::error::is_unique_violation;

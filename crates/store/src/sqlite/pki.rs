@@ -3,9 +3,11 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use super::{SqliteStore, corrupt, is_unique_violation, to_json};
-use crate::model::{from_ms, to_ms};
-use crate::{CaTemplate, CertificateUsage, PkiStore, StoreError, TrustedCa};
+use super::{SqliteStore, is_unique_violation};
+use crate::model::to_ms;
+use crate::rows;
+use crate::rows::to_json;
+use crate::{CertificateUsage, PkiStore, StoreError, TrustedCa};
 
 #[async_trait]
 impl PkiStore for SqliteStore {
@@ -39,20 +41,7 @@ impl PkiStore for SqliteStore {
         let rows = sqlx::query("SELECT * FROM trusted_cas ORDER BY added_at, fingerprint")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                let template: String = r.try_get("template")?;
-                Ok(TrustedCa {
-                    fingerprint: r.try_get("fingerprint")?,
-                    subject: r.try_get("subject")?,
-                    certificate: r.try_get("certificate")?,
-                    auto_activate: r.try_get::<i64, _>("auto_activate")? != 0,
-                    template: serde_json::from_str::<CaTemplate>(&template)
-                        .map_err(|e| corrupt("trusted_cas", e))?,
-                    added_at: from_ms(r.try_get("added_at")?, "trusted_cas")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::trusted_ca).collect()
     }
 
     async fn remove_trusted_ca(&self, fingerprint: &str) -> Result<(), StoreError> {
@@ -103,15 +92,6 @@ impl PkiStore for SqliteStore {
         let rows = sqlx::query("SELECT * FROM certificate_usage ORDER BY fingerprint, client_id")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(CertificateUsage {
-                    fingerprint: r.try_get("fingerprint")?,
-                    client_id: r.try_get("client_id")?,
-                    first_seen: from_ms(r.try_get("first_seen")?, "certificate_usage")?,
-                    last_seen: from_ms(r.try_get("last_seen")?, "certificate_usage")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::certificate_usage).collect()
     }
 }

@@ -2,21 +2,12 @@
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use time::OffsetDateTime;
 
 use super::SqliteStore;
-use crate::model::{from_ms, to_ms};
+use crate::model::to_ms;
+use crate::rows;
 use crate::{PolicyRecord, PolicyStore, StoreError};
-
-fn policy_from_row(row: &SqliteRow, time_col: &str) -> Result<PolicyRecord, StoreError> {
-    Ok(PolicyRecord {
-        name: row.try_get("name")?,
-        version: row.try_get("version")?,
-        document: row.try_get("document")?,
-        updated_at: from_ms(row.try_get(time_col)?, "policies")?,
-    })
-}
 
 #[async_trait]
 impl PolicyStore for SqliteStore {
@@ -60,7 +51,7 @@ impl PolicyStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
-            .map(|r| policy_from_row(r, "updated_at"))
+            .map(|r| rows::policy(r, "updated_at"))
             .transpose()
     }
 
@@ -75,7 +66,7 @@ impl PolicyStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
-            .map(|r| policy_from_row(r, "created_at"))
+            .map(|r| rows::policy(r, "created_at"))
             .transpose()
     }
 
@@ -84,7 +75,7 @@ impl PolicyStore for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(|r| policy_from_row(r, "updated_at"))
+            .map(|r| rows::policy(r, "updated_at"))
             .collect()
     }
 

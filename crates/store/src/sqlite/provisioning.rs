@@ -1,35 +1,12 @@
 //! Claim limits and the provisioning allow-list.
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use time::OffsetDateTime;
 
-use super::{SqliteStore, json_map, to_json};
-use crate::model::{from_ms, to_ms};
+use super::SqliteStore;
+use crate::model::to_ms;
+use crate::rows::{self, to_json};
 use crate::{AllowEntry, ClaimRecord, ProvisioningStore, StoreError};
-
-fn claim_from_row(r: &SqliteRow) -> Result<ClaimRecord, StoreError> {
-    Ok(ClaimRecord {
-        name: r.try_get("name")?,
-        max_uses: r.try_get("max_uses")?,
-        uses: r.try_get("uses")?,
-        not_after: r
-            .try_get::<Option<i64>, _>("not_after")?
-            .map(|ms| from_ms(ms, "claims"))
-            .transpose()?,
-    })
-}
-
-fn allow_from_row(r: &SqliteRow) -> Result<AllowEntry, StoreError> {
-    let attributes: String = r.try_get("attributes")?;
-    Ok(AllowEntry {
-        serial_number: r.try_get("serial_number")?,
-        device_id: r.try_get("device_id")?,
-        group: r.try_get("group_name")?,
-        attributes: json_map(&attributes, "provisioning_allowlist")?,
-    })
-}
 
 #[async_trait]
 impl ProvisioningStore for SqliteStore {
@@ -57,7 +34,7 @@ impl ProvisioningStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
-            .map(claim_from_row)
+            .map(rows::claim)
             .transpose()
     }
 
@@ -77,7 +54,7 @@ impl ProvisioningStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(r) => claim_from_row(&r),
+            Some(r) => rows::claim(&r),
             None => {
                 let why = match self.claim(name).await? {
                     None => "no such claim".to_string(),
@@ -125,6 +102,6 @@ impl ProvisioningStore for SqliteStore {
         .bind(serial_number)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(allow_from_row).transpose()
+        row.as_ref().map(rows::allow_entry).transpose()
     }
 }

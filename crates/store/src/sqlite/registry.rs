@@ -1,64 +1,15 @@
 //! Identities and certificates.
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use time::OffsetDateTime;
 
-use super::{SqliteStore, corrupt, is_unique_violation, json_map, to_json};
-use crate::model::{from_ms, to_ms};
+use super::{SqliteStore, is_unique_violation};
+use crate::model::to_ms;
+use crate::rows::{self, to_json};
 use crate::{
-    CertificateRecord, CertificateStatus, Device, DeviceStatus, DeviceUpdate, IdentityKind,
-    NewCertificate, NewIdentity, Registry, Seen, StoreError,
+    CertificateRecord, Device, DeviceStatus, DeviceUpdate, IdentityKind, NewCertificate,
+    NewIdentity, Registry, Seen, StoreError,
 };
-
-pub(crate) fn device_from_row(row: &SqliteRow) -> Result<Device, StoreError> {
-    let status: String = row.try_get("status")?;
-    let kind: String = row.try_get("kind")?;
-    let attributes: String = row.try_get("attributes")?;
-    Ok(Device {
-        id: row.try_get("id")?,
-        kind: IdentityKind::parse(&kind)
-            .ok_or_else(|| corrupt("devices", format!("kind {kind:?}")))?,
-        status: DeviceStatus::parse(&status)
-            .ok_or_else(|| corrupt("devices", format!("status {status:?}")))?,
-        pending: row.try_get::<i64, _>("pending")? != 0,
-        quarantined: row.try_get::<i64, _>("quarantined")? != 0,
-        group: row.try_get("group_name")?,
-        attributes: json_map(&attributes, "devices")?,
-        registered_via: row.try_get("registered_via")?,
-        created_at: from_ms(row.try_get("created_at")?, "devices")?,
-        last_seen_at: row
-            .try_get::<Option<i64>, _>("last_seen_at")?
-            .map(|ms| from_ms(ms, "devices"))
-            .transpose()?,
-        last_address: row.try_get("last_address")?,
-    })
-}
-
-pub(crate) fn cert_from_row(row: &SqliteRow) -> Result<CertificateRecord, StoreError> {
-    let status: String = row.try_get("status")?;
-    let opt_ms = |col: &str| -> Result<Option<OffsetDateTime>, StoreError> {
-        row.try_get::<Option<i64>, _>(col)?
-            .map(|ms| from_ms(ms, "certificates"))
-            .transpose()
-    };
-    Ok(CertificateRecord {
-        serial: row.try_get("serial")?,
-        device_id: row.try_get("device_id")?,
-        fingerprint: row.try_get("fingerprint")?,
-        not_before: from_ms(row.try_get("not_before")?, "certificates")?,
-        not_after: from_ms(row.try_get("not_after")?, "certificates")?,
-        key_algorithm: row.try_get("key_algorithm")?,
-        issued_at: from_ms(row.try_get("issued_at")?, "certificates")?,
-        status: CertificateStatus::parse(&status)
-            .ok_or_else(|| corrupt("certificates", format!("status {status:?}")))?,
-        issuer: row.try_get("issuer")?,
-        revoked_at: opt_ms("revoked_at")?,
-        revocation_reason: row.try_get("revocation_reason")?,
-        retire_at: opt_ms("retire_at")?,
-    })
-}
 
 async fn insert_cert(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
@@ -151,7 +102,7 @@ impl Registry for SqliteStore {
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
-            .map(device_from_row)
+            .map(rows::device)
             .transpose()
     }
 
@@ -169,7 +120,7 @@ impl Registry for SqliteStore {
                     .await?
             }
         };
-        rows.iter().map(device_from_row).collect()
+        rows.iter().map(rows::device).collect()
     }
 
     async fn set_device_status(&self, id: &str, status: DeviceStatus) -> Result<(), StoreError> {
@@ -191,7 +142,7 @@ impl Registry for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| not_found(id))?;
-        let current = device_from_row(&row)?;
+        let current = rows::device(&row)?;
         let group = match &u.group {
             Some(g) => g.clone(),
             None => current.group,
@@ -219,7 +170,7 @@ impl Registry for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(cert_from_row)
+            .map(rows::certificate)
             .collect()
     }
 
@@ -228,7 +179,7 @@ impl Registry for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(cert_from_row)
+            .map(rows::certificate)
             .collect()
     }
 
@@ -241,7 +192,7 @@ impl Registry for SqliteStore {
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
-            .map(cert_from_row)
+            .map(rows::certificate)
             .transpose()
     }
 
@@ -269,7 +220,7 @@ impl Registry for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        rows.iter().map(cert_from_row).collect()
+        rows.iter().map(rows::certificate).collect()
     }
 
     async fn revoked_certificates(
@@ -283,7 +234,7 @@ impl Registry for SqliteStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(cert_from_row)
+        .map(rows::certificate)
         .collect()
     }
 
@@ -316,7 +267,7 @@ impl Registry for SqliteStore {
         .bind(to_ms(now))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(cert_from_row).collect()
+        rows.iter().map(rows::certificate).collect()
     }
 
     async fn record_seen_many(&self, seen: &[Seen]) -> Result<(), StoreError> {

@@ -1,28 +1,12 @@
 //! Staged rollouts.
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use time::OffsetDateTime;
 
 use super::{SqliteStore, is_unique_violation};
-use crate::model::{from_ms, to_ms};
+use crate::model::to_ms;
+use crate::rows;
 use crate::{RolloutDeviceRow, RolloutRow, RolloutStore, StoreError};
-
-fn rollout_row(r: &SqliteRow) -> Result<RolloutRow, StoreError> {
-    Ok(RolloutRow {
-        id: r.try_get("id")?,
-        target: r.try_get("target")?,
-        version: r.try_get("version")?,
-        plan: r.try_get("plan")?,
-        state: r.try_get("state")?,
-        wave: r.try_get("wave")?,
-        accepted_failures: r.try_get("accepted_failures")?,
-        reason: r.try_get("reason")?,
-        created_at: from_ms(r.try_get("created_at")?, "rollouts")?,
-        updated_at: from_ms(r.try_get("updated_at")?, "rollouts")?,
-    })
-}
 
 #[async_trait]
 impl RolloutStore for SqliteStore {
@@ -83,7 +67,7 @@ impl RolloutStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
-            .map(rollout_row)
+            .map(rows::rollout)
             .transpose()
     }
 
@@ -92,7 +76,7 @@ impl RolloutStore for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(rollout_row)
+            .map(rows::rollout)
             .collect()
     }
 
@@ -102,17 +86,7 @@ impl RolloutStore for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(|r| {
-                Ok(RolloutDeviceRow {
-                    device_id: r.try_get("device_id")?,
-                    wave: r.try_get("wave")?,
-                    state: r.try_get("state")?,
-                    command: r.try_get("command")?,
-                    detail: r.try_get("detail")?,
-                    last_seq: r.try_get("last_seq")?,
-                    updated_at: from_ms(r.try_get("updated_at")?, "rollout_devices")?,
-                })
-            })
+            .map(rows::rollout_device)
             .collect()
     }
 

@@ -1,34 +1,12 @@
 //! Telemetry rows.
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use time::OffsetDateTime;
 
-use super::{SqliteStore, corrupt, to_json};
-use crate::model::{from_ms, to_ms};
+use super::SqliteStore;
+use crate::model::to_ms;
+use crate::rows::{self, to_json};
 use crate::{StoreError, TelemetryRow, TelemetryStore};
-
-fn telemetry_from_row(row: &SqliteRow) -> Result<TelemetryRow, StoreError> {
-    let alarms: String = row.try_get("alarms")?;
-    Ok(TelemetryRow {
-        device_id: row.try_get("device_id")?,
-        seq: row.try_get("seq")?,
-        ts: from_ms(row.try_get("ts")?, "telemetry")?,
-        received_at: from_ms(row.try_get("received_at")?, "telemetry")?,
-        voltage_v: row.try_get("voltage_v")?,
-        current_a: row.try_get("current_a")?,
-        soc_pct: row.try_get("soc_pct")?,
-        soh_pct: row.try_get("soh_pct")?,
-        temp_min_c: row.try_get("temp_min_c")?,
-        temp_max_c: row.try_get("temp_max_c")?,
-        cell_min_v: row.try_get("cell_min_v")?,
-        cell_max_v: row.try_get("cell_max_v")?,
-        alarms: serde_json::from_str(&alarms)
-            .map_err(|e| corrupt("telemetry", format!("alarms: {e}")))?,
-        body: row.try_get("body")?,
-    })
-}
 
 /// Rows per INSERT statement.
 const INSERT_ROWS: usize = 64;
@@ -92,7 +70,7 @@ impl TelemetryStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(telemetry_from_row)
+        .map(rows::telemetry)
         .collect::<Result<Vec<_>, _>>()?;
         rows.reverse();
         Ok(rows)

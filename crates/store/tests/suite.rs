@@ -1,15 +1,123 @@
-//! The SQLite store against a real database file.
+//! The storage contract, run against both backends: each test runs once on a fresh SQLite
+//! file and once on a fresh schema of the PostgreSQL server named by
+//! `RAMPART_TEST_POSTGRES_URL` (`.ci/run` sets it; without it the PostgreSQL runs say they
+//! are skipped and pass).
+
+// Every function here is a test body, called from the #[tokio::test]s the macro at the end
+// generates; clippy only recognises the generated ones as tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 
 use rampart_store::*;
 use time::{Duration, OffsetDateTime};
 
-async fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    SqliteStore::open(&SqliteOptions::new(dir.path().join("rampart.db")))
-        .await
-        .expect("open")
+/// One test's database.
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres { url: String, schema: String },
 }
+
+impl Db {
+    fn sqlite() -> Db {
+        Db::Sqlite(tempfile::tempdir().expect("tmp"))
+    }
+
+    /// A fresh schema, or `None` (and a note) when no server is configured.
+    fn postgres(test: &str) -> Option<Db> {
+        let Ok(url) = std::env::var("RAMPART_TEST_POSTGRES_URL") else {
+            eprintln!("skipped {test} on PostgreSQL: RAMPART_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .subsec_nanos();
+        Some(Db::Postgres {
+            url,
+            schema: format!(
+                "t_{}_{}_{nanos}",
+                &test[..test.len().min(30)],
+                std::process::id()
+            ),
+        })
+    }
+
+    /// Opens (or reopens) the store.
+    async fn open(&self) -> Arc<dyn Store> {
+        match self {
+            Db::Sqlite(dir) => Arc::new(
+                SqliteStore::open(&SqliteOptions::new(dir.path().join("rampart.db")))
+                    .await
+                    .expect("open sqlite"),
+            ),
+            Db::Postgres { url, schema } => {
+                let mut o = PgOptions::new(url.clone());
+                o.schema = schema.clone();
+                o.max_connections = 4;
+                Arc::new(PgStore::open(&o).await.expect("open postgres"))
+            }
+        }
+    }
+
+    /// Drops a PostgreSQL test schema (a failed test leaves its schema for inspection).
+    async fn finish(self) {
+        if let Db::Postgres { url, schema } = self {
+            let mut o = PgOptions::new(url);
+            o.schema = schema.clone();
+            let s = PgStore::open(&o).await.expect("reopen postgres");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA \"{schema}\" CASCADE"
+            )))
+            .execute(s.pool())
+            .await
+            .expect("drop schema");
+            s.close().await;
+        }
+    }
+}
+
+/// Runs each named test on both backends.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::Db::sqlite();
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = super::Db::postgres(stringify!($name)) else { return };
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    registry_lifecycle,
+    telemetry_is_deduplicated_and_queried_by_time,
+    retained_messages_roundtrip,
+    group_commit_resolves_every_ticket_and_survives_reopen,
+    audit_log_is_append_only_in_order,
+    identity_kinds_groups_quarantine_and_approval,
+    revocation_retirement_and_crl_numbers,
+    policies_are_versioned_and_attached,
+    claims_are_limited_in_uses_and_lifetime,
+    trusted_cas_and_certificate_usage,
+    read_then_write_transactions_survive_a_busy_writer,
+    events_are_deduplicated_per_device_and_listed_oldest_first,
+    rollouts_keep_their_devices_and_apply_each_report_once_in_order,
+);
 
 fn cert(serial: &str) -> NewCertificate {
     let now = OffsetDateTime::now_utc();
@@ -47,10 +155,8 @@ fn row(device: &str, seq: i64) -> TelemetryRow {
     }
 }
 
-#[tokio::test]
-async fn registry_lifecycle() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = open(&dir).await;
+async fn registry_lifecycle(db: &Db) {
+    let s = db.open().await;
     s.add_identity(&device("gw-1", "01")).await.expect("add");
     let e = s
         .add_identity(&device("gw-1", "02"))
@@ -120,10 +226,8 @@ async fn registry_lifecycle() {
     assert_eq!(s.devices().await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn telemetry_is_deduplicated_and_queried_by_time() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = open(&dir).await;
+async fn telemetry_is_deduplicated_and_queried_by_time(db: &Db) {
+    let s = db.open().await;
     let rows: Vec<_> = (1..=10).map(|i| row("gw-1", i)).collect();
     assert_eq!(s.insert_telemetry(&rows).await.expect("insert"), 10);
     // A resend of the same readings is stored once.
@@ -170,10 +274,8 @@ impl MsPrecision for TelemetryRow {
     }
 }
 
-#[tokio::test]
-async fn retained_messages_roundtrip() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = open(&dir).await;
+async fn retained_messages_roundtrip(db: &Db) {
+    let s = db.open().await;
     s.put_retained("devices/a/status", Some(b"online"))
         .await
         .unwrap();
@@ -190,10 +292,8 @@ async fn retained_messages_roundtrip() {
     );
 }
 
-#[tokio::test]
-async fn group_commit_resolves_every_ticket_and_survives_reopen() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = Arc::new(open(&dir).await);
+async fn group_commit_resolves_every_ticket_and_survives_reopen(db: &Db) {
+    let s = db.open().await;
     let q = IngestQueue::spawn(s.clone(), 1024, 256);
     let mut tickets = Vec::new();
     for i in 1..=1000 {
@@ -215,7 +315,7 @@ async fn group_commit_resolves_every_ticket_and_survives_reopen() {
     assert!(batches < 1000, "rows were batched ({batches} transactions)");
     s.close().await;
     drop(s);
-    let reopened = open(&dir).await;
+    let reopened = db.open().await;
     let mut total = 0;
     for d in 0..7 {
         total += reopened
@@ -227,10 +327,8 @@ async fn group_commit_resolves_every_ticket_and_survives_reopen() {
     assert_eq!(total, 1000);
 }
 
-#[tokio::test]
-async fn audit_log_is_append_only_in_order() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = open(&dir).await;
+async fn audit_log_is_append_only_in_order(db: &Db) {
+    let s = db.open().await;
     for i in 0..3 {
         s.audit(&AuditEntry {
             at: OffsetDateTime::now_utc(),
@@ -249,10 +347,8 @@ async fn audit_log_is_append_only_in_order() {
     );
 }
 
-#[tokio::test]
-async fn identity_kinds_groups_quarantine_and_approval() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = open(&dir).await;
+async fn identity_kinds_groups_quarantine_and_approval(db: &Db) {
+    let s = db.open().await;
     let mut n = device("gw-j", "11");
     n.pending = true;
     n.group = Some("berlin".into());
@@ -296,10 +392,8 @@ async fn identity_kinds_groups_quarantine_and_approval() {
     ));
 }
 
-#[tokio::test]
-async fn revocation_retirement_and_crl_numbers() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = open(&dir).await;
+async fn revocation_retirement_and_crl_numbers(db: &Db) {
+    let s = db.open().await;
     s.add_identity(&device("gw-1", "01")).await.unwrap();
     s.add_certificate("gw-1", &cert("02")).await.unwrap();
     // Rotation: the old certificate retires when its overlap window ends.
@@ -340,10 +434,8 @@ async fn revocation_retirement_and_crl_numbers() {
     assert_eq!(s.next_crl_number("other").await.unwrap(), 1);
 }
 
-#[tokio::test]
-async fn policies_are_versioned_and_attached() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = open(&dir).await;
+async fn policies_are_versioned_and_attached(db: &Db) {
+    let s = db.open().await;
     assert_eq!(s.put_policy("p", "v1").await.unwrap(), 1);
     assert_eq!(s.put_policy("p", "v2").await.unwrap(), 2);
     assert_eq!(s.policy("p").await.unwrap().unwrap().document, "v2");
@@ -368,10 +460,8 @@ async fn policies_are_versioned_and_attached() {
     );
 }
 
-#[tokio::test]
-async fn claims_are_limited_in_uses_and_lifetime() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = open(&dir).await;
+async fn claims_are_limited_in_uses_and_lifetime(db: &Db) {
+    let s = db.open().await;
     let mut c = device("factory", "21");
     c.kind = IdentityKind::Claim;
     s.add_identity(&c).await.unwrap();
@@ -412,10 +502,8 @@ async fn claims_are_limited_in_uses_and_lifetime() {
     );
 }
 
-#[tokio::test]
-async fn trusted_cas_and_certificate_usage() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = open(&dir).await;
+async fn trusted_cas_and_certificate_usage(db: &Db) {
+    let s = db.open().await;
     let ca = TrustedCa {
         fingerprint: "cafp".into(),
         subject: "CN=Vendor CA".into(),
@@ -449,10 +537,8 @@ async fn trusted_cas_and_certificate_usage() {
     assert!(s.trusted_cas().await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_then_write_transactions_survive_a_busy_writer() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = Arc::new(open(&dir).await);
+async fn read_then_write_transactions_survive_a_busy_writer(db: &Db) {
+    let s = db.open().await;
     s.add_identity(&device("gw-1", "01")).await.unwrap();
     // A writer committing as fast as it can, like the telemetry group commit under load.
     let writer = {
@@ -483,10 +569,8 @@ async fn read_then_write_transactions_survive_a_busy_writer() {
     assert_eq!(s.certificates("gw-1").await.unwrap().len(), 101);
 }
 
-#[tokio::test]
-async fn events_are_deduplicated_per_device_and_listed_oldest_first() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = open(&dir).await;
+async fn events_are_deduplicated_per_device_and_listed_oldest_first(db: &Db) {
+    let s = db.open().await;
     let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("ts");
     let ev = |device: &str, seq: i64, kind: &str| EventRow {
         device_id: device.into(),
@@ -511,10 +595,8 @@ async fn events_are_deduplicated_per_device_and_listed_oldest_first() {
     assert!(s.events("gw-3", 10).await.expect("list").is_empty());
 }
 
-#[tokio::test]
-async fn rollouts_keep_their_devices_and_apply_each_report_once_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir).await;
+async fn rollouts_keep_their_devices_and_apply_each_report_once_in_order(db: &Db) {
+    let s = db.open().await;
     let now = OffsetDateTime::now_utc();
     let mut r = RolloutRow {
         id: "r1".into(),

@@ -1,0 +1,166 @@
+//! Staged rollouts.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::PgStore;
+use crate::error::is_unique_violation;
+use crate::model::to_ms;
+use crate::rows;
+use crate::{RolloutDeviceRow, RolloutRow, RolloutStore, StoreError};
+
+#[async_trait]
+impl RolloutStore for PgStore {
+    async fn create_rollout(
+        &self,
+        r: &RolloutRow,
+        devices: &[RolloutDeviceRow],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO rollouts (id, target, version, plan, state, wave, accepted_failures, \
+             reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&r.id)
+        .bind(&r.target)
+        .bind(&r.version)
+        .bind(&r.plan)
+        .bind(&r.state)
+        .bind(r.wave)
+        .bind(r.accepted_failures)
+        .bind(&r.reason)
+        .bind(to_ms(r.created_at))
+        .bind(to_ms(r.updated_at))
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists {
+                    what: "rollout",
+                    id: r.id.clone(),
+                });
+            }
+            other => other?,
+        };
+        for d in devices {
+            sqlx::query(
+                "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, command, \
+                 detail, last_seq, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&r.id)
+            .bind(&d.device_id)
+            .bind(d.wave)
+            .bind(&d.state)
+            .bind(&d.command)
+            .bind(&d.detail)
+            .bind(d.last_seq)
+            .bind(to_ms(d.updated_at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, StoreError> {
+        sqlx::query("SELECT * FROM rollouts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::rollout)
+            .transpose()
+    }
+
+    async fn rollouts(&self) -> Result<Vec<RolloutRow>, StoreError> {
+        sqlx::query("SELECT * FROM rollouts ORDER BY created_at DESC, id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::rollout)
+            .collect()
+    }
+
+    async fn rollout_devices(&self, id: &str) -> Result<Vec<RolloutDeviceRow>, StoreError> {
+        sqlx::query("SELECT * FROM rollout_devices WHERE rollout_id = $1 ORDER BY wave, device_id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::rollout_device)
+            .collect()
+    }
+
+    async fn set_rollout_state(&self, r: &RolloutRow) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE rollouts SET state = $1, wave = $2, accepted_failures = $3, reason = $4, \
+             updated_at = $5 WHERE id = $6",
+        )
+        .bind(&r.state)
+        .bind(r.wave)
+        .bind(r.accepted_failures)
+        .bind(&r.reason)
+        .bind(to_ms(OffsetDateTime::now_utc()))
+        .bind(&r.id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "rollout",
+                id: r.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn set_rollout_device(
+        &self,
+        id: &str,
+        device_id: &str,
+        state: &str,
+        command: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE rollout_devices SET state = $1, command = COALESCE($2, command), \
+             updated_at = $3 WHERE rollout_id = $4 AND device_id = $5",
+        )
+        .bind(state)
+        .bind(command)
+        .bind(to_ms(OffsetDateTime::now_utc()))
+        .bind(id)
+        .bind(device_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "rollout device",
+                id: format!("{id}/{device_id}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn rollout_report(
+        &self,
+        id: &str,
+        device_id: &str,
+        seq: i64,
+        state: &str,
+        detail: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE rollout_devices SET state = $1, detail = $2, last_seq = $3, updated_at = $4 \
+             WHERE rollout_id = $5 AND device_id = $6 AND last_seq < $7",
+        )
+        .bind(state)
+        .bind(detail)
+        .bind(seq)
+        .bind(to_ms(OffsetDateTime::now_utc()))
+        .bind(id)
+        .bind(device_id)
+        .bind(seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

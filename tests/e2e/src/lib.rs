@@ -38,13 +38,27 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range (32768 and up on Linux).
+/// A port the kernel hands out for `bind(0)` is also one it may pick as the source port of an
+/// outgoing connection (to PostgreSQL, to a hub) — so a hub restarted on "its" port could
+/// find it taken. Ports from 20000 to 32767 are only used by whoever binds them.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .subsec_nanos()
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for i in 0..1000u32 {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let port =
+            20_000 + (seed.wrapping_add(n.wrapping_mul(7919)).wrapping_add(i) % 12_768) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32767 on 127.0.0.1")
 }
 
 /// Polls `f` every 50 ms until it returns true or `timeout` passes.
@@ -171,7 +185,16 @@ pub fn unique_schema(prefix: &str) -> String {
 pub fn psql(url: &str, schema: &str, statement: &str) -> Output {
     Command::new("psql")
         .env("PGOPTIONS", format!("-c search_path={schema}"))
-        .args([url, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", statement])
+        .args([
+            url,
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            statement,
+        ])
         .output()
         .expect("psql is installed")
 }
@@ -218,7 +241,10 @@ impl TestHub {
                     "postgres_schema = \"rampart\"",
                     &format!("postgres_schema = \"{schema}\""),
                 )
-                .replace("postgres_max_connections = 16", "postgres_max_connections = 4"),
+                .replace(
+                    "postgres_max_connections = 16",
+                    "postgres_max_connections = 4",
+                ),
             _ => cfg,
         };
         std::fs::write(&cfg_path, cfg).unwrap();
@@ -466,7 +492,11 @@ impl Drop for TestHub {
         if let (Some(url), Some(schema)) = (postgres_backend(), &self.pg_schema)
             && !std::thread::panicking()
         {
-            let _ = psql(&url, "public", &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            let _ = psql(
+                &url,
+                "public",
+                &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+            );
         }
     }
 }

@@ -13,11 +13,22 @@
 //!
 //! Each side gets a fresh database file (WAL) with the hub's migrations, for both
 //! `synchronous` levels. Bounded: 100,000 rows per side.
+//!
+//! With `RAMPART_TEST_POSTGRES_URL` set (scripts/services sets it), the same on PostgreSQL:
+//! the hub path through `PgStore` (one `INSERT ... SELECT FROM UNNEST` per batch), against
+//! `COPY ... FROM STDIN` of the same rows, 2,000 per transaction in key order — the fastest
+//! way PostgreSQL has to load rows, so the ratio is conservative. Each side gets a fresh
+//! schema. Then the telemetry layout: the same 100,000 rows COPYed into three layouts —
+//! the (device_id, ts) B-tree the migration creates, a BRIN index on ts, and the primary key
+//! alone — with the load rate and the latency of the hub's query (the newest 100 readings
+//! of one device since a time) for each.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use rampart_store::{IngestQueue, SqliteOptions, SqliteStore, Store, Synchronous, TelemetryRow};
+use rampart_store::{
+    IngestQueue, PgOptions, PgStore, SqliteOptions, SqliteStore, Store, Synchronous, TelemetryRow,
+};
 use time::OffsetDateTime;
 
 const DEVICES: usize = 100;
@@ -59,8 +70,7 @@ async fn open(dir: &std::path::Path, name: &str, sync: Synchronous) -> SqliteSto
     SqliteStore::open(&o).await.expect("open the database")
 }
 
-async fn hub_path(dir: &std::path::Path, sync: Synchronous, rows: Vec<TelemetryRow>) -> f64 {
-    let store: Arc<dyn Store> = Arc::new(open(dir, "hub.db", sync).await);
+async fn hub_path(store: Arc<dyn Store>, rows: Vec<TelemetryRow>) -> f64 {
     let queue = IngestQueue::spawn(store.clone(), 65_536, BATCH);
     let mut per_device: Vec<Vec<TelemetryRow>> = (0..DEVICES).map(|_| Vec::new()).collect();
     for (i, r) in rows.into_iter().enumerate() {
@@ -164,7 +174,155 @@ fn main() {
         let raw_dir = tempfile::tempdir().expect("tempdir");
         let hub_dir = tempfile::tempdir().expect("tempdir");
         let r = rt.block_on(raw(raw_dir.path(), sync, &data));
-        let h = rt.block_on(hub_path(hub_dir.path(), sync, data));
+        let h = rt.block_on(async {
+            let store = Arc::new(open(hub_dir.path(), "hub.db", sync).await);
+            hub_path(store, data).await
+        });
         println!("{name:8} {h:>14.0} {r:>14.0} {:>7.2}", h / r);
+    }
+    match std::env::var("RAMPART_TEST_POSTGRES_URL") {
+        Ok(url) => rt.block_on(postgres(&url)),
+        Err(_) => println!("PostgreSQL: skipped (RAMPART_TEST_POSTGRES_URL is not set)"),
+    }
+}
+
+async fn pg_open(url: &str, schema: &str) -> PgStore {
+    let mut o = PgOptions::new(url);
+    o.schema = schema.into();
+    PgStore::open(&o).await.expect("open PostgreSQL")
+}
+
+async fn drop_schema(store: &PgStore) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA {} CASCADE",
+        store.schema()
+    )))
+    .execute(store.pool())
+    .await
+    .expect("drop schema");
+    store.close().await;
+}
+
+/// The rows as COPY text: tab-separated, `\N` for NULL (the bodies hold no tab, newline or
+/// backslash).
+fn copy_text(rows: &[&TelemetryRow]) -> String {
+    let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+    let opt = |v: Option<f64>| v.map_or_else(|| "\\N".to_string(), |v| v.to_string());
+    let mut out = String::with_capacity(rows.len() * 200);
+    for r in rows {
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t[]\t{}\n",
+            r.device_id,
+            r.seq,
+            ms(r.ts),
+            ms(r.received_at),
+            opt(r.voltage_v),
+            opt(r.current_a),
+            opt(r.soc_pct),
+            opt(r.soh_pct),
+            opt(r.temp_min_c),
+            opt(r.temp_max_c),
+            opt(r.cell_min_v),
+            opt(r.cell_max_v),
+            r.body
+        ));
+    }
+    out
+}
+
+/// COPY of `rows` into `table` of the store's schema, BATCH rows per transaction in key order.
+async fn copy_rows(store: &PgStore, table: &str, rows: &[TelemetryRow]) -> f64 {
+    let start = Instant::now();
+    for batch in rows.chunks(BATCH) {
+        let mut batch: Vec<&TelemetryRow> = batch.iter().collect();
+        batch.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
+        let mut conn = store.pool().acquire().await.expect("connection");
+        let statement = format!(
+            "COPY {table} (device_id, seq, ts, received_at, voltage_v, current_a, soc_pct, \
+             soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, body) FROM STDIN"
+        );
+        let mut copy = conn.copy_in_raw(&statement).await.expect("COPY");
+        copy.send(copy_text(&batch).into_bytes())
+            .await
+            .expect("send");
+        copy.finish().await.expect("finish");
+    }
+    ROWS as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn postgres(url: &str) {
+    let tag = std::process::id();
+    let data = rows();
+    let raw = pg_open(url, &format!("bench_raw_{tag}")).await;
+    let r = copy_rows(&raw, "telemetry", &data).await;
+    drop_schema(&raw).await;
+    let hub = Arc::new(pg_open(url, &format!("bench_hub_{tag}")).await);
+    let h = hub_path(hub.clone(), data).await;
+    drop_schema(&hub).await;
+    println!("{:8} {h:>14.0} {r:>14.0} {:>7.2}   (PostgreSQL; raw = COPY)", "pg", h / r);
+
+    println!(
+        "\nPostgreSQL telemetry layout ({ROWS} rows, {DEVICES} devices): load by COPY, then the newest 100 readings of a device since a time"
+    );
+    println!(
+        "{:34} {:>12} {:>14} {:>12}",
+        "layout", "rows/s", "query mean µs", "index KiB"
+    );
+    let layouts = [
+        (
+            "B-tree (device_id, ts) [migration]",
+            "CREATE INDEX ON layout (device_id, ts)",
+        ),
+        ("BRIN (ts)", "CREATE INDEX ON layout USING brin (ts)"),
+        ("primary key only", ""),
+    ];
+    for (name, index) in layouts {
+        let s = pg_open(url, &format!("bench_layout_{tag}")).await;
+        sqlx::query("CREATE TABLE layout (LIKE telemetry INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)")
+            .execute(s.pool())
+            .await
+            .expect("create");
+        // LIKE copied the migration's (device_id, ts) index too: keep only the primary key,
+        // then add the layout's own.
+        sqlx::query("DROP INDEX IF EXISTS layout_device_id_ts_idx")
+            .execute(s.pool())
+            .await
+            .expect("drop index");
+        if !index.is_empty() {
+            sqlx::query(sqlx::AssertSqlSafe(index.to_string()))
+                .execute(s.pool())
+                .await
+                .expect("index");
+        }
+        let rate = copy_rows(&s, "layout", &rows()).await;
+        sqlx::query("ANALYZE layout")
+            .execute(s.pool())
+            .await
+            .expect("analyze");
+        let since = OffsetDateTime::now_utc().unix_timestamp() * 1000 + 500;
+        const QUERIES: usize = 200;
+        let start = Instant::now();
+        for q in 0..QUERIES {
+            let n = sqlx::query(
+                "SELECT * FROM layout WHERE device_id = $1 AND ts >= $2 ORDER BY ts DESC, seq DESC LIMIT 100",
+            )
+            .bind(format!("gw-{:05}", q % DEVICES))
+            .bind(since)
+            .fetch_all(s.pool())
+            .await
+            .expect("query")
+            .len();
+            assert!(n > 0, "the query finds readings");
+        }
+        let mean = start.elapsed().as_micros() as f64 / QUERIES as f64;
+        let index_bytes: i64 = sqlx::query_scalar("SELECT pg_indexes_size('layout')")
+            .fetch_one(s.pool())
+            .await
+            .expect("size");
+        println!(
+            "{name:34} {rate:>12.0} {mean:>14.0} {:>12}",
+            index_bytes / 1024
+        );
+        drop_schema(&s).await;
     }
 }

@@ -259,7 +259,11 @@ async fn postgres(url: &str) {
     let hub = Arc::new(pg_open(url, &format!("bench_hub_{tag}")).await);
     let h = hub_path(hub.clone(), data).await;
     drop_schema(&hub).await;
-    println!("{:8} {h:>14.0} {r:>14.0} {:>7.2}   (PostgreSQL; raw = COPY)", "pg", h / r);
+    println!(
+        "{:8} {h:>14.0} {r:>14.0} {:>7.2}   (PostgreSQL; raw = COPY)",
+        "pg",
+        h / r
+    );
 
     println!(
         "\nPostgreSQL telemetry layout ({ROWS} rows, {DEVICES} devices): load by COPY, then the newest 100 readings of a device since a time"
@@ -294,12 +298,15 @@ async fn postgres(url: &str) {
                 .await
                 .expect("index");
         }
-        let rate = copy_rows(&s, "layout", &rows()).await;
+        let data = rows();
+        let rate = copy_rows(&s, "layout", &data).await;
         sqlx::query("ANALYZE layout")
             .execute(s.pool())
             .await
             .expect("analyze");
-        let since = OffsetDateTime::now_utc().unix_timestamp() * 1000 + 500;
+        // Half of each device's readings are newer than this.
+        let since =
+            (data[0].ts.unix_timestamp_nanos() / 1_000_000) as i64 + (ROWS / DEVICES / 2) as i64;
         const QUERIES: usize = 200;
         let start = Instant::now();
         for q in 0..QUERIES {

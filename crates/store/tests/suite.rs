@@ -104,6 +104,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    telemetry_fields_round_trip_exactly,
     registry_lifecycle,
     telemetry_is_deduplicated_and_queried_by_time,
     retained_messages_roundtrip,
@@ -696,4 +697,95 @@ async fn rollouts_keep_their_devices_and_apply_each_report_once_in_order(db: &Db
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(s.rollouts().await.unwrap().len(), 1);
+}
+
+async fn telemetry_fields_round_trip_exactly(db: &Db) {
+    let s = db.open().await;
+    let mut r = row("gw-\\odd\tid", 1);
+    r.body =
+        "{\"note\":\"back\\\\slash \\\"quoted\\\" tab\\t nl\\n\",\"raw\":\"\t\n\r\",\"u\":\"é🔋\"}"
+            .into();
+    r.voltage_v = Some(0.1);
+    r.current_a = Some(-1e-7);
+    r.soc_pct = Some(f64::MAX);
+    r.soh_pct = None;
+    r.alarms = vec!["cell\tover\\voltage".into(), "é".into()];
+    let mut next = row("gw-\\odd\tid", 2);
+    next.temp_min_c = Some(-0.0);
+    assert_eq!(
+        s.insert_telemetry(&[r.clone(), next.clone()])
+            .await
+            .unwrap(),
+        2
+    );
+    // The same batch again (re-sent after a lost PUBACK), and one mixing old and new.
+    assert_eq!(
+        s.insert_telemetry(&[r.clone(), next.clone()])
+            .await
+            .unwrap(),
+        0
+    );
+    let third = row("gw-\\odd\tid", 3);
+    assert_eq!(
+        s.insert_telemetry(&[next.clone(), third.clone()])
+            .await
+            .unwrap(),
+        1
+    );
+    let back = s
+        .telemetry("gw-\\odd\tid", OffsetDateTime::UNIX_EPOCH, 10)
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 3);
+    let ms = |t: OffsetDateTime| t.unix_timestamp_nanos() / 1_000_000;
+    for (got, want) in back.iter().zip([&r, &next, &third]) {
+        assert_eq!(got.body, want.body);
+        assert_eq!(got.alarms, want.alarms);
+        assert_eq!(got.device_id, want.device_id);
+        assert_eq!(ms(got.ts), ms(want.ts));
+        for (a, b) in [
+            (got.voltage_v, want.voltage_v),
+            (got.current_a, want.current_a),
+            (got.soc_pct, want.soc_pct),
+            (got.soh_pct, want.soh_pct),
+            (got.temp_min_c, want.temp_min_c),
+        ] {
+            assert_eq!(a, b);
+        }
+    }
+}
+
+/// PostgreSQL only: a server (or a URL) that would acknowledge commits a crash can lose is
+/// refused, and so are a bad URL, an unsafe schema name and an unreachable server.
+#[tokio::test]
+async fn postgres_refuses_unsafe_or_broken_settings() {
+    let Some(Db::Postgres { url, schema }) = Db::postgres("refusals") else {
+        return;
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    for level in ["off", "local"] {
+        let mut o = PgOptions::new(format!(
+            "{url}{sep}options=-c%20synchronous_commit%3D{level}"
+        ));
+        o.schema = schema.clone();
+        let e = PgStore::open(&o).await.expect_err(level).to_string();
+        assert!(e.contains(&format!("synchronous_commit = {level}")), "{e}");
+    }
+    let mut o = PgOptions::new("mysql://nope");
+    o.schema = schema.clone();
+    let e = PgStore::open(&o).await.expect_err("bad url").to_string();
+    assert!(e.contains("postgres url"), "{e}");
+    let mut o = PgOptions::new(url.clone());
+    o.schema = "x; DROP SCHEMA public".into();
+    let e = PgStore::open(&o).await.expect_err("bad schema").to_string();
+    assert!(e.contains("only lower-case letters"), "{e}");
+    // Nothing listens on port 1 of loopback.
+    let mut o = PgOptions::new("postgres://postgres@127.0.0.1:1/test");
+    o.schema = schema.clone();
+    let e = PgStore::open(&o)
+        .await
+        .expect_err("unreachable")
+        .to_string();
+    assert!(e.contains("database error"), "{e}");
+    Db::Postgres { url, schema }.finish().await;
 }

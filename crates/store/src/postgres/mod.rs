@@ -94,6 +94,11 @@ impl PgStore {
     /// applies pending migrations.
     pub async fn open(options: &PgOptions) -> Result<PgStore, StoreError> {
         check_schema(&options.schema).map_err(StoreError::Config)?;
+        if !(options.url.starts_with("postgres://") || options.url.starts_with("postgresql://")) {
+            return Err(StoreError::Config(
+                "postgres url: expected postgres://user@host:port/database".into(),
+            ));
+        }
         let base = PgConnectOptions::from_str(&options.url).map_err(|e| {
             StoreError::Config(format!(
                 "postgres url: {e} (expected postgres://user@host:port/database)"

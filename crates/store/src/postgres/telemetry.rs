@@ -8,7 +8,7 @@ use crate::model::to_ms;
 use crate::rows::{self, to_json};
 use crate::{StoreError, TelemetryRow, TelemetryStore};
 
-/// The batch insert: one statement whatever the batch size. Each column travels as one array
+/// The insert that skips stored readings: one statement whatever the batch size. Each column travels as one array
 /// parameter and `UNNEST` turns the arrays back into rows, so the statement is prepared once
 /// and a batch of 2,000 readings costs one round trip (a multi-row `VALUES` list would need
 /// 14 parameters a row, a new statement text per batch size, and PostgreSQL's limit of
@@ -20,6 +20,99 @@ const INSERT: &str = "INSERT INTO telemetry (device_id, seq, ts, received_at, vo
      $12::float8[], $13::text[], $14::text[]) \
      ON CONFLICT (device_id, seq) DO NOTHING";
 
+/// The fast path: `COPY` of the batch (PostgreSQL's bulk load, about 1.4× the rows/s of the
+/// `UNNEST` insert here). COPY has no `ON CONFLICT`: a batch holding a reading that is
+/// already stored (re-sent after a lost PUBACK — rare) fails as a whole, changes nothing,
+/// and goes through [`INSERT`] instead.
+const COPY: &str = "COPY telemetry (device_id, seq, ts, received_at, voltage_v, current_a, \
+     soc_pct, soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, body) FROM STDIN";
+
+/// Appends `text` as a COPY text-format field: backslash, tab, newline and carriage return
+/// are escaped (the body is JSON, which may hold backslashes).
+fn push_field(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn push_real(out: &mut String, v: Option<f64>) {
+    use std::fmt::Write;
+    match v {
+        None => out.push_str("\\N"),
+        Some(v) if v.is_nan() => out.push_str("NaN"),
+        Some(v) if v.is_infinite() => out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" }),
+        // Display of f64 is the shortest text that reads back as the same value, never in
+        // exponent form: what float8's input accepts.
+        Some(v) => {
+            let _ = write!(out, "{v}");
+        }
+    }
+}
+
+/// The batch as COPY text, one line a row.
+fn copy_text(rows: &[&TelemetryRow]) -> Result<String, StoreError> {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(rows.len() * 256);
+    for r in rows {
+        push_field(&mut out, &r.device_id);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "\t{}\t{}\t{}",
+            r.seq,
+            to_ms(r.ts),
+            to_ms(r.received_at)
+        );
+        for v in [
+            r.voltage_v,
+            r.current_a,
+            r.soc_pct,
+            r.soh_pct,
+            r.temp_min_c,
+            r.temp_max_c,
+            r.cell_min_v,
+            r.cell_max_v,
+        ] {
+            out.push('\t');
+            push_real(&mut out, v);
+        }
+        out.push('\t');
+        push_field(&mut out, &to_json(&r.alarms, "telemetry")?);
+        out.push('\t');
+        push_field(&mut out, &r.body);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+impl PgStore {
+    /// COPY of the batch as one statement (atomic); `Ok(None)` when a row is already stored.
+    async fn copy_telemetry(&self, sorted: &[&TelemetryRow]) -> Result<Option<u64>, StoreError> {
+        let text = copy_text(sorted)?;
+        let mut conn = self.pool.acquire().await?;
+        let mut copy = conn.copy_in_raw(COPY).await?;
+        let sent = copy.send(text.into_bytes()).await;
+        let done = match sent {
+            Ok(_) => copy.finish().await,
+            Err(e) => {
+                let _ = copy.abort("send failed").await;
+                Err(e)
+            }
+        };
+        match done {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if crate::error::is_unique_violation(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 #[async_trait]
 impl TelemetryStore for PgStore {
     async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
@@ -30,6 +123,13 @@ impl TelemetryStore for PgStore {
         // inserting overlapping batches take their row locks in the same order (no deadlock).
         let mut sorted: Vec<&TelemetryRow> = rows.iter().collect();
         sorted.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
+        // A batch that repeats a (device, seq) inside itself would fail COPY every time.
+        let unique = sorted
+            .windows(2)
+            .all(|w| (&w[0].device_id, w[0].seq) != (&w[1].device_id, w[1].seq));
+        if unique && let Some(n) = self.copy_telemetry(&sorted).await? {
+            return Ok(n);
+        }
         let n = sorted.len();
         let mut device = Vec::with_capacity(n);
         let mut seq = Vec::with_capacity(n);
@@ -69,7 +169,8 @@ impl TelemetryStore for PgStore {
             cell_min,
             cell_max,
         ] = reals;
-        // One statement is its own transaction: committed (and flushed) when it returns.
+        // One statement is its own transaction (as is the COPY): committed, and flushed to the
+        // WAL, when it returns.
         let done = sqlx::query(INSERT)
             .bind(device)
             .bind(seq)

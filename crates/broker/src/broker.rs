@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
-use crate::hooks::Hooks;
+use crate::hooks::{Hooks, Peers};
 use crate::mailbox::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// The other hub nodes, when this one is part of a cluster.
+    pub peers: std::sync::OnceLock<Arc<dyn Peers>>,
     generation: AtomicU64,
 }
 
@@ -92,6 +94,7 @@ impl Broker {
                 sessions: Mutex::new(HashMap::new()),
                 metrics: Arc::new(Metrics::default()),
                 shutdown: CancellationToken::new(),
+                peers: std::sync::OnceLock::new(),
                 generation: AtomicU64::new(0),
             }),
         }
@@ -218,6 +221,35 @@ impl Broker {
             tracing::error!(%topic, error = %e, "could not store retained message");
         }
         self.shared.route(msg).await;
+    }
+
+    /// Joins this broker to other hub nodes: from now on every message it routes is also
+    /// handed to `peers`. Set once; false if peers were set already.
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) -> bool {
+        self.shared.peers.set(peers).is_ok()
+    }
+
+    /// Delivers a message another node routed to this node's subscribers. A retained message
+    /// replaces the retained message of its topic in memory only: the node that received it
+    /// stored it in the shared database. Not handed back to the peers.
+    pub async fn publish_from_peer(&self, topic: &str, payload: Bytes, qos: QoS, retain: bool) {
+        let msg = Arc::new(Message {
+            topic: topic.into(),
+            payload,
+            qos,
+            retain,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+        });
+        if retain {
+            let delta = self.shared.router.set_retained(msg.clone());
+            self.shared
+                .metrics
+                .retained_messages
+                .fetch_add(delta, Ordering::Relaxed);
+        }
+        self.shared.route_local(msg).await;
     }
 
     /// Stops accepting and closes every connection (MQTT 5 clients are told "server shutting
@@ -380,7 +412,16 @@ impl Shared {
 
     /// Delivers `msg` to every matching subscriber's queue. QoS 0 is dropped for a full queue;
     /// QoS 1 waits up to the enqueue timeout (back-pressure on the publisher), then drops.
+    /// Routes a message to this node's subscribers and, in a cluster, to the other nodes.
     pub(crate) async fn route(&self, msg: Arc<Message>) {
+        if let Some(peers) = self.peers.get() {
+            peers.forward(&msg.topic, &msg.payload, msg.qos, msg.retain);
+        }
+        self.route_local(msg).await;
+    }
+
+    /// Routes a message to this node's subscribers only.
+    pub(crate) async fn route_local(&self, msg: Arc<Message>) {
         let mut matches = Matches::new();
         self.router.matches(&msg.topic, &mut matches);
         if matches.is_empty() {

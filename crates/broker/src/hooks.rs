@@ -9,8 +9,9 @@
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use rampart_mqtt::{Protocol, Publish};
+use rampart_mqtt::{Protocol, Publish, QoS};
 use rampart_pki::CertInfo;
 use rampart_policy::Identity;
 
@@ -57,4 +58,11 @@ pub trait Hooks: Send + Sync + 'static {
 
     /// A client connected or disconnected.
     async fn on_connection_change(&self, identity: &Identity, address: SocketAddr, connected: bool);
+}
+
+/// The other hub nodes, when the hub runs as one of several (rampart-cluster over NATS).
+pub trait Peers: Send + Sync + 'static {
+    /// A message this node routes — from a client, a will, or the hub itself — before it is
+    /// delivered locally. Must not block: routing waits for it.
+    fn forward(&self, topic: &str, payload: &Bytes, qos: QoS, retain: bool);
 }

@@ -27,6 +27,6 @@ pub mod tls;
 
 pub use broker::{Broker, ClientInfo};
 pub use config::BrokerConfig;
-pub use hooks::{ConnectRequest, Durable, Hooks, PeerCertificate};
+pub use hooks::{ConnectRequest, Durable, Hooks, PeerCertificate, Peers};
 pub use metrics::Metrics;
 pub use refusal::{Refusal, RefusalReason};

@@ -31,6 +31,32 @@ pub struct HubConfig {
     pub audit: AuditConfig,
     pub cra: CraConfig,
     pub updates: UpdatesConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: running as one of several hub nodes (docs/cluster.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// NATS server(s) the nodes meet at; "" runs a single node (the in-process bus only).
+    pub nats_url: String,
+    /// Subject prefix shared by the nodes of one fleet.
+    pub name: String,
+    /// This node's name, unique among the nodes; "" takes the host name and process id.
+    pub node: String,
+    /// Routed messages waiting for NATS before new ones are dropped for the other nodes.
+    pub queue: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_url: String::new(),
+            name: "rampart".into(),
+            node: String::new(),
+            queue: 65_536,
+        }
+    }
 }
 
 /// `[mqtt]`: the device-facing MQTT/TLS listener.
@@ -417,7 +443,24 @@ snapshot_expiry = "{use}"
 timestamp_expiry = "{utse}"
 # How often the hub checks whether snapshot or timestamp needs re-signing.
 refresh_interval = "{uri}"
+
+[cluster]
+# Several hub nodes behind a TCP load balancer (docs/cluster.md): each node sets the NATS
+# server(s) they meet at, e.g. "nats://nats.internal:4222"; "" runs this hub alone. Nodes
+# must share storage (backend = "postgres", same postgres_url and postgres_schema) and the
+# pki/ directory.
+nats_url = "{cnu}"
+# Subject prefix of this fleet's nodes (letters, digits, - and _).
+name = "{cname}"
+# This node's name, unique among the nodes; "" takes the host name and process id.
+node = "{cnode}"
+# Routed messages waiting for NATS before new ones are dropped for the other nodes.
+queue = {cq}
 "#,
+        cnu = d.cluster.nats_url,
+        cname = d.cluster.name,
+        cnode = d.cluster.node,
+        cq = d.cluster.queue,
         listen = d.mqtt.listen,
         mps = d.mqtt.max_packet_size,
         rm = d.mqtt.receive_maximum,
@@ -644,6 +687,27 @@ impl HubConfig {
             10_000_000,
         )?;
         addr("metrics.listen", &self.metrics.listen, true)?;
+        if !self.cluster.nats_url.is_empty() {
+            let url = &self.cluster.nats_url;
+            if !url.split(',').all(|u| {
+                let u = u.trim();
+                u.starts_with("nats://") || u.starts_with("tls://")
+            }) {
+                return Err(format!(
+                    "cluster.nats_url = {url:?}: expected nats://host:port (or tls://), several separated by commas"
+                ));
+            }
+            if self.storage.backend != "postgres" {
+                return Err("cluster.nats_url is set but storage.backend is not \"postgres\": the nodes of a cluster share one registry in PostgreSQL".into());
+            }
+            rampart_cluster::check_name(&self.cluster.name)
+                .map_err(|e| format!("cluster.name = {:?}: {e}", self.cluster.name))?;
+            if !self.cluster.node.is_empty() {
+                rampart_cluster::check_name(&self.cluster.node)
+                    .map_err(|e| format!("cluster.node = {:?}: {e}", self.cluster.node))?;
+            }
+            within("cluster.queue", self.cluster.queue, 1, 10_000_000)?;
+        }
         let interval = self.audit_interval()?;
         if interval < Duration::from_secs(1) {
             return Err("audit.interval must be at least 1s".into());
@@ -808,6 +872,15 @@ mod tests {
             ),
             ("[storage]\nbackend = \"oracle\"", "storage.backend"),
             ("[storage]\nbackend = \"postgres\"", "storage.postgres_url"),
+            (
+                "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"",
+                "storage.backend",
+            ),
+            ("[cluster]\nnats_url = \"http://x\"", "cluster.nats_url"),
+            (
+                "[storage]\nbackend = \"postgres\"\npostgres_url = \"postgres://h/db\"\n[cluster]\nnats_url = \"nats://h:4222\"\nnode = \"a.b\"",
+                "cluster.node",
+            ),
             (
                 "[storage]\nbackend = \"postgres\"\npostgres_url = \"mysql://x\"",
                 "storage.postgres_url",

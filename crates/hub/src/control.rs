@@ -38,6 +38,14 @@ pub enum Request {
     RolloutChanged { id: String },
 }
 
+impl Request {
+    /// Whether the request tells of a change in the shared registry, which every node of a
+    /// cluster must apply (the others are questions to this node).
+    pub fn is_change(&self) -> bool {
+        !matches!(self, Request::Audit | Request::Status)
+    }
+}
+
 /// A connected client, as reported by `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientReport {
@@ -120,7 +128,7 @@ pub(crate) async fn serve(listener: UnixListener, handler: Arc<crate::live::Live
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let response = match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => handler.handle(req).await,
+                    Ok(req) => handler.handle_from_operator(req).await,
                     Err(e) => Response {
                         ok: false,
                         error: Some(format!("bad request: {e}")),

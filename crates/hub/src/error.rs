@@ -5,6 +5,8 @@ use std::path::PathBuf;
 /// What went wrong, with enough context to act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
+    #[error("cluster: {0}")]
+    Cluster(#[from] rampart_cluster::ClusterError),
     #[error("configuration {path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("{path} is not a Rampart data directory (no rampart.toml)")]
@@ -68,6 +70,12 @@ impl HubError {
                 "pick another device id, or inspect the existing one with `rampart device show ID`",
             ),
             HubError::Compliance(e) => e.hint(),
+            HubError::Cluster(rampart_cluster::ClusterError::Connect { .. }) => Some(
+                "is NATS running at [cluster] nats_url? A node does not start without its peers; set nats_url = \"\" to run this hub alone",
+            ),
+            HubError::Store(rampart_store::StoreError::Database(_)) => Some(
+                "is the database reachable? With backend = \"postgres\", check storage.postgres_url (psql with the same URL should connect)",
+            ),
             _ => None,
         }
     }

@@ -20,6 +20,7 @@
 //! - `run`: starting and stopping the hub.
 
 pub mod audit;
+mod cluster;
 pub mod compliance;
 pub mod config;
 pub mod control;

@@ -30,9 +30,56 @@ pub(crate) struct Live {
     pub tls: Arc<RwLock<Arc<ServerConfig>>>,
     pub snapshot: Arc<dyn Fn() -> MetricsSnapshot + Send + Sync>,
     pub rollouts: Arc<crate::rollouts::Engine>,
+    /// The other hub nodes, when this hub is one of several.
+    pub cluster: Option<rampart_cluster::Cluster>,
 }
 
 impl Live {
+    /// A request from the operator CLI on this node: applied here, and a change is passed on
+    /// to the other nodes so it reaches whichever node holds the device's connection.
+    pub(crate) async fn handle_from_operator(&self, req: Request) -> Response {
+        let mut response = self.handle(req.clone()).await;
+        if let Some(cluster) = &self.cluster
+            && response.ok
+            && req.is_change()
+        {
+            let notice = match serde_json::to_vec(&req) {
+                Ok(v) => v,
+                Err(e) => return Response::error(e),
+            };
+            if let Err(e) = cluster.notify(notice.into()).await {
+                tracing::error!(error = %e, request = ?req, "change applied on this node only: the other nodes were not told");
+                response.ok = false;
+                response.error = Some(format!(
+                    "applied on this node, but the other nodes could not be told ({e}); they apply it when they restart — check NATS and run the command again"
+                ));
+            }
+        }
+        response
+    }
+
+    /// A change another node applied (its operator's request): applied here too. The CRL
+    /// file is this node's own, so it is signed again from the shared registry first.
+    pub(crate) async fn handle_from_peer(&self, req: Request) {
+        if !req.is_change() {
+            tracing::warn!(request = ?req, "a peer sent a question as a notice: ignored");
+            return;
+        }
+        if matches!(
+            req,
+            Request::CertificatesRevoked { .. } | Request::TrustChanged
+        ) && let Err(e) = crate::pki_state::publish_crl(&self.dir, &self.cfg, &*self.store).await
+        {
+            tracing::error!(error = %e, "could not re-sign the CRL after a peer's change");
+        }
+        let r = self.handle(req.clone()).await;
+        if r.ok {
+            tracing::info!(request = ?req, disconnected = r.disconnected.unwrap_or(0), "applied a change from another node");
+        } else {
+            tracing::error!(request = ?req, error = ?r.error, "could not apply a change from another node");
+        }
+    }
+
     pub(crate) async fn handle(&self, req: Request) -> Response {
         let result = match req {
             Request::DeviceChanged { id } => self.device_changed(&id).await,

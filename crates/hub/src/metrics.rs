@@ -339,13 +339,44 @@ const DEFS: [Def; METRIC_COUNT] = [
         kind: "gauge",
         help: "Article 14 report stages past their deadline, not yet submitted.",
     },
+    Def {
+        name: "rampart_cluster_forwarded_total",
+        kind: "counter",
+        help: "Routed messages sent to the other hub nodes over NATS.",
+    },
+    Def {
+        name: "rampart_cluster_dropped_total",
+        kind: "counter",
+        help: "Routed messages not sent to the other nodes: the queue to NATS was full.",
+    },
+    Def {
+        name: "rampart_cluster_received_total",
+        kind: "counter",
+        help: "Messages other nodes routed, delivered to this node's subscribers.",
+    },
+    Def {
+        name: "rampart_cluster_malformed_total",
+        kind: "counter",
+        help: "Frames from the cluster that could not be decoded (dropped).",
+    },
+    Def {
+        name: "rampart_cluster_notices_sent_total",
+        kind: "counter",
+        help: "Registry changes this node told the other nodes of.",
+    },
+    Def {
+        name: "rampart_cluster_notices_received_total",
+        kind: "counter",
+        help: "Registry changes other nodes told this node of.",
+    },
 ];
 
 /// Number of metrics in [`DEFS`]; `snapshot` must produce exactly this many values.
-const METRIC_COUNT: usize = 47;
+const METRIC_COUNT: usize = 53;
 
-/// Takes a snapshot of broker, ingest, device API, audit, event, deadline and rollout
-/// counters.
+/// Takes a snapshot of broker, ingest, device API, audit, event, deadline, rollout and
+/// cluster counters.
+#[allow(clippy::too_many_arguments)] // one argument per counter group, each named at the call
 pub fn snapshot(
     m: &Metrics,
     ingest: &Arc<IngestStats>,
@@ -354,6 +385,7 @@ pub fn snapshot(
     events: &EventCounters,
     deadlines: &DeadlineCounts,
     rollouts: &crate::rollouts::RolloutCounters,
+    cluster: &rampart_cluster::ClusterStats,
 ) -> MetricsSnapshot {
     let u = |a: &std::sync::atomic::AtomicU64| {
         i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
@@ -409,6 +441,12 @@ pub fn snapshot(
         u(&rollouts.automatic_pauses),
         u(&deadlines.due_soon),
         u(&deadlines.overdue),
+        u(&cluster.forwarded),
+        u(&cluster.dropped),
+        u(&cluster.received),
+        u(&cluster.malformed),
+        u(&cluster.notices_sent),
+        u(&cluster.notices_received),
     ];
     MetricsSnapshot {
         values: DEFS
@@ -459,6 +497,7 @@ mod tests {
             &EventCounters::default(),
             &DeadlineCounts::default(),
             &crate::rollouts::RolloutCounters::default(),
+            &rampart_cluster::ClusterStats::default(),
         );
         let text = render(&s);
         for d in DEFS {

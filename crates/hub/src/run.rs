@@ -79,6 +79,26 @@ pub async fn open_store(dir: &DataDir, cfg: &HubConfig) -> Result<Arc<dyn Store>
     Ok(store)
 }
 
+/// A node name for a cluster member that did not set one: host name and process id, which
+/// differ between the nodes of one cluster.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect::<String>();
+    let host = if host.is_empty() { "hub".into() } else { host };
+    format!("{host}-{}", std::process::id())
+}
+
 async fn bind(addr: &str, what: &str) -> Result<Option<(TcpListener, SocketAddr)>, HubError> {
     if addr.is_empty() {
         return Ok(None);
@@ -183,6 +203,25 @@ impl Hub {
         let _ = server.broker.set(broker.clone());
         let _ = rollouts.broker.set(broker.clone());
         let loaded = broker.load_retained(dyn_store.retained().await?);
+        let cluster = match cfg.cluster.nats_url.as_str() {
+            "" => None,
+            url => {
+                let node = if cfg.cluster.node.is_empty() {
+                    default_node_name()
+                } else {
+                    cfg.cluster.node.clone()
+                };
+                let (c, rx) = rampart_cluster::Cluster::connect(&rampart_cluster::ClusterConfig {
+                    url: url.to_owned(),
+                    cluster: cfg.cluster.name.clone(),
+                    node,
+                    queue: cfg.cluster.queue,
+                })
+                .await?;
+                broker.set_peers(Arc::new(crate::cluster::Forward(c.clone())));
+                Some((c, rx))
+            }
+        };
 
         let listen_addr = match listen {
             Some(a) => a.to_string(),
@@ -203,7 +242,10 @@ impl Hub {
             let events = event_counters.clone();
             let deadlines = deadline_counts.clone();
             let rc = rollouts.counters.clone();
-            Arc::new(move || metrics::snapshot(&m, &stats, &api, &counts, &events, &deadlines, &rc))
+            let cs = cluster.as_ref().map(|(c, _)| c.stats()).unwrap_or_default();
+            Arc::new(move || {
+                metrics::snapshot(&m, &stats, &api, &counts, &events, &deadlines, &rc, &cs)
+            })
         };
         let mut background = Vec::new();
         let metrics_addr = match bind(&cfg.metrics.listen, "metrics.listen").await? {
@@ -259,7 +301,11 @@ impl Hub {
             tls: tls_holder,
             snapshot: snapshot.clone(),
             rollouts: rollouts.clone(),
+            cluster: cluster.as_ref().map(|(c, _)| c.clone()),
         });
+        if let Some((_, rx)) = cluster {
+            background.push(tokio::spawn(crate::cluster::receive(rx, live.clone())));
+        }
         // Rollouts that were running when the hub stopped carry on.
         background.push(tokio::spawn(async move { rollouts.evaluate_all().await }));
         let socket_path = dir.socket_path();

@@ -149,8 +149,18 @@ pub struct TestHub {
     pub api_port: u16,
     child: Option<Child>,
     pub logs: Lines,
-    /// The PostgreSQL schema this hub stores in, when the suite runs on PostgreSQL.
-    pub pg_schema: Option<String>,
+    /// The PostgreSQL server and schema this hub stores in (on PostgreSQL runs and in
+    /// cluster tests).
+    pub pg: Option<PgTarget>,
+}
+
+/// Where a test hub stores on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    pub url: String,
+    pub schema: String,
+    /// Whether this hub drops the schema when it goes (the first node of a cluster does).
+    pub owner: bool,
 }
 
 /// The PostgreSQL server the end-to-end suite stores in, when `RAMPART_TEST_BACKEND` is
@@ -200,8 +210,18 @@ pub fn psql(url: &str, schema: &str, statement: &str) -> Output {
 }
 
 impl TestHub {
-    /// `rampart init` in a fresh directory, listeners moved to free loopback ports.
+    /// `rampart init` in a fresh directory, listeners moved to free loopback ports; on
+    /// PostgreSQL runs (`RAMPART_TEST_BACKEND=postgres`) storing in a schema of its own.
     pub fn init() -> TestHub {
+        TestHub::init_on(postgres_backend().map(|url| PgTarget {
+            url,
+            schema: unique_schema("e2e"),
+            owner: true,
+        }))
+    }
+
+    /// `rampart init` storing in `pg` (or in SQLite with `None`).
+    pub fn init_on(pg: Option<PgTarget>) -> TestHub {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("hub");
         let out = Command::new(bin("rampart"))
@@ -232,9 +252,8 @@ impl TestHub {
                 "listen = \"0.0.0.0:8443\"",
                 &format!("listen = \"127.0.0.1:{api_port}\""),
             );
-        let pg_schema = postgres_backend().map(|_| unique_schema("e2e"));
-        let cfg = match (postgres_backend(), &pg_schema) {
-            (Some(url), Some(schema)) => cfg
+        let cfg = match &pg {
+            Some(PgTarget { url, schema, .. }) => cfg
                 .replace("backend = \"sqlite\"", "backend = \"postgres\"")
                 .replace("postgres_url = \"\"", &format!("postgres_url = \"{url}\""))
                 .replace(
@@ -245,7 +264,7 @@ impl TestHub {
                     "postgres_max_connections = 16",
                     "postgres_max_connections = 4",
                 ),
-            _ => cfg,
+            None => cfg,
         };
         std::fs::write(&cfg_path, cfg).unwrap();
         TestHub {
@@ -256,8 +275,61 @@ impl TestHub {
             api_port,
             child: None,
             logs: Lines::default(),
-            pg_schema,
+            pg,
         }
+    }
+
+    /// Another node of this hub: a copy of its data directory (CA and keys, configuration,
+    /// release workspace) with listeners on free ports of its own, storing in the same
+    /// PostgreSQL schema. Not started.
+    pub fn another_node(&self) -> TestHub {
+        let pg = self.pg.clone().map(|p| PgTarget { owner: false, ..p });
+        assert!(pg.is_some(), "nodes of a cluster share PostgreSQL");
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("hub");
+        run_ok(Command::new("cp").arg("-a").arg(&self.data).arg(&data));
+        for stale in ["hub.sock", "hub.pid"] {
+            let _ = std::fs::remove_file(data.join(stale));
+        }
+        let (port, metrics_port, api_port) = (free_port(), free_port(), free_port());
+        let cfg_path = data.join("rampart.toml");
+        let cfg = std::fs::read_to_string(&cfg_path)
+            .unwrap()
+            .replace(
+                &format!("listen = \"127.0.0.1:{}\"", self.port),
+                &format!("listen = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                &format!("listen = \"127.0.0.1:{}\"", self.metrics_port),
+                &format!("listen = \"127.0.0.1:{metrics_port}\""),
+            )
+            .replace(
+                &format!("listen = \"127.0.0.1:{}\"", self.api_port),
+                &format!("listen = \"127.0.0.1:{api_port}\""),
+            );
+        std::fs::write(&cfg_path, cfg).unwrap();
+        TestHub {
+            tmp,
+            data,
+            port,
+            metrics_port,
+            api_port,
+            child: None,
+            logs: Lines::default(),
+            pg,
+        }
+    }
+
+    /// Live MQTT connections (the `rampart_connections_active` gauge).
+    pub fn clients_connected(&self) -> usize {
+        self.metric("rampart_connections_active") as usize
+    }
+
+    /// Makes this hub node `node` of cluster `cluster` meeting at `nats` (before `start`).
+    pub fn join_cluster(&self, nats: &str, cluster: &str, node: &str) {
+        self.configure("nats_url = \"\"", &format!("nats_url = \"{nats}\""));
+        self.configure("name = \"rampart\"", &format!("name = \"{cluster}\""));
+        self.configure("node = \"\"", &format!("node = \"{node}\""));
     }
 
     /// A hub that is initialised and running.
@@ -489,13 +561,14 @@ impl Drop for TestHub {
             let _ = c.wait();
         }
         // A passing test's schema goes with it; a failing one's stays for inspection.
-        if let (Some(url), Some(schema)) = (postgres_backend(), &self.pg_schema)
+        if let Some(p) = &self.pg
+            && p.owner
             && !std::thread::panicking()
         {
             let _ = psql(
-                &url,
+                &p.url,
                 "public",
-                &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", p.schema),
             );
         }
     }
@@ -730,9 +803,9 @@ impl TestHub {
     /// Runs SQL on the hub's database with its own client (`sqlite3` or `psql`): stdout is
     /// the result, one row a line, columns separated by `|`.
     pub fn query(&self, statement: &str) -> Output {
-        match (postgres_backend(), &self.pg_schema) {
-            (Some(url), Some(schema)) => psql(&url, schema, statement),
-            _ => Command::new("sqlite3")
+        match &self.pg {
+            Some(p) => psql(&p.url, &p.schema, statement),
+            None => Command::new("sqlite3")
                 // A busy timeout, as the hub writes concurrently (last-seen batches, telemetry).
                 .args(["-cmd", ".timeout 10000"])
                 .arg(self.data.join("rampart.db"))

@@ -200,7 +200,8 @@ impl Producer {
         for (reason, t) in drops {
             self.stats.dropped.fetch_add(t.records, Ordering::Relaxed);
             tracing::warn!(?reason, records = t.records, bytes = t.bytes, first_seq = ?t.first_seq,
-                last_seq = ?t.last_seq, "outbox dropped data; reporting data_dropped to the hub");
+                last_seq = ?t.last_seq, unacknowledged = t.unacknowledged,
+                "outbox dropped data; reporting data_dropped to the hub");
             let seq = self.event_seq.peek();
             let msg = EventMessage {
                 v: rampart_bms::document::TELEMETRY_VERSION,
@@ -212,6 +213,9 @@ impl Producer {
                     bytes: t.bytes,
                     first_seq: t.first_seq,
                     last_seq: t.last_seq,
+                    unacknowledged: t.unacknowledged,
+                    unacknowledged_first_seq: t.unacknowledged_first_seq,
+                    unacknowledged_last_seq: t.unacknowledged_last_seq,
                 },
             };
             let payload = serde_json::to_vec(&msg).map_err(|e| AgentError::State {

@@ -467,7 +467,7 @@ pub enum Event {
         failed_reads: u64,
         down_s: f64,
     },
-    /// The outbox dropped data that was never sent.
+    /// The outbox dropped data before the hub acknowledged it.
     DataDropped {
         reason: DropReason,
         records: u64,
@@ -477,6 +477,14 @@ pub enum Event {
         first_seq: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_seq: Option<u64>,
+        /// Of the dropped records, those that had been sent and not yet acknowledged: the
+        /// hub may have stored them. 0 (absent) means every dropped record is lost.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unacknowledged: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unacknowledged_first_seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unacknowledged_last_seq: Option<u64>,
     },
     /// An update the device may install (reported once per version).
     UpdateAvailable {
@@ -555,7 +563,19 @@ impl EventMessage {
                 text("source", source)?;
                 range("down_s", *down_s, 0.0, 1e10)?;
             }
-            Event::DataDropped { .. } => {}
+            Event::DataDropped {
+                records,
+                unacknowledged,
+                ..
+            } => {
+                // Some of the dropped records, never more than all of them.
+                range(
+                    "unacknowledged",
+                    *unacknowledged as f64,
+                    0.0,
+                    *records as f64,
+                )?;
+            }
             Event::UpdateAvailable {
                 target, version, ..
             } => {
@@ -581,6 +601,11 @@ impl EventMessage {
         }
         Ok(())
     }
+}
+
+/// For `skip_serializing_if`: a zero count is left out of the document.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]
@@ -718,6 +743,9 @@ mod tests {
                 bytes: 61_440,
                 first_seq: Some(1),
                 last_seq: Some(120),
+                unacknowledged: 20,
+                unacknowledged_first_seq: Some(1),
+                unacknowledged_last_seq: Some(20),
             },
         };
         let json = serde_json::to_string(&e).expect("json");
@@ -725,6 +753,9 @@ mod tests {
         assert!(json.contains("\"reason\":\"max_bytes\""), "{json}");
         assert_eq!(EventMessage::parse(json.as_bytes()).expect("parse"), e);
         assert_eq!(e.event.kind(), "data_dropped");
+        let more_unacknowledged_than_dropped =
+            json.replace("\"unacknowledged\":20", "\"unacknowledged\":121");
+        assert!(EventMessage::parse(more_unacknowledged_than_dropped.as_bytes()).is_err());
         assert!(
             EventMessage::parse(br#"{"v":1,"seq":1,"ts":"2026-11-23T10:00:00Z","kind":"reboot"}"#)
                 .is_err()

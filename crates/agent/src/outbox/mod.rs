@@ -115,15 +115,65 @@ pub struct DropTally {
     /// Telemetry sequence numbers of the first and last dropped telemetry record.
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// Of those, records that had been sent and were waiting for the hub's acknowledgement
+    /// when they were dropped: the hub may have stored them (their fate is unknown), so a
+    /// report can tell "lost" from "perhaps delivered".
+    #[serde(default)]
+    pub unacknowledged: u64,
+    #[serde(default)]
+    pub unacknowledged_first_seq: Option<u64>,
+    #[serde(default)]
+    pub unacknowledged_last_seq: Option<u64>,
+}
+
+fn widen(range: (&mut Option<u64>, &mut Option<u64>), s: u64) {
+    *range.0 = Some(range.0.map_or(s, |f| f.min(s)));
+    *range.1 = Some(range.1.map_or(s, |l| l.max(s)));
 }
 
 impl DropTally {
-    fn add(&mut self, records: u64, bytes: u64, telemetry_seq: Option<u64>) {
+    fn add(&mut self, records: u64, bytes: u64, telemetry_seq: Option<u64>, sent: bool) {
         self.records += records;
         self.bytes += bytes;
         if let Some(s) = telemetry_seq {
-            self.first_seq = Some(self.first_seq.map_or(s, |f| f.min(s)));
-            self.last_seq = Some(self.last_seq.map_or(s, |l| l.max(s)));
+            widen((&mut self.first_seq, &mut self.last_seq), s);
+        }
+        if sent {
+            self.unacknowledged += records;
+            if let Some(s) = telemetry_seq {
+                widen(
+                    (
+                        &mut self.unacknowledged_first_seq,
+                        &mut self.unacknowledged_last_seq,
+                    ),
+                    s,
+                );
+            }
+        }
+    }
+
+    /// Adds another tally (of the same reason) to this one.
+    fn merge(&mut self, other: &DropTally) {
+        self.records += other.records;
+        self.bytes += other.bytes;
+        self.unacknowledged += other.unacknowledged;
+        for s in [other.first_seq, other.last_seq].into_iter().flatten() {
+            widen((&mut self.first_seq, &mut self.last_seq), s);
+        }
+        for s in [
+            other.unacknowledged_first_seq,
+            other.unacknowledged_last_seq,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            widen(
+                (
+                    &mut self.unacknowledged_first_seq,
+                    &mut self.unacknowledged_last_seq,
+                ),
+                s,
+            );
         }
     }
 }
@@ -537,7 +587,7 @@ impl Outbox {
         let body = self.vault.seal(&header.aad(), payload)?;
         if !self.enforce_bounds(rec_len)? {
             let telemetry_seq = (kind == Kind::Telemetry).then_some(seq);
-            self.count_drop(DropReason::MaxBytes, 1, rec_len, telemetry_seq);
+            self.count_drop(DropReason::MaxBytes, 1, rec_len, telemetry_seq, false);
             return Ok(None);
         }
         let active_size = self.segments.get(&self.active_first).map_or(0, |s| s.size);
@@ -668,13 +718,21 @@ impl Outbox {
 
     /// Drops the record (or damaged span) at the cursor, counting it under `reason`.
     fn drop_head(&mut self, reason: DropReason) -> Result<(), OutboxError> {
-        let (covers, next, bytes, seq, reason) = match self.track.remove(&self.cursor) {
-            Some(t) => (t.covers, t.next, t.bytes, t.telemetry_seq, reason),
+        let (covers, next, bytes, seq, reason, sent) = match self.track.remove(&self.cursor) {
+            // Tracked and unresolved: published on the connection, not yet acknowledged.
+            Some(t) => (
+                t.covers,
+                t.next,
+                t.bytes,
+                t.telemetry_seq,
+                reason,
+                !t.resolved,
+            ),
             None => match self.find(self.head)? {
                 Found::End => {
                     // Nothing readable up to the end: the ids left are gone.
                     let covers = self.next_id - self.cursor;
-                    (covers, self.head, 0, None, DropReason::Corrupt)
+                    (covers, self.head, 0, None, DropReason::Corrupt, false)
                 }
                 Found::Record { header, next, .. } if header.id < self.cursor => {
                     // A stray older record (see next_batch): step over it.
@@ -690,6 +748,7 @@ impl Outbox {
                         0,
                         None,
                         DropReason::Corrupt,
+                        false,
                     )
                 }
                 Found::Record { header, next, .. } => (
@@ -698,6 +757,7 @@ impl Outbox {
                     header.record_len(),
                     (header.kind == Kind::Telemetry).then_some(header.seq),
                     reason,
+                    false,
                 ),
                 Found::Damaged {
                     resume,
@@ -705,11 +765,11 @@ impl Outbox {
                     bytes,
                 } => {
                     let covers = resume_id.map_or(1, |r| r.saturating_sub(self.cursor).max(1));
-                    (covers, resume, bytes, None, DropReason::Corrupt)
+                    (covers, resume, bytes, None, DropReason::Corrupt, false)
                 }
             },
         };
-        self.count_drop(reason, covers, bytes, seq);
+        self.count_drop(reason, covers, bytes, seq, sent);
         self.cursor += covers;
         self.head = self.normalize(next);
         self.head_ts = None;
@@ -721,7 +781,14 @@ impl Outbox {
         Ok(())
     }
 
-    fn count_drop(&mut self, reason: DropReason, records: u64, bytes: u64, seq: Option<u64>) {
+    fn count_drop(
+        &mut self,
+        reason: DropReason,
+        records: u64,
+        bytes: u64,
+        seq: Option<u64>,
+        sent: bool,
+    ) {
         match reason {
             DropReason::MaxBytes => self.status.dropped_max_bytes += records,
             DropReason::MaxAge => self.status.dropped_max_age += records,
@@ -730,7 +797,7 @@ impl Outbox {
         self.drops
             .entry(reason)
             .or_default()
-            .add(records, bytes, seq);
+            .add(records, bytes, seq, sent);
         self.drops_dirty = true;
     }
 
@@ -868,7 +935,7 @@ impl Outbox {
                         tracing::error!(segment = %self.opts.dir.join(seg_name(pos.seg)).display(),
                             offset = pos.off, id = header.id, expected = self.send_id,
                             "outbox: record id out of order; skipped");
-                        self.count_drop(DropReason::Corrupt, 1, header.record_len(), None);
+                        self.count_drop(DropReason::Corrupt, 1, header.record_len(), None, false);
                         self.send = self.normalize(next);
                         continue;
                     }
@@ -936,7 +1003,7 @@ impl Outbox {
             let file = self.opts.dir.join(seg_name(pos.seg));
             tracing::error!(segment = %file.display(), offset = pos.off, first_id = id, records = covers, bytes,
                 "outbox: {why}; skipped, never sent");
-            self.count_drop(DropReason::Corrupt, covers, bytes, None);
+            self.count_drop(DropReason::Corrupt, covers, bytes, None, false);
         }
         self.track.insert(
             id,
@@ -1064,13 +1131,7 @@ impl Outbox {
 
     /// Puts back drops that could not be reported (their report did not fit).
     pub fn restore_drops(&mut self, reason: DropReason, tally: DropTally) {
-        let t = self.drops.entry(reason).or_default();
-        t.records += tally.records;
-        t.bytes += tally.bytes;
-        for s in [tally.first_seq, tally.last_seq].into_iter().flatten() {
-            t.first_seq = Some(t.first_seq.map_or(s, |f| f.min(s)));
-            t.last_seq = Some(t.last_seq.map_or(s, |l| l.max(s)));
-        }
+        self.drops.entry(reason).or_default().merge(&tally);
         self.drops_dirty = true;
     }
 

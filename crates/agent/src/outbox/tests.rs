@@ -178,6 +178,7 @@ fn the_byte_bound_drops_the_oldest_and_says_how_much() {
     assert_eq!(t.first_seq, Some(1), "the oldest go first");
     assert_eq!(ob.depth() + t.records, n);
     assert_eq!(t.last_seq, Some(t.records));
+    assert_eq!(t.unacknowledged, 0, "nothing was sent");
     assert!(t.bytes > 0);
     assert!(ob.take_drops().is_empty(), "reported once");
     // What is left is the newest, contiguous, in order.
@@ -199,6 +200,19 @@ fn records_in_flight_can_be_dropped_and_late_acks_are_ignored() {
         ob.append(Kind::Telemetry, s, &doc(s)).unwrap();
     }
     ob.ack(&[inflight[0].id]);
+    // The report says which dropped records had been sent: only reading 1 (the hub may
+    // have stored it); the others were never sent and are lost.
+    let t = ob.take_drops()[&DropReason::MaxBytes];
+    assert_eq!(t.first_seq, Some(1));
+    assert_eq!(
+        (
+            t.unacknowledged,
+            t.unacknowledged_first_seq,
+            t.unacknowledged_last_seq
+        ),
+        (1, Some(1), Some(1))
+    );
+    assert!(t.records > 1);
     let rest = drain(&mut ob);
     assert!(rest[0] > 1 && rest.windows(2).all(|w| w[1] == w[0] + 1));
     assert_eq!(*rest.last().unwrap(), 1000);

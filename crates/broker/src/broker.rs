@@ -208,15 +208,7 @@ impl Broker {
     /// Publishes a message from the hub itself (responses on `$rampart/...` topics, for
     /// instance): routed to subscribers like any message, retained if asked.
     pub async fn publish(&self, topic: &str, payload: Bytes, qos: QoS, retain: bool) {
-        let msg = Arc::new(Message {
-            topic: topic.into(),
-            payload,
-            qos,
-            retain,
-            properties: None,
-            expires_at: None,
-            publisher: None,
-        });
+        let msg = Message::bare(topic, payload, qos, retain);
         if retain && let Err(e) = self.shared.retain(&msg).await {
             tracing::error!(%topic, error = %e, "could not store retained message");
         }
@@ -233,15 +225,7 @@ impl Broker {
     /// replaces the retained message of its topic in memory only: the node that received it
     /// stored it in the shared database. Not handed back to the peers.
     pub async fn publish_from_peer(&self, topic: &str, payload: Bytes, qos: QoS, retain: bool) {
-        let msg = Arc::new(Message {
-            topic: topic.into(),
-            payload,
-            qos,
-            retain,
-            properties: None,
-            expires_at: None,
-            publisher: None,
-        });
+        let msg = Message::bare(topic, payload, qos, retain);
         if retain {
             let delta = self.shared.router.set_retained(msg.clone());
             self.shared

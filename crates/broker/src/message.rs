@@ -23,6 +23,20 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message without properties, expiry or publisher: one the hub publishes itself, or
+    /// one another node routed (its properties stay on that node).
+    pub(crate) fn bare(topic: &str, payload: Bytes, qos: QoS, retain: bool) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload,
+            qos,
+            retain,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+        })
+    }
+
     /// True once the message's expiry interval has passed.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| now >= t)

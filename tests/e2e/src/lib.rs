@@ -177,6 +177,19 @@ pub fn postgres_backend() -> Option<String> {
     }
 }
 
+/// rampart.toml with the MQTT, metrics and device API listeners moved from `from` to
+/// loopback `ports`.
+fn move_listeners(cfg: &str, from: [impl AsRef<str>; 3], ports: [u16; 3]) -> String {
+    let mut cfg = cfg.to_owned();
+    for (from, port) in from.iter().zip(ports) {
+        cfg = cfg.replace(
+            &format!("listen = \"{}\"", from.as_ref()),
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+    }
+    cfg
+}
+
 /// A schema name no other test (or earlier run) uses.
 pub fn unique_schema(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -238,20 +251,11 @@ impl TestHub {
         let metrics_port = free_port();
         let api_port = free_port();
         let cfg_path = data.join("rampart.toml");
-        let cfg = std::fs::read_to_string(&cfg_path)
-            .unwrap()
-            .replace(
-                "listen = \"0.0.0.0:8883\"",
-                &format!("listen = \"127.0.0.1:{port}\""),
-            )
-            .replace(
-                "listen = \"127.0.0.1:9883\"",
-                &format!("listen = \"127.0.0.1:{metrics_port}\""),
-            )
-            .replace(
-                "listen = \"0.0.0.0:8443\"",
-                &format!("listen = \"127.0.0.1:{api_port}\""),
-            );
+        let cfg = move_listeners(
+            &std::fs::read_to_string(&cfg_path).unwrap(),
+            ["0.0.0.0:8883", "127.0.0.1:9883", "0.0.0.0:8443"],
+            [port, metrics_port, api_port],
+        );
         let cfg = match &pg {
             Some(PgTarget { url, schema, .. }) => cfg
                 .replace("backend = \"sqlite\"", "backend = \"postgres\"")
@@ -293,20 +297,11 @@ impl TestHub {
         }
         let (port, metrics_port, api_port) = (free_port(), free_port(), free_port());
         let cfg_path = data.join("rampart.toml");
-        let cfg = std::fs::read_to_string(&cfg_path)
-            .unwrap()
-            .replace(
-                &format!("listen = \"127.0.0.1:{}\"", self.port),
-                &format!("listen = \"127.0.0.1:{port}\""),
-            )
-            .replace(
-                &format!("listen = \"127.0.0.1:{}\"", self.metrics_port),
-                &format!("listen = \"127.0.0.1:{metrics_port}\""),
-            )
-            .replace(
-                &format!("listen = \"127.0.0.1:{}\"", self.api_port),
-                &format!("listen = \"127.0.0.1:{api_port}\""),
-            );
+        let cfg = move_listeners(
+            &std::fs::read_to_string(&cfg_path).unwrap(),
+            [self.port, self.metrics_port, self.api_port].map(|p| format!("127.0.0.1:{p}")),
+            [port, metrics_port, api_port],
+        );
         std::fs::write(&cfg_path, cfg).unwrap();
         TestHub {
             tmp,

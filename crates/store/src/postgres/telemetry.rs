@@ -55,6 +55,20 @@ fn push_real(out: &mut String, v: Option<f64>) {
     }
 }
 
+/// The measured values of a reading, in the table's column order.
+fn reals(r: &TelemetryRow) -> [Option<f64>; 8] {
+    [
+        r.voltage_v,
+        r.current_a,
+        r.soc_pct,
+        r.soh_pct,
+        r.temp_min_c,
+        r.temp_max_c,
+        r.cell_min_v,
+        r.cell_max_v,
+    ]
+}
+
 /// The batch as COPY text, one line a row.
 fn copy_text(rows: &[&TelemetryRow]) -> Result<String, StoreError> {
     use std::fmt::Write;
@@ -69,16 +83,7 @@ fn copy_text(rows: &[&TelemetryRow]) -> Result<String, StoreError> {
             to_ms(r.ts),
             to_ms(r.received_at)
         );
-        for v in [
-            r.voltage_v,
-            r.current_a,
-            r.soc_pct,
-            r.soh_pct,
-            r.temp_min_c,
-            r.temp_max_c,
-            r.cell_min_v,
-            r.cell_max_v,
-        ] {
+        for v in reals(r) {
             out.push('\t');
             push_real(&mut out, v);
         }
@@ -143,17 +148,7 @@ impl TelemetryStore for PgStore {
             seq.push(r.seq);
             ts.push(to_ms(r.ts));
             received.push(to_ms(r.received_at));
-            let values = [
-                r.voltage_v,
-                r.current_a,
-                r.soc_pct,
-                r.soh_pct,
-                r.temp_min_c,
-                r.temp_max_c,
-                r.cell_min_v,
-                r.cell_max_v,
-            ];
-            for (column, v) in reals.iter_mut().zip(values) {
+            for (column, v) in reals.iter_mut().zip(self::reals(r)) {
                 column.push(v);
             }
             alarms.push(to_json(&r.alarms, "telemetry")?);

@@ -128,18 +128,13 @@ impl Hub {
         listen: Option<SocketAddr>,
     ) -> Result<Hub, HubError> {
         let store = open_store(dir, &cfg).await?;
-        let dyn_store = store.clone();
-        let engine = Arc::new(policies::load_engine(&*dyn_store, &cfg).await?);
+        let engine = Arc::new(policies::load_engine(&*store, &cfg).await?);
         let auth = Arc::new(
-            Authenticator::new(
-                dyn_store.clone(),
-                engine.clone(),
-                cfg.policy.quarantine.clone(),
-            )
-            .await?,
+            Authenticator::new(store.clone(), engine.clone(), cfg.policy.quarantine.clone())
+                .await?,
         );
         let ingest = IngestQueue::spawn(
-            dyn_store.clone(),
+            store.clone(),
             cfg.storage.ingest_queue,
             cfg.storage.ingest_batch,
         );
@@ -147,9 +142,9 @@ impl Hub {
         let ca = Arc::new(dir.device_ca(&cfg)?);
         let token_key = Arc::new(pki_state::token_key(dir, &cfg)?);
         if !dir.resolve(&cfg.pki.crl_file).exists() {
-            pki_state::publish_crl(dir, &cfg, &*dyn_store).await?;
+            pki_state::publish_crl(dir, &cfg, &*store).await?;
         }
-        let tls = pki_state::tls_config(dir, &cfg, &*dyn_store).await?;
+        let tls = pki_state::tls_config(dir, &cfg, &*store).await?;
         let tls_holder = Arc::new(RwLock::new(tls.clone()));
 
         let hook = if !cfg.provisioning.hook_command.is_empty() {
@@ -171,7 +166,7 @@ impl Hub {
                 }
             })?;
         let server = Arc::new(ServerTopics {
-            store: dyn_store.clone(),
+            store: store.clone(),
             engine: engine.clone(),
             ca,
             token_key: token_key.clone(),
@@ -188,10 +183,10 @@ impl Hub {
             broker: OnceLock::new(),
         });
         let event_counters = Arc::new(EventCounters::default());
-        let rollouts = crate::rollouts::Engine::new(dyn_store.clone());
+        let rollouts = crate::rollouts::Engine::new(store.clone());
         let hooks = Arc::new(HubHooks {
             rollouts: rollouts.clone(),
-            store: dyn_store.clone(),
+            store: store.clone(),
             ingest: ingest.clone(),
             seen: seen.clone(),
             auth: auth.clone(),
@@ -202,7 +197,7 @@ impl Hub {
         // Set once, right after construction: the handlers publish their answers through it.
         let _ = server.broker.set(broker.clone());
         let _ = rollouts.broker.set(broker.clone());
-        let loaded = broker.load_retained(dyn_store.retained().await?);
+        let loaded = broker.load_retained(store.retained().await?);
         let cluster = match cfg.cluster.nats_url.as_str() {
             "" => None,
             url => {
@@ -295,7 +290,7 @@ impl Hub {
             dir: dir.clone(),
             cfg: cfg.clone(),
             broker: broker.clone(),
-            store: dyn_store.clone(),
+            store: store.clone(),
             engine,
             auth,
             tls: tls_holder,
@@ -311,7 +306,7 @@ impl Hub {
         let socket_path = dir.socket_path();
         let control_listener = control::bind(&socket_path).await?;
         background.push(tokio::spawn(control::serve(control_listener, live.clone())));
-        background.push(tokio::spawn(seen.clone().run(dyn_store.clone())));
+        background.push(tokio::spawn(seen.clone().run(store.clone())));
         background.push(tokio::spawn(retire_certificates(live.clone())));
         background.push(tokio::spawn(refresh_crl(live.clone())));
         background.push(tokio::spawn(scheduled_deadline_check(

@@ -349,6 +349,39 @@ pub struct RolloutDeviceRow {
     pub updated_at: OffsetDateTime,
 }
 
+impl DeviceUpdate {
+    /// `device` with this update's changes; fields the update leaves out keep their value.
+    pub(crate) fn apply(&self, mut device: Device) -> Device {
+        if let Some(g) = &self.group {
+            device.group = g.clone();
+        }
+        if let Some(a) = &self.attributes {
+            device.attributes = a.clone();
+        }
+        device.quarantined = self.quarantined.unwrap_or(device.quarantined);
+        device.pending = self.pending.unwrap_or(device.pending);
+        device
+    }
+}
+
+/// Why claim `name` could not be used at `now`, given what the store holds for it.
+pub(crate) fn claim_exhausted(
+    name: &str,
+    claim: Option<ClaimRecord>,
+    now: OffsetDateTime,
+) -> crate::StoreError {
+    let why = match claim {
+        None => "no such claim".to_string(),
+        Some(c) if c.not_after.is_some_and(|t| t <= now) => "its lifetime has ended".into(),
+        Some(c) => format!("all {} uses are spent", c.max_uses.unwrap_or(0)),
+    };
+    crate::StoreError::Exhausted {
+        what: "claim",
+        id: name.to_owned(),
+        why,
+    }
+}
+
 pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }

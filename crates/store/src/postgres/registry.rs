@@ -145,21 +145,14 @@ impl Registry for PgStore {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| not_found(id))?;
-        let current = rows::device(&row)?;
-        let group = match &u.group {
-            Some(g) => g.clone(),
-            None => current.group,
-        };
-        let attributes = u.attributes.clone().unwrap_or(current.attributes);
-        let quarantined = u.quarantined.unwrap_or(current.quarantined);
-        let pending = u.pending.unwrap_or(current.pending);
+        let d = u.apply(rows::device(&row)?);
         sqlx::query(
             "UPDATE devices SET group_name = $1, attributes = $2, quarantined = $3, pending = $4 WHERE id = $5",
         )
-        .bind(group)
-        .bind(to_json(&attributes, "devices")?)
-        .bind(i64::from(quarantined))
-        .bind(i64::from(pending))
+        .bind(&d.group)
+        .bind(to_json(&d.attributes, "devices")?)
+        .bind(i64::from(d.quarantined))
+        .bind(i64::from(d.pending))
         .bind(id)
         .execute(&mut *tx)
         .await?;

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::SqliteStore;
-use crate::model::to_ms;
+use crate::model::{claim_exhausted, to_ms};
 use crate::rows::{self, to_json};
 use crate::{AllowEntry, ClaimRecord, ProvisioningStore, StoreError};
 
@@ -55,20 +55,7 @@ impl ProvisioningStore for SqliteStore {
         .await?;
         match row {
             Some(r) => rows::claim(&r),
-            None => {
-                let why = match self.claim(name).await? {
-                    None => "no such claim".to_string(),
-                    Some(c) if c.not_after.is_some_and(|t| t <= now) => {
-                        "its lifetime has ended".into()
-                    }
-                    Some(c) => format!("all {} uses are spent", c.max_uses.unwrap_or(0)),
-                };
-                Err(StoreError::Exhausted {
-                    what: "claim",
-                    id: name.to_owned(),
-                    why,
-                })
-            }
+            None => Err(claim_exhausted(name, self.claim(name).await?, now)),
         }
     }
 

@@ -18,12 +18,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
-use crate::hooks::{Hooks, Peers};
+use crate::hooks::{Hooks, Origin, Peers};
 use crate::mailbox::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::refusal::RefusalReason;
-use crate::router::{Matches, Router, delivery_qos};
+use crate::router::{Matches, Router, Subscriber, delivery_qos};
 use crate::session::{ConnCtl, Kick, Session};
 
 /// A connected client, as shown to the operator.
@@ -65,7 +65,7 @@ pub(crate) struct Attached {
 /// Rampart's MQTT broker. Cheap to clone; all clones share one broker.
 #[derive(Clone)]
 pub struct Broker {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -224,7 +224,14 @@ impl Broker {
     /// Delivers a message another node routed to this node's subscribers. A retained message
     /// replaces the retained message of its topic in memory only: the node that received it
     /// stored it in the shared database. Not handed back to the peers.
-    pub async fn publish_from_peer(&self, topic: &str, payload: Bytes, qos: QoS, retain: bool) {
+    pub async fn publish_from_peer(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        origin: Origin,
+    ) {
         let msg = Message::bare(topic, payload, qos, retain);
         if retain {
             let delta = self.shared.router.set_retained(msg.clone());
@@ -233,7 +240,7 @@ impl Broker {
                 .retained_messages
                 .fetch_add(delta, Ordering::Relaxed);
         }
-        self.shared.route_local(msg).await;
+        self.shared.route_local(msg, Some(&origin)).await;
     }
 
     /// Stops accepting and closes every connection (MQTT 5 clients are told "server shutting
@@ -330,6 +337,10 @@ impl Shared {
         if let Some((old, filters)) = discarded {
             self.drop_subscriptions(&old, &filters);
             old.mailbox.clear();
+            if old.parked.load(Ordering::Acquire) {
+                // A parked copy was never counted as a session of this node.
+                self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+            }
         } else {
             self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
         }
@@ -341,7 +352,7 @@ impl Shared {
         }
     }
 
-    fn drop_subscriptions(&self, session: &Arc<Session>, filters: &[String]) {
+    pub(crate) fn drop_subscriptions(&self, session: &Arc<Session>, filters: &[String]) {
         for f in filters {
             if self.router.unsubscribe(f, session) {
                 self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
@@ -349,26 +360,36 @@ impl Shared {
         }
     }
 
-    /// Called when the connection of generation `generation` has ended.
-    pub(crate) fn detach(self: &Arc<Self>, session: &Arc<Session>, generation: u64) {
-        let expiry = {
+    /// Called when the connection of generation `generation` has ended. In a cluster a
+    /// persistent session is parked with the peers (see handover).
+    pub(crate) async fn detach(self: &Arc<Self>, session: &Arc<Session>, generation: u64) {
+        let (expiry, recorded) = {
             let mut st = session.state.lock();
-            if st.generation != generation {
-                return; // a newer connection owns the session
+            if st.generation != generation || st.ended {
+                return; // a newer connection owns the session, or it was discarded
             }
             st.connection = None;
-            st.expiry
+            (st.expiry, st.recorded)
         };
+        let peers = self.peers.get().cloned();
         if expiry.is_zero() {
             self.end_session(session, generation);
-        } else {
-            let shared = self.clone();
-            let session = session.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(expiry).await;
-                shared.end_session(&session, generation);
-            });
+            if let (Some(peers), true) = (peers, recorded) {
+                peers.discard(&session.client_id).await;
+            }
+            return;
         }
+        if let Some(peers) = peers
+            && self.park(&peers, session, generation).await
+        {
+            return;
+        }
+        let shared = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(expiry).await;
+            shared.end_session(&session, generation);
+        });
     }
 
     /// Discards a detached session that has not been resumed since `generation`.
@@ -376,7 +397,11 @@ impl Shared {
         let filters = {
             let mut map = self.sessions.lock();
             let mut st = session.state.lock();
-            if st.generation != generation || st.connection.is_some() || st.ended {
+            if st.generation != generation
+                || st.connection.is_some()
+                || st.ended
+                || session.parked.load(Ordering::Acquire)
+            {
                 return;
             }
             st.ended = true;
@@ -398,14 +423,16 @@ impl Shared {
     /// QoS 1 waits up to the enqueue timeout (back-pressure on the publisher), then drops.
     /// Routes a message to this node's subscribers and, in a cluster, to the other nodes.
     pub(crate) async fn route(&self, msg: Arc<Message>) {
-        if let Some(peers) = self.peers.get() {
-            peers.forward(&msg.topic, &msg.payload, msg.qos, msg.retain);
-        }
-        self.route_local(msg).await;
+        let origin = self
+            .peers
+            .get()
+            .map(|peers| peers.forward(&msg.topic, &msg.payload, msg.qos, msg.retain));
+        self.route_local(msg, origin.as_ref()).await;
     }
 
-    /// Routes a message to this node's subscribers only.
-    pub(crate) async fn route_local(&self, msg: Arc<Message>) {
+    /// Routes a message to this node's subscribers only (and, for parked sessions of a
+    /// cluster, to their queue in the cluster).
+    pub(crate) async fn route_local(&self, msg: Arc<Message>, origin: Option<&Origin>) {
         let mut matches = Matches::new();
         self.router.matches(&msg.topic, &mut matches);
         if matches.is_empty() {
@@ -414,6 +441,11 @@ impl Shared {
         let check_receive = self.authorizer.checks_receive();
         for sub in matches {
             if sub.options.no_local && msg.publisher.as_deref() == Some(&*sub.session.client_id) {
+                continue;
+            }
+            if sub.session.parked.load(Ordering::Acquire) {
+                // Receive rights are checked when the session is resumed.
+                self.enqueue_parked(&sub, &msg, origin).await;
                 continue;
             }
             if check_receive {
@@ -449,6 +481,33 @@ impl Shared {
                     tracing::warn!(client_id = %sub.session.client_id, topic = %msg.topic,
                         dropped_total = n + 1,
                         "subscriber queue full: message dropped for this subscriber");
+                }
+            }
+        }
+    }
+
+    /// Queues `msg` for a parked session in the cluster; returns once it is durable there.
+    async fn enqueue_parked(&self, sub: &Subscriber, msg: &Message, origin: Option<&Origin>) {
+        let Some(peers) = self.peers.get() else {
+            return;
+        };
+        let queued = crate::hooks::QueuedMessage {
+            topic: msg.topic.to_string(),
+            payload: msg.payload.clone(),
+            qos: delivery_qos(msg.qos, sub.options.qos),
+            retain: sub.options.retain_as_published && msg.retain,
+        };
+        match peers.enqueue(&sub.session.client_id, origin, queued).await {
+            Ok(()) => Metrics::add(&self.metrics.cluster_enqueued, 1),
+            Err(e) => {
+                let n = self
+                    .metrics
+                    .cluster_enqueue_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(client_id = %sub.session.client_id, topic = %msg.topic,
+                        error = %e, failed_total = n + 1,
+                        "message for a parked session could not be queued in the cluster: lost for it");
                 }
             }
         }

@@ -148,13 +148,15 @@ pub(crate) async fn run(
     };
     let expiry = requested_expiry.min(max_expiry);
 
-    let attached = shared.attach(
-        &client_id,
-        identity.clone(),
-        protocol,
-        connect.clean_start,
-        expiry,
-    );
+    let attached = shared
+        .open_session(
+            &client_id,
+            identity.clone(),
+            protocol,
+            connect.clean_start,
+            expiry,
+        )
+        .await;
     if let Some(previous) = &attached.previous {
         previous.kick(Kick {
             reason: reason::SESSION_TAKEN_OVER,
@@ -800,9 +802,15 @@ impl Conn {
                 );
                 Ok(())
             }
-            Packet::Subscribe(s) => self.handle_subscribe(s),
+            Packet::Subscribe(s) => {
+                let r = self.handle_subscribe(s);
+                // The cluster's record follows the session's subscriptions.
+                self.shared.announce(&self.session);
+                r
+            }
             Packet::Unsubscribe(u) => {
                 self.handle_unsubscribe(u);
+                self.shared.announce(&self.session);
                 Ok(())
             }
             Packet::PingReq => {
@@ -1144,7 +1152,7 @@ impl Conn {
                 });
             }
         }
-        self.shared.detach(&self.session, self.ctl.generation);
+        self.shared.detach(&self.session, self.ctl.generation).await;
         self.shared
             .hooks
             .on_connection_change(&self.identity, self.addr, false)

@@ -10,12 +10,14 @@
 //!
 //! Layout: `connection` (one client's state machine), `broker` (shared state and routing),
 //! `router` (subscription trie, retained messages), `session` and `mailbox` (per-client state
-//! and bounded queues), `tls` (rustls configuration, handshake error mapping), `refusal` and
+//! and bounded queues), `handover` (persistent sessions parked with and resumed from the other
+//! nodes of a cluster), `tls` (rustls configuration, handshake error mapping), `refusal` and
 //! `metrics` (what the operator sees).
 
 mod broker;
 mod config;
 mod connection;
+mod handover;
 mod hooks;
 mod mailbox;
 mod message;
@@ -27,6 +29,8 @@ pub mod tls;
 
 pub use broker::{Broker, ClientInfo};
 pub use config::BrokerConfig;
-pub use hooks::{ConnectRequest, Durable, Hooks, PeerCertificate, Peers};
+pub use hooks::{
+    ConnectRequest, Durable, Hooks, Origin, PeerCertificate, Peers, QueuedMessage, SessionImage,
+};
 pub use metrics::Metrics;
 pub use refusal::{Refusal, RefusalReason};

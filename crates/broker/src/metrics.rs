@@ -26,6 +26,18 @@ pub struct Metrics {
     pub dropped_expired: AtomicU64,
     /// Messages not sent because they exceed the client's Maximum Packet Size.
     pub dropped_too_large_for_client: AtomicU64,
+    /// Persistent sessions parked with the other nodes of a cluster at disconnect.
+    pub cluster_sessions_parked: AtomicU64,
+    /// Persistent sessions resumed from the cluster at CONNECT.
+    pub cluster_sessions_resumed: AtomicU64,
+    /// Sessions that could not be parked (they stayed on this node).
+    pub cluster_park_failures: AtomicU64,
+    /// CONNECTs whose session could not be resumed from the cluster (a new one was started).
+    pub cluster_resume_failures: AtomicU64,
+    /// Messages queued in the cluster for parked sessions.
+    pub cluster_enqueued: AtomicU64,
+    /// Messages for parked sessions that could not be queued (lost for that session).
+    pub cluster_enqueue_failures: AtomicU64,
     refusals: Vec<AtomicU64>,
 }
 
@@ -46,6 +58,12 @@ impl Default for Metrics {
             dropped_queue_full: AtomicU64::new(0),
             dropped_expired: AtomicU64::new(0),
             dropped_too_large_for_client: AtomicU64::new(0),
+            cluster_sessions_parked: AtomicU64::new(0),
+            cluster_sessions_resumed: AtomicU64::new(0),
+            cluster_park_failures: AtomicU64::new(0),
+            cluster_resume_failures: AtomicU64::new(0),
+            cluster_enqueued: AtomicU64::new(0),
+            cluster_enqueue_failures: AtomicU64::new(0),
             refusals: RefusalReason::ALL
                 .iter()
                 .map(|_| AtomicU64::new(0))

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -87,6 +88,8 @@ pub(crate) struct SessionState {
     pub generation: u64,
     /// Set once the session is discarded; late timers and publishers see it.
     pub ended: bool,
+    /// The cluster has a record of it (announced or resumed): its end is told to the peers.
+    pub recorded: bool,
 }
 
 impl SessionState {
@@ -111,6 +114,10 @@ pub(crate) struct Session {
     pub client_id: Arc<str>,
     pub mailbox: Mailbox,
     pub state: Mutex<SessionState>,
+    /// Parked with the other nodes of a cluster: nobody is connected, and messages that match
+    /// its subscriptions go to the cluster's queue for it, not to `mailbox` (see handover).
+    /// Outside the state lock: routing reads it for every match.
+    pub parked: AtomicBool,
 }
 
 impl Session {
@@ -133,7 +140,9 @@ impl Session {
                 connection: None,
                 generation: 0,
                 ended: false,
+                recorded: false,
             }),
+            parked: AtomicBool::new(false),
         })
     }
 }

@@ -19,11 +19,15 @@
 //! come back. Forwarding never blocks routing: frames wait in a bounded queue for the NATS
 //! writer, and what does not fit is dropped and counted.
 //!
+//! Persistent sessions live in JetStream while their device is away, so the device can come
+//! back on any node (see [`sessions`]).
+//!
 //! Delivery between nodes is NATS core's: at most once, in order per sending node. What a
 //! device published with QoS 1 is durable before its PUBACK because it is stored in the
 //! shared database, not because of this link.
 
 mod frame;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +38,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 pub use frame::{FrameError, Routed};
+pub use sessions::{
+    Holder, SessionChange, SessionError, SessionRecord, Sessions, SubscriptionRecord, session_key,
+};
 
 /// Why the link could not be set up or used.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +61,8 @@ pub enum ClusterError {
     },
     #[error("cannot send a notice to the other nodes: {0}")]
     Notice(String),
+    #[error(transparent)]
+    Sessions(#[from] SessionError),
 }
 
 /// Where and who this node is.
@@ -67,6 +76,10 @@ pub struct ClusterConfig {
     pub node: String,
     /// Frames waiting for the NATS writer before new ones are dropped.
     pub queue: usize,
+    /// Messages kept for one parked session (the oldest are dropped beyond it).
+    pub session_queue: i64,
+    /// How long a message waits for a parked session at most (the longest session expiry).
+    pub session_max_age: Duration,
 }
 
 /// Checks a cluster or node name: one NATS subject token (letters, digits, `-`, `_`).
@@ -90,6 +103,21 @@ pub enum Incoming {
     Message(Routed),
     /// A registry-change notice: apply it to local sessions.
     Notice(Bytes),
+    /// Another node resumes the session of `client_id`: close its connection here, park
+    /// the session, then answer through [`Cluster::answer_takeover`].
+    Takeover {
+        client_id: String,
+        reply: Option<async_nats::Subject>,
+    },
+}
+
+/// What asking another node to give up a session found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// The node closed the connection and parked the session.
+    Released,
+    /// The node is gone (no answer): the record is claimed as it stands.
+    NodeGone,
 }
 
 /// Counters of the link.
@@ -116,6 +144,10 @@ pub struct Cluster {
     notice_subject: Arc<str>,
     out: mpsc::Sender<Bytes>,
     stats: Arc<ClusterStats>,
+    /// Sequence number of the next routed message (see the frame).
+    seq: Arc<AtomicU64>,
+    takeover_prefix: Arc<str>,
+    sessions: Sessions,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -163,6 +195,15 @@ impl Cluster {
         };
         let mut msgs = subscribe(msg_subject.clone()).await?;
         let mut notices = subscribe(notice_subject.clone()).await?;
+        let takeover_prefix: Arc<str> = format!("{}.takeover", cfg.cluster).into();
+        let mut takeovers = subscribe(format!("{takeover_prefix}.{}", cfg.node).into()).await?;
+        let sessions = Sessions::open(
+            client.clone(),
+            &cfg.cluster,
+            cfg.session_queue,
+            cfg.session_max_age,
+        )
+        .await?;
         // Both subscriptions registered at the server before anyone relies on this node.
         client
             .flush()
@@ -195,7 +236,7 @@ impl Cluster {
             });
         }
         {
-            let stats = stats.clone();
+            let (stats, in_tx) = (stats.clone(), in_tx.clone());
             tokio::spawn(async move {
                 while let Some(m) = notices.next().await {
                     stats.notices_received.fetch_add(1, Ordering::Relaxed);
@@ -205,6 +246,21 @@ impl Cluster {
                 }
             });
         }
+        tokio::spawn(async move {
+            while let Some(m) = takeovers.next().await {
+                let Ok(client_id) = String::from_utf8(m.payload.to_vec()) else {
+                    tracing::warn!("takeover request with a client id that is not UTF-8: ignored");
+                    continue;
+                };
+                let t = Incoming::Takeover {
+                    client_id,
+                    reply: m.reply,
+                };
+                if in_tx.send(t).await.is_err() {
+                    return;
+                }
+            }
+        });
         let (out, mut out_rx) = mpsc::channel::<Bytes>(cfg.queue.max(1));
         {
             let (client, subject) = (client.clone(), msg_subject.clone());
@@ -227,15 +283,20 @@ impl Cluster {
                 notice_subject,
                 out,
                 stats,
+                seq: Arc::new(AtomicU64::new(1)),
+                takeover_prefix,
+                sessions,
             },
             in_rx,
         ))
     }
 
     /// Sends a message this node routed to the other nodes. Never waits: when the queue to
-    /// NATS is full the message is dropped for the other nodes and counted.
-    pub fn forward(&self, topic: &str, payload: &Bytes, qos: u8, retain: bool) {
-        let frame = frame::encode(&self.node, topic, payload, qos, retain);
+    /// NATS is full the message is dropped for the other nodes and counted. Returns the
+    /// message's sequence number, which with this node's name identifies it in the cluster.
+    pub fn forward(&self, topic: &str, payload: &Bytes, qos: u8, retain: bool) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let frame = frame::encode(&self.node, seq, topic, payload, qos, retain);
         match self.out.try_send(frame) {
             Ok(()) => {
                 self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -250,6 +311,7 @@ impl Cluster {
                 }
             }
         }
+        seq
     }
 
     /// Sends a registry-change notice to the other nodes and waits until NATS has it.
@@ -264,6 +326,53 @@ impl Cluster {
             .map_err(|e| ClusterError::Notice(e.to_string()))?;
         self.stats.notices_sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A sequence number for a message this node does not forward (it still needs a name
+    /// when it is queued for a parked session).
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Asks `node` to close its connection for `client_id` and park the session, and waits
+    /// for it (up to 10 s). A node that is not there answers at once ("no responders").
+    pub async fn request_takeover(
+        &self,
+        node: &str,
+        client_id: &str,
+    ) -> Result<Takeover, ClusterError> {
+        let subject = format!("{}.{node}", self.takeover_prefix);
+        let request = self
+            .client
+            .request(subject, Bytes::copy_from_slice(client_id.as_bytes()));
+        match tokio::time::timeout(Duration::from_secs(10), request).await {
+            Ok(Ok(_)) => Ok(Takeover::Released),
+            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                Ok(Takeover::NodeGone)
+            }
+            Ok(Err(e)) => Err(ClusterError::Notice(format!(
+                "asking node {node} to release session {client_id:?}: {e}"
+            ))),
+            Err(_) => Err(ClusterError::Notice(format!(
+                "node {node} did not release session {client_id:?} within 10 s"
+            ))),
+        }
+    }
+
+    /// Tells the node that asked for a takeover that the session is parked.
+    pub async fn answer_takeover(&self, reply: async_nats::Subject) {
+        if let Err(e) = self
+            .client
+            .publish(reply, Bytes::from_static(b"parked"))
+            .await
+        {
+            tracing::warn!(error = %e, "could not answer a takeover request");
+        }
+    }
+
+    /// The persistent sessions of the cluster.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// This node's name.

@@ -1,39 +1,404 @@
 //! The hub as one node of several: what it hands to the other nodes and what it does with
-//! what they send (rampart-cluster carries both over NATS).
+//! what they send (rampart-cluster carries both over NATS), and the persistent sessions the
+//! nodes share in JetStream (the broker parks and resumes them through [`Forward`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
-use rampart_cluster::{Cluster, Incoming};
-use rampart_mqtt::QoS;
-use tokio::sync::mpsc;
+use futures::StreamExt;
+use rampart_broker::{Broker, Origin, QueuedMessage, SessionImage};
+use rampart_cluster::{
+    Cluster, Holder, Incoming, Routed, SessionChange, SessionError, SessionRecord, Sessions,
+    SubscriptionRecord, Takeover, session_key,
+};
+use rampart_mqtt::{Protocol, QoS, RetainHandling, SubscriptionOptions};
+use rampart_policy::{Identity, IdentityKind};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::control::Request;
 use crate::live::Live;
 
-/// Hands every message this node's broker routes to the other nodes.
-pub(crate) struct Forward(pub Cluster);
+/// A write to the session bucket, done in order by one task.
+enum Write {
+    Put(SessionRecord),
+    Park(
+        SessionRecord,
+        Vec<QueuedMessage>,
+        oneshot::Sender<Result<(), String>>,
+    ),
+}
 
-impl rampart_broker::Peers for Forward {
-    fn forward(&self, topic: &str, payload: &Bytes, qos: QoS, retain: bool) {
-        // The hub's own request/response topics are answered by the node the client is
-        // connected to; no other node has anything to do with them.
-        if topic.starts_with("$rampart/") {
-            return;
+/// This node's peers: forwards what the broker routes and keeps its persistent sessions in
+/// the cluster.
+pub(crate) struct Forward {
+    cluster: Cluster,
+    node: Arc<str>,
+    writes: mpsc::UnboundedSender<Write>,
+}
+
+impl Forward {
+    /// The peers of this node; starts the task that writes session records in order.
+    pub(crate) fn new(cluster: Cluster) -> Forward {
+        let (writes, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_records(cluster.clone(), rx));
+        Forward {
+            node: cluster.node().into(),
+            cluster,
+            writes,
         }
-        self.0.forward(topic, payload, qos as u8, retain);
+    }
+
+    fn record(&self, image: &SessionImage, holder: Holder) -> SessionRecord {
+        SessionRecord {
+            client_id: image.client_id.to_string(),
+            identity: image.identity.id.to_string(),
+            identity_kind: image.identity.kind.as_str().to_owned(),
+            cert_serial: image.identity.cert_serial.to_string(),
+            cert_fingerprint: image.identity.cert_fingerprint.to_string(),
+            protocol: match image.protocol {
+                Protocol::V311 => 4,
+                Protocol::V5 => 5,
+            },
+            expiry_secs: image.expiry.as_secs(),
+            subscriptions: image
+                .subscriptions
+                .iter()
+                .map(|(filter, o)| SubscriptionRecord {
+                    filter: filter.clone(),
+                    qos: o.qos as u8,
+                    no_local: o.no_local,
+                    retain_as_published: o.retain_as_published,
+                    retain_handling: o.retain_handling as u8,
+                })
+                .collect(),
+            holder,
+        }
+    }
+
+    fn attached_here(&self) -> Holder {
+        Holder::Attached {
+            node: self.node.to_string(),
+        }
+    }
+
+    /// Asks the node holding `record` to close its connection, unless that is this node.
+    async fn release_elsewhere(&self, record: &SessionRecord) -> Result<Takeover, String> {
+        match &record.holder {
+            Holder::Attached { node } if **node != *self.node => self
+                .cluster
+                .request_takeover(node, &record.client_id)
+                .await
+                .map_err(|e| e.to_string()),
+            _ => Ok(Takeover::NodeGone),
+        }
     }
 }
 
-/// Delivers what the other nodes route to this node's subscribers, and applies their
-/// registry-change notices to this node's sessions.
+/// The broker's image of a stored session; `None` if the record names an unknown identity
+/// kind or protocol (written by a newer hub: ignored rather than misread).
+fn image(record: &SessionRecord) -> Option<SessionImage> {
+    let kind = match record.identity_kind.as_str() {
+        "device" => IdentityKind::Device,
+        "service" => IdentityKind::Service,
+        "claim" => IdentityKind::Claim,
+        _ => return None,
+    };
+    let protocol = match record.protocol {
+        4 => Protocol::V311,
+        5 => Protocol::V5,
+        _ => return None,
+    };
+    let mut subscriptions = Vec::with_capacity(record.subscriptions.len());
+    for s in &record.subscriptions {
+        let retain_handling = match s.retain_handling {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => return None,
+        };
+        let options = SubscriptionOptions {
+            qos: QoS::from_bits(s.qos)?.min(QoS::AtLeastOnce),
+            no_local: s.no_local,
+            retain_as_published: s.retain_as_published,
+            retain_handling,
+        };
+        subscriptions.push((s.filter.clone(), options));
+    }
+    Some(SessionImage {
+        client_id: record.client_id.as_str().into(),
+        identity: Identity {
+            kind,
+            id: record.identity.as_str().into(),
+            client_id: record.client_id.as_str().into(),
+            cert_serial: record.cert_serial.as_str().into(),
+            cert_fingerprint: record.cert_fingerprint.as_str().into(),
+        },
+        protocol,
+        expiry: Duration::from_secs(record.expiry_secs),
+        subscriptions,
+    })
+}
+
+fn routed(origin: &str, seq: u64, m: QueuedMessage) -> Routed {
+    Routed {
+        origin: origin.to_owned(),
+        seq,
+        topic: m.topic,
+        payload: m.payload,
+        qos: m.qos as u8,
+        retain: m.retain,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Writes session records in the order the broker asked for them: a park must not be
+/// overtaken by an earlier subscription change of the same session.
+async fn write_records(cluster: Cluster, mut rx: mpsc::UnboundedReceiver<Write>) {
+    let sessions = cluster.sessions().clone();
+    while let Some(w) = rx.recv().await {
+        match w {
+            Write::Put(record) => {
+                if let Err(e) = sessions.put(&record).await {
+                    tracing::warn!(client_id = %record.client_id, error = %e,
+                        "could not record a persistent session in the cluster");
+                }
+            }
+            Write::Park(record, queued, done) => {
+                let result = async {
+                    for m in queued {
+                        let seq = cluster.next_seq();
+                        let dedup = format!(
+                            "{}.u{seq}.{}",
+                            cluster.node(),
+                            session_key(&record.client_id)
+                        );
+                        sessions
+                            .enqueue(&record.client_id, &dedup, &routed(cluster.node(), seq, m))
+                            .await?;
+                    }
+                    sessions.put(&record).await.map(|_| ())
+                }
+                .await;
+                let _ = done.send(result.map_err(|e| e.to_string()));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl rampart_broker::Peers for Forward {
+    fn forward(&self, topic: &str, payload: &Bytes, qos: QoS, retain: bool) -> Origin {
+        // The hub's own request/response topics are answered by the node the client is
+        // connected to; no other node has anything to do with them.
+        let seq = if topic.starts_with("$rampart/") {
+            self.cluster.next_seq()
+        } else {
+            self.cluster.forward(topic, payload, qos as u8, retain)
+        };
+        Origin {
+            node: self.node.clone(),
+            seq,
+        }
+    }
+
+    fn session_attached(&self, image: SessionImage) {
+        let record = self.record(&image, self.attached_here());
+        // The writer lives as long as the cluster link; a send fails only at shutdown.
+        let _ = self.writes.send(Write::Put(record));
+    }
+
+    async fn park(&self, image: SessionImage, queued: Vec<QueuedMessage>) -> Result<(), String> {
+        let record = Sessions::parked(self.record(&image, self.attached_here()), &self.node);
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(Write::Park(record, queued, tx))
+            .map_err(|_| "the cluster link is shutting down".to_string())?;
+        rx.await
+            .map_err(|_| "the cluster link is shutting down".to_string())?
+    }
+
+    async fn resume(
+        &self,
+        client_id: &str,
+        identity: &Identity,
+    ) -> Result<Option<(SessionImage, Vec<QueuedMessage>)>, String> {
+        let sessions = self.cluster.sessions();
+        for _ in 0..4 {
+            let Some((record, revision)) =
+                sessions.get(client_id).await.map_err(|e| e.to_string())?
+            else {
+                return Ok(None);
+            };
+            if record.identity != *identity.id {
+                tracing::warn!(%client_id, owner = %record.identity, identity = %identity.id,
+                    "the cluster's session for this client id belongs to another identity: not resumed");
+                return Ok(None);
+            }
+            if record.parked_until_ms().is_some_and(|t| t <= now_ms()) {
+                let _ = sessions.remove(client_id, Some(revision)).await;
+                return Ok(None);
+            }
+            if self.release_elsewhere(&record).await? == Takeover::Released {
+                continue; // the other node parked it: read it again
+            }
+            let Some(image) = image(&record) else {
+                return Err(format!(
+                    "the session record of {client_id:?} is not readable by this hub"
+                ));
+            };
+            let claimed = self.record(&image, self.attached_here());
+            match sessions.claim(&claimed, Some(revision)).await {
+                Ok(_) => {}
+                Err(SessionError::Conflict) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+            let (messages, malformed, below) =
+                sessions.drain(client_id).await.map_err(|e| e.to_string())?;
+            if malformed > 0 {
+                tracing::warn!(%client_id, malformed, "unreadable queued messages skipped");
+            }
+            if let Some(below) = below {
+                sessions
+                    .purge_queue(client_id, Some(below))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let queued = messages
+                .into_iter()
+                .filter_map(|r| {
+                    Some(QueuedMessage {
+                        topic: r.topic,
+                        payload: r.payload,
+                        qos: QoS::from_bits(r.qos)?,
+                        retain: r.retain,
+                    })
+                })
+                .collect();
+            return Ok(Some((image, queued)));
+        }
+        Err("other nodes kept changing the session record".into())
+    }
+
+    async fn discard(&self, client_id: &str) {
+        let sessions = self.cluster.sessions();
+        let result = async {
+            let Some((record, _)) = sessions.get(client_id).await? else {
+                return Ok(());
+            };
+            if let Err(e) = self.release_elsewhere(&record).await {
+                tracing::warn!(%client_id, error = %e, "the node holding the old session did not close it");
+            }
+            sessions.remove(client_id, None).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(%client_id, error = %e,
+                "could not discard the cluster's session for this client id");
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        client_id: &str,
+        origin: Option<&Origin>,
+        message: QueuedMessage,
+    ) -> Result<(), String> {
+        let (node, seq, dedup) = match origin {
+            Some(o) => (
+                o.node.clone(),
+                o.seq,
+                format!("{}.{}.{}", o.node, o.seq, session_key(client_id)),
+            ),
+            None => {
+                let seq = self.cluster.next_seq();
+                let dedup = format!("{}.u{seq}.{}", self.node, session_key(client_id));
+                (self.node.clone(), seq, dedup)
+            }
+        };
+        self.cluster
+            .sessions()
+            .enqueue(client_id, &dedup, &routed(&node, seq, message))
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Keeps this node's parked copies of the cluster's parked sessions in step with the
+/// session bucket, and removes sessions whose expiry passed while parked.
+pub(crate) async fn watch_sessions(cluster: Cluster, broker: Broker) {
+    let sessions = cluster.sessions().clone();
+    let changes = match sessions.watch().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the cluster's sessions: messages for sessions parked by other nodes are not queued by this node");
+            return;
+        }
+    };
+    tokio::pin!(changes);
+    let mut client_ids: HashMap<String, String> = HashMap::new();
+    while let Some(change) = changes.next().await {
+        match change {
+            SessionChange::Put {
+                key,
+                record,
+                revision,
+            } => {
+                client_ids.insert(key, record.client_id.clone());
+                let Some(until) = record.parked_until_ms() else {
+                    broker.unpark(&record.client_id);
+                    continue;
+                };
+                let ttl = Duration::from_millis(until.saturating_sub(now_ms()));
+                match image(&record) {
+                    Some(img) if !ttl.is_zero() => broker.park_remote(img, ttl),
+                    Some(_) => {}
+                    None => tracing::warn!(client_id = %record.client_id,
+                        "session record not readable by this hub: not kept here"),
+                }
+                // Every node tries to end it on time; the revision lets only one succeed, and
+                // none if it was resumed meanwhile.
+                let sessions = sessions.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(ttl).await;
+                    if sessions
+                        .remove(&record.client_id, Some(revision))
+                        .await
+                        .is_ok()
+                    {
+                        tracing::info!(client_id = %record.client_id, "parked session expired");
+                    }
+                });
+            }
+            SessionChange::Removed { key } => {
+                if let Some(client_id) = client_ids.remove(&key) {
+                    broker.unpark(&client_id);
+                }
+            }
+        }
+    }
+}
+
+/// Delivers what the other nodes route to this node's subscribers, applies their
+/// registry-change notices to this node's sessions, and gives up sessions they resume.
 pub(crate) async fn receive(mut rx: mpsc::Receiver<Incoming>, live: Arc<Live>) {
     while let Some(incoming) = rx.recv().await {
         match incoming {
             Incoming::Message(m) => {
                 let qos = QoS::from_bits(m.qos).unwrap_or(QoS::AtMostOnce);
+                let origin = Origin {
+                    node: m.origin.as_str().into(),
+                    seq: m.seq,
+                };
                 live.broker
-                    .publish_from_peer(&m.topic, m.payload, qos, m.retain)
+                    .publish_from_peer(&m.topic, m.payload, qos, m.retain, origin)
                     .await;
             }
             Incoming::Notice(bytes) => match serde_json::from_slice::<Request>(&bytes) {
@@ -42,6 +407,17 @@ pub(crate) async fn receive(mut rx: mpsc::Receiver<Incoming>, live: Arc<Live>) {
                     tracing::warn!(error = %e, "unreadable notice from another node: ignored")
                 }
             },
+            Incoming::Takeover { client_id, reply } => {
+                let live = live.clone();
+                tokio::spawn(async move {
+                    let closed = live.broker.release(&client_id).await;
+                    tracing::info!(%client_id, closed,
+                        "another node resumed this client's session");
+                    if let (Some(reply), Some(cluster)) = (reply, &live.cluster) {
+                        cluster.answer_takeover(reply).await;
+                    }
+                });
+            }
         }
     }
 }

@@ -73,6 +73,11 @@ impl HubError {
             HubError::Cluster(rampart_cluster::ClusterError::Connect { .. }) => Some(
                 "is NATS running at [cluster] nats_url? A node does not start without its peers; set nats_url = \"\" to run this hub alone",
             ),
+            HubError::Cluster(rampart_cluster::ClusterError::Sessions(
+                rampart_cluster::SessionError::JetStream(_),
+            )) => Some(
+                "persistent sessions are kept in JetStream: start nats-server with -js (JetStream enabled), and give it a store directory (-sd)",
+            ),
             HubError::Store(rampart_store::StoreError::Database(_)) => Some(
                 "is the database reachable? With backend = \"postgres\", check storage.postgres_url (psql with the same URL should connect)",
             ),

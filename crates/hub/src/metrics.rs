@@ -369,10 +369,40 @@ const DEFS: [Def; METRIC_COUNT] = [
         kind: "counter",
         help: "Registry changes other nodes told this node of.",
     },
+    Def {
+        name: "rampart_cluster_sessions_parked_total",
+        kind: "counter",
+        help: "Persistent sessions parked in the cluster (JetStream) when their connection here ended.",
+    },
+    Def {
+        name: "rampart_cluster_sessions_resumed_total",
+        kind: "counter",
+        help: "Persistent sessions resumed from the cluster at CONNECT (session present = 1).",
+    },
+    Def {
+        name: "rampart_cluster_park_failures_total",
+        kind: "counter",
+        help: "Persistent sessions that could not be parked in the cluster (kept on this node only).",
+    },
+    Def {
+        name: "rampart_cluster_resume_failures_total",
+        kind: "counter",
+        help: "CONNECTs whose session could not be resumed from the cluster (a new session was started).",
+    },
+    Def {
+        name: "rampart_cluster_session_messages_queued_total",
+        kind: "counter",
+        help: "Messages queued in JetStream for parked sessions by this node.",
+    },
+    Def {
+        name: "rampart_cluster_session_messages_lost_total",
+        kind: "counter",
+        help: "Messages for parked sessions that could not be queued in JetStream (lost for that session).",
+    },
 ];
 
 /// Number of metrics in [`DEFS`]; `snapshot` must produce exactly this many values.
-const METRIC_COUNT: usize = 53;
+const METRIC_COUNT: usize = 59;
 
 /// Takes a snapshot of broker, ingest, device API, audit, event, deadline, rollout and
 /// cluster counters.
@@ -447,6 +477,12 @@ pub fn snapshot(
         u(&cluster.malformed),
         u(&cluster.notices_sent),
         u(&cluster.notices_received),
+        u(&m.cluster_sessions_parked),
+        u(&m.cluster_sessions_resumed),
+        u(&m.cluster_park_failures),
+        u(&m.cluster_resume_failures),
+        u(&m.cluster_enqueued),
+        u(&m.cluster_enqueue_failures),
     ];
     MetricsSnapshot {
         values: DEFS

@@ -211,9 +211,11 @@ impl Hub {
                     cluster: cfg.cluster.name.clone(),
                     node,
                     queue: cfg.cluster.queue,
+                    session_queue: i64::try_from(cfg.mqtt.max_queued_messages).unwrap_or(i64::MAX),
+                    session_max_age: Duration::from_secs(cfg.mqtt.max_session_expiry_s.max(1)),
                 })
                 .await?;
-                broker.set_peers(Arc::new(crate::cluster::Forward(c.clone())));
+                broker.set_peers(Arc::new(crate::cluster::Forward::new(c.clone())));
                 Some((c, rx))
             }
         };
@@ -298,8 +300,12 @@ impl Hub {
             rollouts: rollouts.clone(),
             cluster: cluster.as_ref().map(|(c, _)| c.clone()),
         });
-        if let Some((_, rx)) = cluster {
+        if let Some((c, rx)) = cluster {
             background.push(tokio::spawn(crate::cluster::receive(rx, live.clone())));
+            background.push(tokio::spawn(crate::cluster::watch_sessions(
+                c,
+                broker.clone(),
+            )));
         }
         // Rollouts that were running when the hub stopped carry on.
         background.push(tokio::spawn(async move { rollouts.evaluate_all().await }));

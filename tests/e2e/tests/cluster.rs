@@ -74,16 +74,9 @@ fn telemetry(seq: u64) -> String {
     )
 }
 
-#[test]
-fn messages_cross_nodes_and_disable_and_revoke_reach_the_node_holding_the_connection() {
-    let Some((pg, nats)) = services("cluster delivery") else {
-        return;
-    };
-    let nodes = cluster(&pg, &nats, 2);
-    let (n1, n2) = (&nodes[0], &nodes[1]);
-
-    // A service reading every device's telemetry, connected to node 2. Its policy is stored
-    // through node 1: node 2 hears of it and reloads.
+/// A service identity allowed to read every device's telemetry, added and given its policy
+/// through `n1`; returns once `n2` has applied the change.
+fn telemetry_reader(n1: &TestHub, n2: &TestHub) -> Bundle {
     let svc_dir = n1.tmp.path().join("pipeline");
     ok(n1.rampart(&[
         "service",
@@ -92,10 +85,6 @@ fn messages_cross_nodes_and_disable_and_revoke_reach_the_node_holding_the_connec
         "--out",
         svc_dir.to_str().unwrap(),
     ]));
-    let svc = Bundle {
-        id: "pipeline".into(),
-        dir: svc_dir,
-    };
     let policy = n1.tmp.path().join("reader.toml");
     std::fs::write(
         &policy,
@@ -109,6 +98,23 @@ fn messages_cross_nodes_and_disable_and_revoke_reach_the_node_holding_the_connec
         "node 2 did not reload the policies: {}",
         n2.logs.text()
     );
+    Bundle {
+        id: "pipeline".into(),
+        dir: svc_dir,
+    }
+}
+
+#[test]
+fn messages_cross_nodes_and_disable_and_revoke_reach_the_node_holding_the_connection() {
+    let Some((pg, nats)) = services("cluster delivery") else {
+        return;
+    };
+    let nodes = cluster(&pg, &nats, 2);
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+
+    // A service reading every device's telemetry, connected to node 2. Its policy is stored
+    // through node 1: node 2 hears of it and reloads.
+    let svc = telemetry_reader(n1, n2);
     let (mut sub, lines) = n2.mosquitto_sub(
         &svc,
         &[
@@ -357,4 +363,193 @@ fn a_node_that_cannot_reach_nats_does_not_start() {
     assert!(!out.status.success());
     assert!(err.contains("cannot connect to NATS"), "{err}");
     assert!(err.contains("hint: is NATS running"), "{err}");
+}
+
+/// The telemetry sequence number in a PUBLISH the hub delivered.
+fn seq_of(p: &rampart_mqtt::Publish) -> i64 {
+    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+    v["seq"].as_i64().unwrap()
+}
+
+/// Reads `n` QoS 1 PUBLISHes (acknowledging each) and returns their sequence numbers.
+async fn receive_seqs(c: &mut rampart_e2e::raw::RawClient, n: usize) -> Vec<i64> {
+    use rampart_mqtt::{Ack, Packet};
+    let mut seqs = Vec::new();
+    while seqs.len() < n {
+        let p = c.expect(T, |p| matches!(p, Packet::Publish(_))).await;
+        let Packet::Publish(m) = p else {
+            unreachable!()
+        };
+        assert_eq!(m.qos, rampart_mqtt::QoS::AtLeastOnce, "{m:?}");
+        c.send(&Packet::PubAck(Ack {
+            packet_id: m.packet_id.unwrap(),
+            reason: 0,
+        }))
+        .await;
+        seqs.push(seq_of(&m));
+    }
+    seqs
+}
+
+#[test]
+fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
+    use rampart_e2e::raw::{RawClient, Received};
+    use rampart_mqtt::{ConnAck, ConnectProperties, Packet, Protocol};
+
+    let Some((pg, nats)) = services("cluster persistent sessions") else {
+        return;
+    };
+    let mut nodes = cluster(&pg, &nats, 2);
+    let svc = telemetry_reader(&nodes[0], &nodes[1]);
+    let a = nodes[0].add_device("gw-a");
+    let publish = |node: &TestHub, seq: u64| {
+        let out = node.mosquitto_pub(
+            &a,
+            &[
+                "-t",
+                "devices/gw-a/telemetry",
+                "-q",
+                "1",
+                "-m",
+                &telemetry(seq),
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+    };
+    let queued = |nodes: &[TestHub]| -> f64 {
+        nodes
+            .iter()
+            .map(|n| n.metric("rampart_cluster_session_messages_queued_total"))
+            .sum()
+    };
+
+    // A persistent subscriber (MQTT 3.1.1, clean session 0) on node 1, which then goes away.
+    let (mut sub, lines) = nodes[0].mosquitto_sub(
+        &svc,
+        &["-c", "-q", "1", "-t", "devices/+/telemetry", "-v", "-d"],
+    );
+    assert!(lines.wait_for(&["SUBACK"], T), "{}", lines.text());
+    let _ = sub.kill();
+    let _ = sub.wait();
+    assert!(
+        nodes[0]
+            .logs
+            .wait_for(&["persistent session parked with the cluster"], T),
+        "node 1 did not park the session: {}",
+        nodes[0].logs.text()
+    );
+
+    // While it is away the device publishes through node 2, then through node 1: both are
+    // queued for it in JetStream.
+    publish(&nodes[1], 1);
+    publish(&nodes[0], 2);
+    assert!(
+        wait_until(T, || queued(&nodes) >= 2.0),
+        "nothing queued for the parked session: node 1 {}\nnode 2 {}",
+        nodes[0].logs.text(),
+        nodes[1].logs.text()
+    );
+
+    // It comes back on node 2 without subscribing again: the session is there, with what was
+    // queued, in order, and its subscription delivers what is published next on node 1.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr2 = nodes[1].addr();
+    let mut client = rt.block_on(async {
+        let (mut c, r) = RawClient::connect(
+            addr2,
+            &svc,
+            Protocol::V311,
+            "pipeline",
+            false,
+            60,
+            None,
+            ConnectProperties::default(),
+        )
+        .await;
+        assert!(
+            matches!(
+                r,
+                Received::Packet(Packet::ConnAck(ConnAck {
+                    session_present: true,
+                    code: 0,
+                    ..
+                }))
+            ),
+            "{r:?}"
+        );
+        assert_eq!(receive_seqs(&mut c, 2).await, vec![1, 2]);
+        c
+    });
+    assert!(nodes[1].metric("rampart_cluster_sessions_resumed_total") >= 1.0);
+    publish(&nodes[0], 3);
+    rt.block_on(async {
+        assert_eq!(receive_seqs(&mut client, 1).await, vec![3]);
+    });
+
+    // Node 2, which holds the session now, is killed. The subscriber comes back on node 1
+    // with a subscription to something else only: what node 1 delivers next comes through
+    // the subscription the session brought along.
+    nodes[1].kill9();
+    rt.block_on(async {
+        assert_eq!(client.recv(T).await, Received::Closed);
+    });
+    let (mut again, lines) = nodes[0].mosquitto_sub(
+        &svc,
+        &["-c", "-q", "1", "-t", "devices/none/telemetry", "-v", "-d"],
+    );
+    assert!(lines.wait_for(&["SUBACK"], T), "{}", lines.text());
+    assert!(
+        nodes[0]
+            .logs
+            .wait_for(&["resumed a persistent session from the cluster"], T),
+        "{}",
+        nodes[0].logs.text()
+    );
+    publish(&nodes[0], 4);
+    assert!(
+        lines.wait_for(&["devices/gw-a/telemetry {\"v\":1,\"seq\":4"], T),
+        "the resumed subscription delivered nothing: {}\nnode 1: {}",
+        lines.text(),
+        nodes[0].logs.text()
+    );
+    let _ = again.kill();
+}
+
+#[test]
+fn a_node_whose_nats_has_no_jetstream_does_not_start() {
+    let Some((pg, _)) = services("cluster without JetStream") else {
+        return;
+    };
+    // A NATS server of the test's own, on loopback, without JetStream (-js not given).
+    let port = free_port();
+    let mut nats = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server (Debian package nats-server) is installed");
+    assert!(
+        wait_until(T, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "nats-server did not listen"
+    );
+    let hub = TestHub::init_on(Some(PgTarget {
+        url: pg,
+        schema: unique_schema("cluster"),
+        owner: true,
+    }));
+    hub.join_cluster(&format!("nats://127.0.0.1:{port}"), "c", "n1");
+    let out = std::process::Command::new(bin("rampart"))
+        .args(["hub", "--data-dir"])
+        .arg(&hub.data)
+        .output()
+        .unwrap();
+    let _ = nats.kill();
+    let _ = nats.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("JetStream is not available"), "{err}");
+    assert!(
+        err.contains("hint: persistent sessions are kept in JetStream"),
+        "{err}"
+    );
 }

@@ -486,18 +486,21 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
         assert_eq!(receive_seqs(&mut client, 1).await, vec![3]);
     });
 
-    // Node 2, which holds the session now, is killed. The subscriber comes back on node 1
-    // with a subscription to something else only: what node 1 delivers next comes through
-    // the subscription the session brought along.
-    nodes[1].kill9();
-    rt.block_on(async {
-        assert_eq!(client.recv(T).await, Received::Closed);
-    });
-    let (mut again, lines) = nodes[0].mosquitto_sub(
+    // The same client connects to node 1 while node 2 holds its session: node 2 closes its
+    // connection and hands the session over. The new connection subscribes to something
+    // else only, so what it receives next comes through the subscription that moved.
+    let (mut on_n1, lines) = nodes[0].mosquitto_sub(
         &svc,
         &["-c", "-q", "1", "-t", "devices/none/telemetry", "-v", "-d"],
     );
     assert!(lines.wait_for(&["SUBACK"], T), "{}", lines.text());
+    rt.block_on(async {
+        assert_eq!(
+            client.recv(T).await,
+            Received::Closed,
+            "node 2 kept the old connection"
+        );
+    });
     assert!(
         nodes[0]
             .logs
@@ -505,14 +508,95 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
         "{}",
         nodes[0].logs.text()
     );
-    publish(&nodes[0], 4);
+    publish(&nodes[1], 4);
     assert!(
         lines.wait_for(&["devices/gw-a/telemetry {\"v\":1,\"seq\":4"], T),
-        "the resumed subscription delivered nothing: {}\nnode 1: {}",
+        "the session taken over delivered nothing: {}\nnode 1: {}",
         lines.text(),
         nodes[0].logs.text()
     );
-    let _ = again.kill();
+
+    // Node 1, which holds the session now, is killed. The client comes back on node 2: the
+    // session is there (node 1 cannot be asked; its record is claimed as it stands).
+    nodes[0].kill9();
+    assert!(
+        wait_child(&mut on_n1, T).is_some(),
+        "mosquitto_sub kept running"
+    );
+    let addr2 = nodes[1].addr();
+    rt.block_on(async {
+        let (mut c, r) = RawClient::connect(
+            addr2,
+            &svc,
+            Protocol::V5,
+            "pipeline",
+            false,
+            60,
+            None,
+            ConnectProperties {
+                session_expiry_interval: Some(600),
+                ..ConnectProperties::default()
+            },
+        )
+        .await;
+        assert!(
+            matches!(
+                r,
+                Received::Packet(Packet::ConnAck(ConnAck {
+                    session_present: true,
+                    code: 0,
+                    ..
+                }))
+            ),
+            "after node 1 was killed: {r:?}"
+        );
+        let sent = tokio::task::spawn_blocking({
+            let n2 = nodes[1].mosquitto_args(&a);
+            move || {
+                std::process::Command::new("mosquitto_pub")
+                    .args(n2)
+                    .args([
+                        "-t",
+                        "devices/gw-a/telemetry",
+                        "-q",
+                        "1",
+                        "-m",
+                        &telemetry(5),
+                    ])
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        assert!(sent.status.success(), "{sent:?}");
+        assert_eq!(receive_seqs(&mut c, 1).await, vec![5]);
+    });
+
+    // A clean start ends the cluster's session: the next resume finds none.
+    rt.block_on(async {
+        for (clean, present) in [(true, false), (false, false)] {
+            let (_c, r) = RawClient::connect(
+                addr2,
+                &svc,
+                Protocol::V311,
+                "pipeline",
+                clean,
+                60,
+                None,
+                ConnectProperties::default(),
+            )
+            .await;
+            match r {
+                Received::Packet(Packet::ConnAck(ConnAck {
+                    session_present,
+                    code: 0,
+                    ..
+                })) => assert_eq!(session_present, present, "clean start {clean}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    });
 }
 
 #[test]

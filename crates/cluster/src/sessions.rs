@@ -155,7 +155,7 @@ impl Sessions {
     /// Opens (creating if needed) the bucket and the queue stream. `per_session` bounds each
     /// parked session's queue (the oldest are dropped beyond it, as JetStream's per-subject
     /// limit does); `max_age` bounds how long a queued message is kept.
-    pub(crate) async fn open(
+    pub async fn open(
         client: async_nats::Client,
         cluster: &str,
         per_session: i64,
@@ -195,7 +195,8 @@ impl Sessions {
                 max_messages_per_subject: per_session.max(1),
                 discard: stream::DiscardPolicy::Old,
                 max_age,
-                duplicate_window: Duration::from_secs(120),
+                // JetStream refuses a de-duplication window longer than the messages live.
+                duplicate_window: Duration::from_secs(120).min(max_age),
                 storage: stream::StorageType::File,
                 ..Default::default()
             })

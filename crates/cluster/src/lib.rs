@@ -114,8 +114,11 @@ pub enum Incoming {
 /// What asking another node to give up a session found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Takeover {
-    /// The node closed the connection and parked the session.
+    /// The node closed the connection and parked the session: read the record again.
     Released,
+    /// The node holds no connection for it (it restarted since, or its park failed and the
+    /// connection is gone): the record is claimed as it stands.
+    NotHeld,
     /// The node is gone (no answer): the record is claimed as it stands.
     NodeGone,
 }
@@ -346,7 +349,8 @@ impl Cluster {
             .client
             .request(subject, Bytes::copy_from_slice(client_id.as_bytes()));
         match tokio::time::timeout(Duration::from_secs(10), request).await {
-            Ok(Ok(_)) => Ok(Takeover::Released),
+            Ok(Ok(answer)) if &answer.payload[..] == b"parked" => Ok(Takeover::Released),
+            Ok(Ok(_)) => Ok(Takeover::NotHeld),
             Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
                 Ok(Takeover::NodeGone)
             }
@@ -359,13 +363,11 @@ impl Cluster {
         }
     }
 
-    /// Tells the node that asked for a takeover that the session is parked.
-    pub async fn answer_takeover(&self, reply: async_nats::Subject) {
-        if let Err(e) = self
-            .client
-            .publish(reply, Bytes::from_static(b"parked"))
-            .await
-        {
+    /// Answers a takeover request: `released` if this node closed a connection for the
+    /// session (and parked it), false if it held none.
+    pub async fn answer_takeover(&self, reply: async_nats::Subject, released: bool) {
+        let answer: &'static [u8] = if released { b"parked" } else { b"not held" };
+        if let Err(e) = self.client.publish(reply, Bytes::from_static(answer)).await {
             tracing::warn!(error = %e, "could not answer a takeover request");
         }
     }

@@ -414,7 +414,7 @@ pub(crate) async fn receive(mut rx: mpsc::Receiver<Incoming>, live: Arc<Live>) {
                     tracing::info!(%client_id, closed,
                         "another node resumed this client's session");
                     if let (Some(reply), Some(cluster)) = (reply, &live.cluster) {
-                        cluster.answer_takeover(reply).await;
+                        cluster.answer_takeover(reply, closed).await;
                     }
                 });
             }

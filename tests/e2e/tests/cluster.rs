@@ -524,7 +524,7 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
         "mosquitto_sub kept running"
     );
     let addr2 = nodes[1].addr();
-    rt.block_on(async {
+    let held = rt.block_on(async {
         let (mut c, r) = RawClient::connect(
             addr2,
             &svc,
@@ -571,7 +571,49 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
         .unwrap();
         assert!(sent.status.success(), "{sent:?}");
         assert_eq!(receive_seqs(&mut c, 1).await, vec![5]);
+        c
     });
+
+    // Node 1 comes back. Node 2, holding the session, is killed and restarted: the record
+    // still names it, it answers that it holds no connection, and node 1 claims the session.
+    nodes[0].start();
+    assert!(nodes[0].logs.wait_for(&["joined the cluster"], T));
+    nodes[1].kill9();
+    drop(held);
+    nodes[1].start();
+    assert!(nodes[1].logs.wait_for(&["joined the cluster"], T));
+    let addr1 = nodes[0].addr();
+    rt.block_on(async {
+        let (_c, r) = RawClient::connect(
+            addr1,
+            &svc,
+            Protocol::V311,
+            "pipeline",
+            false,
+            60,
+            None,
+            ConnectProperties::default(),
+        )
+        .await;
+        assert!(
+            matches!(
+                r,
+                Received::Packet(Packet::ConnAck(ConnAck {
+                    session_present: true,
+                    code: 0,
+                    ..
+                }))
+            ),
+            "after node 2 restarted: {r:?}"
+        );
+    });
+    assert!(
+        nodes[1]
+            .logs
+            .wait_for(&["another node resumed this client's session"], T),
+        "node 2 was not asked: {}",
+        nodes[1].logs.text()
+    );
 
     // A clean start ends the cluster's session: the next resume finds none.
     rt.block_on(async {

@@ -136,6 +136,9 @@ pub(crate) async fn run(
             return;
         }
     };
+    // The identity carries what the session needs of the certificate; the rest (DER, parsed
+    // fields) would otherwise live as long as the connection, in every idle one.
+    drop(certificate);
 
     // Session expiry: MQTT 3.1.1 persistent sessions live until the configured maximum.
     let max_expiry = shared.config.max_session_expiry;
@@ -244,9 +247,14 @@ pub(crate) async fn run(
         window_open: true,
         scratch: Vec::new(),
     };
+    // Only the will is needed after this point; the rest of CONNECT is dropped now rather
+    // than held for the connection's life.
+    let will = {
+        let connect = connect; // moved here so that the rest of it is dropped at this brace
+        connect.will
+    };
     conn.resend_inflight();
     let exit = conn.run_loop().await;
-    let will = connect.will.clone();
     conn.finish(exit, will).await;
 }
 
@@ -1160,3 +1168,4 @@ impl Conn {
         self.ctl.finish();
     }
 }
+

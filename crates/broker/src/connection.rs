@@ -86,6 +86,26 @@ pub(crate) async fn run(
         .connections_active
         .fetch_add(1, Ordering::Relaxed);
     let _guard = ActiveGuard(shared.metrics.clone());
+    // Opening (TLS handshake, CONNECT, authorization, session) and closing (DISCONNECT, will,
+    // parking) run in boxed futures of their own. Their state is large (several KiB) and
+    // short-lived; what is inline here is held by every idle connection for its whole life.
+    let Some((mut conn, will)) = Box::pin(open(shared, tcp, addr, acceptor)).await else {
+        return;
+    };
+    conn.resend_inflight();
+    let exit = conn.run_loop().await;
+    Box::pin(conn.finish(exit, will)).await;
+}
+
+/// TLS handshake, CONNECT, authorization and session: the connection ready for its loop,
+/// with the will to publish if it ends without DISCONNECT. `None` if it was refused (logged
+/// and counted).
+async fn open(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    acceptor: TlsAcceptor,
+) -> Option<(Conn, Option<Will>)> {
     let deadline = tokio::time::Instant::now() + shared.config.connect_timeout;
 
     let mut stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
@@ -95,12 +115,12 @@ pub(crate) async fn run(
                 "TLS handshake not completed in time",
             );
             refuse_log(&shared, addr, None, &r);
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             let (reason, detail) = crate::tls::classify_handshake_error(&e);
             refuse_log(&shared, addr, None, &Refusal::new(reason, detail));
-            return;
+            return None;
         }
         Ok(Ok(s)) => s,
     };
@@ -110,7 +130,7 @@ pub(crate) async fn run(
         Ok(c) => c,
         Err(r) => {
             refuse_log(&shared, addr, None, &r);
-            return;
+            return None;
         }
     };
 
@@ -122,7 +142,7 @@ pub(crate) async fn run(
             if let Some(protocol) = connack_level {
                 send_connack_refusal(&mut stream, protocol, &r).await;
             }
-            return;
+            return None;
         }
     };
     let protocol = connect.protocol;
@@ -133,12 +153,9 @@ pub(crate) async fn run(
         Err(r) => {
             refuse_log(&shared, addr, Some(&client_id), &r);
             send_connack_refusal(&mut stream, protocol, &r).await;
-            return;
+            return None;
         }
     };
-    // The identity carries what the session needs of the certificate; the rest (DER, parsed
-    // fields) would otherwise live as long as the connection, in every idle one.
-    drop(certificate);
 
     // Session expiry: MQTT 3.1.1 persistent sessions live until the configured maximum.
     let max_expiry = shared.config.max_session_expiry;
@@ -221,7 +238,7 @@ pub(crate) async fn run(
         .maximum_packet_size
         .map_or(usize::MAX, |m| m as usize);
 
-    let mut conn = Conn {
+    let conn = Conn {
         shared: shared.clone(),
         session: attached.session.clone(),
         ctl: attached.ctl.clone(),
@@ -247,15 +264,7 @@ pub(crate) async fn run(
         window_open: true,
         scratch: Vec::new(),
     };
-    // Only the will is needed after this point; the rest of CONNECT is dropped now rather
-    // than held for the connection's life.
-    let will = {
-        let connect = connect; // moved here so that the rest of it is dropped at this brace
-        connect.will
-    };
-    conn.resend_inflight();
-    let exit = conn.run_loop().await;
-    conn.finish(exit, will).await;
+    Some((conn, connect.will))
 }
 
 fn peer_certificate(stream: &Stream) -> Result<PeerCertificate, Refusal> {
@@ -1168,4 +1177,3 @@ impl Conn {
         self.ctl.finish();
     }
 }
-

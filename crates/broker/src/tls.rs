@@ -80,7 +80,15 @@ impl TlsMaterial {
 /// Builds the listener's TLS configuration: TLS 1.3 and 1.2, client certificate required and
 /// verified (chain to a trusted CA, validity period, clientAuth usage, CRLs).
 pub fn server_config(m: TlsMaterial) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // AES-128-GCM with SHA-256 first, and the server's order wins: the same protection as a
+    // 128-bit key exchange and P-256 certificates give, and SHA-256 runs on the CPU's SHA
+    // instructions where SHA-384 does not (SHA-384 was 4 % of the hub's CPU in a profile of
+    // a connection storm). Every suite of the default provider stays allowed.
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let provider = Arc::new(provider);
     let mut roots = RootCertStore::empty();
     for ca in m.client_cas {
         roots
@@ -101,6 +109,8 @@ pub fn server_config(m: TlsMaterial) -> Result<Arc<ServerConfig>, TlsSetupError>
         .with_client_cert_verifier(verifier)
         .with_single_cert(m.server_chain, m.server_key)
         .map_err(|e| TlsSetupError::Server(e.to_string()))?;
+    let mut config = config;
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

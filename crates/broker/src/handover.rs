@@ -374,6 +374,15 @@ impl Broker {
         ctl.wait_finished(Duration::from_secs(8)).await
     }
 
+    /// Whether this node holds the session of `client_id` (connected, or detached here).
+    pub fn holds(&self, client_id: &str) -> bool {
+        self.shared
+            .sessions
+            .lock()
+            .get(client_id)
+            .is_some_and(|s| !s.parked.load(Ordering::Acquire))
+    }
+
     /// Parked copies of cluster sessions on this node (for the operator and tests).
     pub fn parked_sessions(&self) -> usize {
         self.shared

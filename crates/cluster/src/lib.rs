@@ -20,7 +20,9 @@
 //! writer, and what does not fit is dropped and counted.
 //!
 //! Persistent sessions live in JetStream while their device is away, so the device can come
-//! back on any node (see [`sessions`]).
+//! back on any node (see [`sessions`]). Nodes say they are alive on `{cluster}.alive` every
+//! second; one not heard for three seconds is taken to be gone, and the sessions it held
+//! are parked by the others.
 //!
 //! Delivery between nodes is NATS core's: at most once, in order per sending node. What a
 //! device published with QoS 1 is durable before its PUBACK because it is stored in the
@@ -29,9 +31,10 @@
 mod frame;
 pub mod sessions;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -64,6 +67,11 @@ pub enum ClusterError {
     #[error(transparent)]
     Sessions(#[from] SessionError),
 }
+
+/// How often a node says it is alive on `{cluster}.alive`.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node not heard for this long is taken to be gone (three heartbeats).
+const SILENT_AFTER: Duration = Duration::from_secs(3);
 
 /// Where and who this node is.
 #[derive(Debug, Clone)]
@@ -151,6 +159,9 @@ pub struct Cluster {
     seq: Arc<AtomicU64>,
     takeover_prefix: Arc<str>,
     sessions: Sessions,
+    /// When each other node was last heard (heartbeats).
+    alive: Arc<Mutex<HashMap<String, Instant>>>,
+    started: Instant,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -200,6 +211,8 @@ impl Cluster {
         let mut notices = subscribe(notice_subject.clone()).await?;
         let takeover_prefix: Arc<str> = format!("{}.takeover", cfg.cluster).into();
         let mut takeovers = subscribe(format!("{takeover_prefix}.{}", cfg.node).into()).await?;
+        let alive_subject: Arc<str> = format!("{}.alive", cfg.cluster).into();
+        let mut beats = subscribe(alive_subject.clone()).await?;
         let sessions = Sessions::open(
             client.clone(),
             &cfg.cluster,
@@ -249,6 +262,35 @@ impl Cluster {
                 }
             });
         }
+        let alive: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        {
+            let alive = alive.clone();
+            tokio::spawn(async move {
+                while let Some(m) = beats.next().await {
+                    if let Ok(node) = std::str::from_utf8(&m.payload)
+                        && let Ok(mut map) = alive.lock()
+                    {
+                        map.insert(node.to_owned(), Instant::now());
+                    }
+                }
+            });
+        }
+        {
+            let (client, name) = (client.clone(), Bytes::from(cfg.node.clone()));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(HEARTBEAT);
+                loop {
+                    tick.tick().await;
+                    if client
+                        .publish(alive_subject.to_string(), name.clone())
+                        .await
+                        .is_err()
+                    {
+                        return; // the client is closed: the hub is stopping
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             while let Some(m) = takeovers.next().await {
                 let Ok(client_id) = String::from_utf8(m.payload.to_vec()) else {
@@ -289,6 +331,8 @@ impl Cluster {
                 seq: Arc::new(AtomicU64::new(1)),
                 takeover_prefix,
                 sessions,
+                alive,
+                started: Instant::now(),
             },
             in_rx,
         ))
@@ -370,6 +414,18 @@ impl Cluster {
         if let Err(e) = self.client.publish(reply, Bytes::from_static(answer)).await {
             tracing::warn!(error = %e, "could not answer a takeover request");
         }
+    }
+
+    /// Whether `node` has not been heard for three heartbeats, and is taken to be gone. A
+    /// node never heard counts as silent once this node has listened that long.
+    pub fn is_silent(&self, node: &str) -> bool {
+        let last = self
+            .alive
+            .lock()
+            .ok()
+            .and_then(|m| m.get(node).copied())
+            .unwrap_or(self.started);
+        last.elapsed() > SILENT_AFTER
     }
 
     /// The persistent sessions of the cluster.

@@ -331,8 +331,25 @@ impl rampart_broker::Peers for Forward {
     }
 }
 
+/// Removes the session of `record` when its expiry passes, unless it changed meanwhile.
+/// Every node tries; the revision lets only one succeed, and none if it was resumed.
+fn end_on_expiry(sessions: &Sessions, record: &SessionRecord, revision: u64, ttl: Duration) {
+    let (sessions, client_id) = (sessions.clone(), record.client_id.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(ttl).await;
+        if sessions.remove(&client_id, Some(revision)).await.is_ok() {
+            tracing::info!(%client_id, "parked session expired");
+        }
+    });
+}
+
 /// Keeps this node's parked copies of the cluster's parked sessions in step with the
 /// session bucket, and removes sessions whose expiry passed while parked.
+///
+/// A session attached to a node that has gone silent (killed, cut off) is parked here too:
+/// from then on what matches it is queued for its device, which will come back on another
+/// node. So is a session the record says this node holds when this node does not (it
+/// restarted since).
 pub(crate) async fn watch_sessions(cluster: Cluster, broker: Broker) {
     let sessions = cluster.sessions().clone();
     let changes = match sessions.watch().await {
@@ -343,43 +360,77 @@ pub(crate) async fn watch_sessions(cluster: Cluster, broker: Broker) {
         }
     };
     tokio::pin!(changes);
-    let mut client_ids: HashMap<String, String> = HashMap::new();
-    while let Some(change) = changes.next().await {
-        match change {
-            SessionChange::Put {
-                key,
-                record,
-                revision,
-            } => {
-                client_ids.insert(key, record.client_id.clone());
-                let Some(until) = record.parked_until_ms() else {
-                    broker.unpark(&record.client_id);
-                    continue;
-                };
-                let ttl = Duration::from_millis(until.saturating_sub(now_ms()));
-                match image(&record) {
-                    Some(img) if !ttl.is_zero() => broker.park_remote(img, ttl),
-                    Some(_) => {}
-                    None => tracing::warn!(client_id = %record.client_id,
-                        "session record not readable by this hub: not kept here"),
+    let mut records: HashMap<String, (SessionRecord, u64)> = HashMap::new();
+    // Sessions of silent nodes parked here, by key.
+    let mut adopted: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            change = changes.next() => {
+                let Some(change) = change else { return };
+                match change {
+                    SessionChange::Put { key, record, revision } => {
+                        adopted.remove(&key);
+                        match record.parked_until_ms() {
+                            None => broker.unpark(&record.client_id),
+                            Some(until) => {
+                                let ttl = Duration::from_millis(until.saturating_sub(now_ms()));
+                                match image(&record) {
+                                    Some(img) if !ttl.is_zero() => broker.park_remote(img, ttl),
+                                    Some(_) => {}
+                                    None => tracing::warn!(client_id = %record.client_id,
+                                        "session record not readable by this hub: not kept here"),
+                                }
+                                end_on_expiry(&sessions, &record, revision, ttl);
+                            }
+                        }
+                        records.insert(key, (record, revision));
+                    }
+                    SessionChange::Removed { key } => {
+                        adopted.remove(&key);
+                        if let Some((record, _)) = records.remove(&key) {
+                            broker.unpark(&record.client_id);
+                        }
+                    }
                 }
-                // Every node tries to end it on time; the revision lets only one succeed, and
-                // none if it was resumed meanwhile.
-                let sessions = sessions.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(ttl).await;
-                    if sessions
-                        .remove(&record.client_id, Some(revision))
-                        .await
-                        .is_ok()
-                    {
-                        tracing::info!(client_id = %record.client_id, "parked session expired");
+            }
+            _ = tick.tick() => {
+                // A node heard again (this node's own link to NATS was down, or the node
+                // restarted and parks what it no longer holds itself): its sessions are its
+                // own again.
+                adopted.retain(|key| {
+                    let Some((record, _)) = records.get(key) else { return false };
+                    match &record.holder {
+                        Holder::Attached { node }
+                            if node != cluster.node() && !cluster.is_silent(node) =>
+                        {
+                            broker.unpark(&record.client_id);
+                            false
+                        }
+                        _ => true,
                     }
                 });
-            }
-            SessionChange::Removed { key } => {
-                if let Some(client_id) = client_ids.remove(&key) {
-                    broker.unpark(&client_id);
+                let mut by_node: HashMap<&str, usize> = HashMap::new();
+                for (key, (record, revision)) in &records {
+                    let Holder::Attached { node } = &record.holder else { continue };
+                    if adopted.contains(key) {
+                        continue;
+                    }
+                    let gone = if node == cluster.node() {
+                        !broker.holds(&record.client_id)
+                    } else {
+                        cluster.is_silent(node)
+                    };
+                    let Some(img) = image(record).filter(|_| gone) else { continue };
+                    let ttl = Duration::from_secs(record.expiry_secs);
+                    broker.park_remote(img, ttl);
+                    end_on_expiry(&sessions, record, *revision, ttl);
+                    adopted.insert(key.clone());
+                    *by_node.entry(node.as_str()).or_default() += 1;
+                }
+                for (node, n) in by_node {
+                    tracing::warn!(%node, sessions = n,
+                        "node holds persistent sessions but is gone: they are parked here until their devices come back");
                 }
             }
         }

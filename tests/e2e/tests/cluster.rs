@@ -516,13 +516,23 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
         nodes[0].logs.text()
     );
 
-    // Node 1, which holds the session now, is killed. The client comes back on node 2: the
-    // session is there (node 1 cannot be asked; its record is claimed as it stands).
+    // Node 1, which holds the session now, is killed. Node 2 stops hearing it and parks the
+    // sessions it held; what is published meanwhile waits in JetStream. The client comes
+    // back on node 2: the session is there (node 1 cannot be asked; its record is claimed as
+    // it stands), with that message, and then live ones.
     nodes[0].kill9();
     assert!(
         wait_child(&mut on_n1, T).is_some(),
         "mosquitto_sub kept running"
     );
+    assert!(
+        nodes[1]
+            .logs
+            .wait_for(&["but is gone: they are parked here"], T),
+        "node 2 did not notice node 1 was gone: {}",
+        nodes[1].logs.text()
+    );
+    publish(&nodes[1], 5);
     let addr2 = nodes[1].addr();
     let held = rt.block_on(async {
         let (mut c, r) = RawClient::connect(
@@ -550,6 +560,7 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
             ),
             "after node 1 was killed: {r:?}"
         );
+        assert_eq!(receive_seqs(&mut c, 1).await, vec![5]);
         let sent = tokio::task::spawn_blocking({
             let n2 = nodes[1].mosquitto_args(&a);
             move || {
@@ -561,7 +572,7 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
                         "-q",
                         "1",
                         "-m",
-                        &telemetry(5),
+                        &telemetry(6),
                     ])
                     .output()
                     .unwrap()
@@ -570,7 +581,7 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
         .await
         .unwrap();
         assert!(sent.status.success(), "{sent:?}");
-        assert_eq!(receive_seqs(&mut c, 1).await, vec![5]);
+        assert_eq!(receive_seqs(&mut c, 1).await, vec![6]);
         c
     });
 

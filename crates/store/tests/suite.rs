@@ -118,6 +118,7 @@ on_both_backends!(
     read_then_write_transactions_survive_a_busy_writer,
     events_are_deduplicated_per_device_and_listed_oldest_first,
     rollouts_keep_their_devices_and_apply_each_report_once_in_order,
+    seen_times_are_batched_and_never_go_back,
 );
 
 fn cert(serial: &str) -> NewCertificate {
@@ -788,4 +789,52 @@ async fn postgres_refuses_unsafe_or_broken_settings() {
         .to_string();
     assert!(e.contains("database error"), "{e}");
     Db::Postgres { url, schema }.finish().await;
+}
+
+async fn seen_times_are_batched_and_never_go_back(db: &Db) {
+    let s = db.open().await;
+    // More devices than one multi-row statement holds.
+    for i in 0..250 {
+        s.add_identity(&device(&format!("gw-{i:03}"), &format!("{i:04x}")))
+            .await
+            .unwrap();
+    }
+    let t0 = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let seen = |id: &str, at: OffsetDateTime, address: &str| Seen {
+        device_id: id.into(),
+        at,
+        address: address.into(),
+    };
+    let mut batch: Vec<Seen> = (0..250)
+        .map(|i| seen(&format!("gw-{i:03}"), t0, &format!("127.0.0.{}:1", i % 200)))
+        .collect();
+    // An identity that is not registered is skipped, not an error.
+    batch.push(seen("nobody", t0, "127.0.0.9:9"));
+    s.record_seen_many(&batch).await.unwrap();
+    for i in [0, 99, 100, 249] {
+        let d = s.device(&format!("gw-{i:03}")).await.unwrap().unwrap();
+        assert_eq!(d.last_seen_at, Some(t0), "gw-{i:03}");
+        assert_eq!(
+            d.last_address.as_deref(),
+            Some(format!("127.0.0.{}:1", i % 200).as_str())
+        );
+    }
+    // An older time (a batch flushed late) does not overwrite a newer one; a newer one does.
+    s.record_seen_many(&[
+        seen("gw-000", t0 - Duration::seconds(5), "10.0.0.1:1"),
+        seen("gw-001", t0 + Duration::seconds(5), "10.0.0.2:2"),
+    ])
+    .await
+    .unwrap();
+    let d0 = s.device("gw-000").await.unwrap().unwrap();
+    assert_eq!(
+        (d0.last_seen_at, d0.last_address.as_deref()),
+        (Some(t0), Some("127.0.0.0:1"))
+    );
+    let d1 = s.device("gw-001").await.unwrap().unwrap();
+    assert_eq!(
+        (d1.last_seen_at, d1.last_address.as_deref()),
+        (Some(t0 + Duration::seconds(5)), Some("10.0.0.2:2"))
+    );
+    s.record_seen_many(&[]).await.unwrap();
 }

@@ -71,21 +71,26 @@ impl PkiStore for PgStore {
     }
 
     async fn record_certificate_usage(&self, usage: &[CertificateUsage]) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        for u in usage {
-            sqlx::query(
-                "INSERT INTO certificate_usage (fingerprint, client_id, first_seen, last_seen) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (fingerprint, client_id) \
-                 DO UPDATE SET last_seen = GREATEST(certificate_usage.last_seen, excluded.last_seen)",
-            )
-            .bind(&u.fingerprint)
-            .bind(&u.client_id)
-            .bind(to_ms(u.first_seen))
-            .bind(to_ms(u.last_seen))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        // One statement for the whole batch (arrays). Grouped first: one upsert may not
+        // touch a row twice, and the batch may name a (fingerprint, client id) twice.
+        let fingerprints: Vec<&str> = usage.iter().map(|u| u.fingerprint.as_str()).collect();
+        let clients: Vec<&str> = usage.iter().map(|u| u.client_id.as_str()).collect();
+        let first: Vec<i64> = usage.iter().map(|u| to_ms(u.first_seen)).collect();
+        let last: Vec<i64> = usage.iter().map(|u| to_ms(u.last_seen)).collect();
+        sqlx::query(
+            "INSERT INTO certificate_usage (fingerprint, client_id, first_seen, last_seen) \
+             SELECT f, c, min(fs), max(ls) \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(f, c, fs, ls) \
+             GROUP BY f, c \
+             ON CONFLICT (fingerprint, client_id) \
+             DO UPDATE SET last_seen = GREATEST(certificate_usage.last_seen, excluded.last_seen)",
+        )
+        .bind(&fingerprints)
+        .bind(&clients)
+        .bind(&first)
+        .bind(&last)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -267,20 +267,21 @@ impl Registry for PgStore {
     }
 
     async fn record_seen_many(&self, seen: &[Seen]) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        for s in seen {
-            sqlx::query(
-                "UPDATE devices SET last_seen_at = $1, last_address = $2 WHERE id = $3 \
-                 AND (last_seen_at IS NULL OR last_seen_at <= $4)",
-            )
-            .bind(to_ms(s.at))
-            .bind(&s.address)
-            .bind(&s.device_id)
-            .bind(to_ms(s.at))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        // One statement for the whole batch (arrays), not one per device: after a connection
+        // storm the batch holds every device that connected.
+        let ids: Vec<&str> = seen.iter().map(|s| s.device_id.as_str()).collect();
+        let ats: Vec<i64> = seen.iter().map(|s| to_ms(s.at)).collect();
+        let addresses: Vec<&str> = seen.iter().map(|s| s.address.as_str()).collect();
+        sqlx::query(
+            "UPDATE devices d SET last_seen_at = v.at, last_address = v.address \
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[]) AS v(id, at, address) \
+             WHERE d.id = v.id AND (d.last_seen_at IS NULL OR d.last_seen_at <= v.at)",
+        )
+        .bind(&ids)
+        .bind(&ats)
+        .bind(&addresses)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

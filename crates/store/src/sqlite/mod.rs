@@ -73,6 +73,10 @@ impl SqliteOptions {
 }
 
 /// SQLite implementation of the storage traits.
+/// Rows per multi-row statement in batched writes (four bound values each at most, far
+/// below SQLite's limit on bound parameters).
+pub(super) const ROWS_PER_STATEMENT: usize = 100;
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -96,6 +100,11 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            // A SQLite connection is a file handle in this process; it cannot go stale the
+            // way a network connection can. The default test before every acquire is one
+            // more round trip to the connection's worker thread per query — two thread
+            // switches for every lookup, in every CONNECT.
+            .test_before_acquire(false)
             .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;

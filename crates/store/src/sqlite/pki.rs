@@ -71,18 +71,21 @@ impl PkiStore for SqliteStore {
 
     async fn record_certificate_usage(&self, usage: &[CertificateUsage]) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        for u in usage {
-            sqlx::query(
-                "INSERT INTO certificate_usage (fingerprint, client_id, first_seen, last_seen) \
-                 VALUES (?, ?, ?, ?) ON CONFLICT (fingerprint, client_id) \
+        for chunk in usage.chunks(super::ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO certificate_usage (fingerprint, client_id, first_seen, last_seen) ",
+            );
+            q.push_values(chunk, |mut b, u| {
+                b.push_bind(&u.fingerprint)
+                    .push_bind(&u.client_id)
+                    .push_bind(to_ms(u.first_seen))
+                    .push_bind(to_ms(u.last_seen));
+            });
+            q.push(
+                " ON CONFLICT (fingerprint, client_id) \
                  DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
-            )
-            .bind(&u.fingerprint)
-            .bind(&u.client_id)
-            .bind(to_ms(u.first_seen))
-            .bind(to_ms(u.last_seen))
-            .execute(&mut *tx)
-            .await?;
+            );
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -265,17 +265,22 @@ impl Registry for SqliteStore {
 
     async fn record_seen_many(&self, seen: &[Seen]) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        for s in seen {
-            sqlx::query(
-                "UPDATE devices SET last_seen_at = ?, last_address = ? WHERE id = ? \
-                 AND (last_seen_at IS NULL OR last_seen_at <= ?)",
-            )
-            .bind(to_ms(s.at))
-            .bind(&s.address)
-            .bind(&s.device_id)
-            .bind(to_ms(s.at))
-            .execute(&mut *tx)
-            .await?;
+        // One statement per chunk, not per device: after a connection storm the batch holds
+        // every device that connected, and each statement is a round trip to SQLite's thread.
+        for chunk in seen.chunks(super::ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "UPDATE devices SET last_seen_at = v.column2, last_address = v.column3 FROM (",
+            );
+            q.push_values(chunk, |mut b, s| {
+                b.push_bind(&s.device_id)
+                    .push_bind(to_ms(s.at))
+                    .push_bind(&s.address);
+            });
+            q.push(
+                ") AS v WHERE devices.id = v.column1 \
+                 AND (devices.last_seen_at IS NULL OR devices.last_seen_at <= v.column2)",
+            );
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -404,19 +404,30 @@ impl Shared {
             {
                 return;
             }
-            st.ended = true;
-            st.inflight.clear();
-            if map
-                .get(&session.client_id)
-                .is_some_and(|s| Arc::ptr_eq(s, session))
-            {
-                map.remove(&session.client_id);
-            }
-            st.subscriptions.drain().map(|(f, _)| f).collect::<Vec<_>>()
+            Self::unlink(&mut map, session, &mut st)
         };
         self.drop_subscriptions(session, &filters);
         session.mailbox.clear();
         self.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Marks `session` ended and takes it out of the session map (if it is still the one
+    /// there). Returns its subscription filters, to be dropped from the index once the
+    /// locks are released.
+    pub(crate) fn unlink(
+        map: &mut HashMap<Arc<str>, Arc<Session>>,
+        session: &Arc<Session>,
+        st: &mut crate::session::SessionState,
+    ) -> Vec<String> {
+        st.ended = true;
+        st.inflight.clear();
+        if map
+            .get(&session.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            map.remove(&session.client_id);
+        }
+        st.subscriptions.drain().map(|(f, _)| f).collect()
     }
 
     /// Delivers `msg` to every matching subscriber's queue. QoS 0 is dropped for a full queue;

@@ -267,14 +267,7 @@ impl Shared {
             {
                 return;
             }
-            st.ended = true;
-            if map
-                .get(&session.client_id)
-                .is_some_and(|s| Arc::ptr_eq(s, session))
-            {
-                map.remove(&session.client_id);
-            }
-            st.subscriptions.drain().map(|(f, _)| f).collect::<Vec<_>>()
+            Self::unlink(&mut map, session, &mut st)
         };
         self.drop_subscriptions(session, &filters);
         session.mailbox.clear();

@@ -117,6 +117,37 @@ impl RawClient {
         (c, r)
     }
 
+    /// CONNECT as `client_id` with keep-alive 60 s; panics unless accepted, and returns the
+    /// connection with CONNACK's session-present flag.
+    pub async fn connect_session(
+        addr: SocketAddr,
+        bundle: &Bundle,
+        protocol: Protocol,
+        client_id: &str,
+        clean_start: bool,
+        properties: ConnectProperties,
+    ) -> (RawClient, bool) {
+        let (c, r) = RawClient::connect(
+            addr,
+            bundle,
+            protocol,
+            client_id,
+            clean_start,
+            60,
+            None,
+            properties,
+        )
+        .await;
+        match r {
+            Received::Packet(Packet::ConnAck(ConnAck {
+                code: 0,
+                session_present,
+                ..
+            })) => (c, session_present),
+            other => panic!("CONNECT as {client_id:?} refused: {other:?}"),
+        }
+    }
+
     /// CONNECT with defaults: clean start, keep-alive 60 s; panics unless accepted.
     pub async fn connect_ok(addr: SocketAddr, bundle: &Bundle, protocol: Protocol) -> RawClient {
         let (c, r) = RawClient::connect(

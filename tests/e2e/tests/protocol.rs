@@ -189,28 +189,16 @@ fn persistent_session_resends_unacknowledged_messages_with_dup() {
         assert!(!first.dup);
         drop(c);
 
-        let (mut c, r) = RawClient::connect(
+        let (mut c, present) = RawClient::connect_session(
             hub.addr(),
             &dev,
             Protocol::V311,
             "gw-a",
             false,
-            60,
-            None,
             ConnectProperties::default(),
         )
         .await;
-        assert!(
-            matches!(
-                r,
-                Received::Packet(Packet::ConnAck(ConnAck {
-                    session_present: true,
-                    code: 0,
-                    ..
-                }))
-            ),
-            "{r:?}"
-        );
+        assert!(present, "the session was not kept");
         let p = c.expect(T, |p| matches!(p, Packet::Publish(_))).await;
         let Packet::Publish(again) = p else {
             unreachable!()

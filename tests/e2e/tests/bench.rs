@@ -20,8 +20,10 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
             "1s",
             "--devices",
             "5",
+            // Enough connections that the hub's CPU during the storm spans several of
+            // /proc's 10 ms ticks (20 could fit in less than one, and measured 0).
             "--storm",
-            "20",
+            "200",
             "--connections",
             "20",
             "--json",

@@ -37,7 +37,12 @@ pub(crate) struct Forward {
     cluster: Cluster,
     node: Arc<str>,
     writes: mpsc::UnboundedSender<Write>,
+    /// Bounds the copies of other nodes' messages being queued for parked sessions.
+    relayed: Arc<tokio::sync::Semaphore>,
 }
+
+/// Copies of other nodes' messages queued for parked sessions at once, at most.
+const RELAYED_IN_FLIGHT: usize = 4096;
 
 impl Forward {
     /// The peers of this node; starts the task that writes session records in order.
@@ -48,6 +53,7 @@ impl Forward {
             node: cluster.node().into(),
             cluster,
             writes,
+            relayed: Arc::new(tokio::sync::Semaphore::new(RELAYED_IN_FLIGHT)),
         }
     }
 
@@ -323,9 +329,29 @@ impl rampart_broker::Peers for Forward {
                 (self.node.clone(), seq, dedup)
             }
         };
-        self.cluster
-            .sessions()
-            .enqueue(client_id, &dedup, &routed(&node, seq, message))
+        let sessions = self.cluster.sessions().clone();
+        let routed = routed(&node, seq, message);
+        if *node != *self.node {
+            // Another node's message. Its origin queues it too, before its publisher's
+            // PUBACK; this copy covers an origin that has not yet seen the session parked,
+            // or died. It must not hold up what this node receives from the others, so it
+            // is not waited for — and skipped when too many are in flight already.
+            let Ok(permit) = self.relayed.clone().try_acquire_owned() else {
+                tracing::debug!(%client_id, "relay copy for a parked session skipped: too many in flight");
+                return Ok(());
+            };
+            let client_id = client_id.to_owned();
+            tokio::spawn(async move {
+                if let Err(e) = sessions.enqueue(&client_id, &dedup, &routed).await {
+                    tracing::warn!(%client_id, error = %e,
+                        "could not queue another node's message for a parked session");
+                }
+                drop(permit);
+            });
+            return Ok(());
+        }
+        sessions
+            .enqueue(client_id, &dedup, &routed)
             .await
             .map_err(|e| e.to_string())
     }

@@ -392,7 +392,7 @@ const DEFS: [Def; METRIC_COUNT] = [
     Def {
         name: "rampart_cluster_session_messages_queued_total",
         kind: "counter",
-        help: "Messages queued in JetStream for parked sessions by this node.",
+        help: "Messages for parked sessions queued in JetStream by this node (its own, once JetStream acknowledged them; copies of other nodes' messages when handed over).",
     },
     Def {
         name: "rampart_cluster_session_messages_lost_total",

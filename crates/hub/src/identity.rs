@@ -38,6 +38,8 @@ pub(crate) struct Authenticator {
     /// Name of the quarantine policy (for reloading the policy set).
     pub quarantine_policy: String,
     jit: RwLock<Vec<JitCa>>,
+    /// The other nodes, in a cluster: told when a registration here attaches a policy.
+    peers: std::sync::OnceLock<rampart_cluster::Cluster>,
 }
 
 fn busy(e: StoreError) -> Refusal {
@@ -66,6 +68,7 @@ impl Authenticator {
             engine,
             quarantine_policy,
             jit: RwLock::new(Vec::new()),
+            peers: std::sync::OnceLock::new(),
         };
         a.reload_trusted_cas().await?;
         Ok(a)
@@ -150,10 +153,39 @@ impl Authenticator {
             )
         })?;
         self.admit(&device)?;
+        // Another node of a cluster may have registered the device (just in time, or by
+        // provisioning) and set its facts there only: the registry row is the truth.
+        let facts = facts_of(&device);
+        if self.engine.facts(cn).as_ref() != Some(&facts) {
+            self.engine.set_facts(cn, Some(facts));
+        }
         if device.kind == IdentityKind::Claim {
             self.check_claim(cn).await?;
         }
         Ok(identity(device.kind))
+    }
+
+    /// Joins the other nodes of a cluster (set once, after the link is up).
+    pub(crate) fn set_peers(&self, cluster: rampart_cluster::Cluster) {
+        let _ = self.peers.set(cluster);
+    }
+
+    /// Tells the other nodes of a registry change made here.
+    async fn tell_peers(&self, req: crate::control::Request) {
+        let Some(cluster) = self.peers.get() else {
+            return;
+        };
+        let sent = match serde_json::to_vec(&req) {
+            Ok(notice) => cluster
+                .notify(notice.into())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            tracing::error!(request = ?req, error = %e,
+                "the other nodes were not told of a registration here; they apply it when they restart, or at the next policy change");
+        }
     }
 
     /// Refuses identities that may not connect now.
@@ -312,7 +344,10 @@ impl Authenticator {
             ));
         }
         if jit.ca.template.policy.is_some() {
-            // The template attached a policy: the device's rights include it from now on.
+            // The template attached a policy: the device's rights include it from now on,
+            // on this node and on the others (which may see its next connection).
+            self.tell_peers(crate::control::Request::PoliciesChanged)
+                .await;
             match crate::policies::load_set(&*self.store, &self.quarantine_policy).await {
                 Ok(set) => self.engine.replace_policies(set),
                 Err(e) => {

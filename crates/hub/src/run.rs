@@ -216,6 +216,7 @@ impl Hub {
                 })
                 .await?;
                 broker.set_peers(Arc::new(crate::cluster::Forward::new(c.clone())));
+                auth.set_peers(c.clone());
                 Some((c, rx))
             }
         };

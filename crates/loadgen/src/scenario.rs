@@ -58,6 +58,9 @@ pub enum Pattern {
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub target: Target,
+    /// Where the other side (the subscriber of a fan-in, the publisher of a fan-out)
+    /// connects, when not to `target`: another node of a multi-node hub.
+    pub other_target: Option<Target>,
     /// The CA that signed the broker's certificate (PEM); the fleet's own CA if `None`.
     pub server_ca_pem: Option<String>,
     pub devices: usize,
@@ -91,8 +94,10 @@ fn progress_line(on: bool, text: std::fmt::Arguments<'_>) {
 
 impl Scenario {
     fn check(&self, fleet: &Fleet) -> Result<(), LoadError> {
-        if !self.target.addr.ip().is_loopback() {
-            return Err(LoadError::NotLoopback(self.target.addr.ip()));
+        for t in std::iter::once(&self.target).chain(&self.other_target) {
+            if !t.addr.ip().is_loopback() {
+                return Err(LoadError::NotLoopback(t.addr.ip()));
+            }
         }
         if self.devices == 0 || self.devices > fleet.devices.len() {
             return Err(LoadError::Invalid(format!(
@@ -354,7 +359,7 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
             &fleet.subscriber.key_pem,
         )?;
         let conn = client::connect(
-            &sc.target,
+            sc.other_target.as_ref().unwrap_or(&sc.target),
             tls,
             Some(client::source_address(0)),
             &fleet.subscriber.id,

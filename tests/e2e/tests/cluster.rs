@@ -645,3 +645,84 @@ fn a_node_whose_nats_has_no_jetstream_does_not_start() {
         "{err}"
     );
 }
+
+#[test]
+fn a_device_registered_just_in_time_on_one_node_has_its_rights_on_the_others() {
+    let Some((pg, nats)) = services("cluster just-in-time registration") else {
+        return;
+    };
+    let nodes = cluster(&pg, &nats, 2);
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    // A vendor CA trusted through node 1: its devices register on first connection, join
+    // group "acme" and get a policy that lets them read every device's telemetry.
+    let policy = n1.tmp.path().join("acme-reader.toml");
+    std::fs::write(
+        &policy,
+        "name = \"acme-reader\"\n[[statement]]\neffect = \"allow\"\nactions = [\"subscribe\", \"receive\"]\nresources = [\"devices/+/telemetry\"]\n",
+    )
+    .unwrap();
+    ok(n1.rampart(&["policy", "put", policy.to_str().unwrap()]));
+    let acme = VendorCa::create(&n1.tmp.path().join("vendors"), "acme-ca", "ec", 365);
+    ok(n1.rampart(&[
+        "ca",
+        "register",
+        acme.cert().to_str().unwrap(),
+        "--group",
+        "acme",
+        "--policy",
+        "acme-reader",
+    ]));
+    assert!(
+        n2.logs.wait_for(&["TrustChanged"], T),
+        "node 2 did not hear of the new CA: {}",
+        n2.logs.text()
+    );
+    // Both devices register through node 1.
+    let reader = acme.issue(n1, "acme-gw-1", "/O=Acme/CN=acme-gw-1", "ec");
+    let writer = acme.issue(n1, "acme-gw-2", "/O=Acme/CN=acme-gw-2", "ec");
+    for (d, seq) in [(&reader, 1), (&writer, 2)] {
+        let out = n1.mosquitto_pub(
+            d,
+            &[
+                "-t",
+                &format!("devices/{}/telemetry", d.id),
+                "-q",
+                "1",
+                "-m",
+                &telemetry(seq),
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(
+        n2.logs.wait_for(&["PoliciesChanged"], T),
+        "node 2 was not told of the attached policy: {}",
+        n2.logs.text()
+    );
+    // On node 2 the reader has the template's policy, and the writer's telemetry published
+    // on node 1 reaches it.
+    let (mut sub, lines) = n2.mosquitto_sub(
+        &reader,
+        &["-t", "devices/+/telemetry", "-q", "1", "-v", "-d"],
+    );
+    assert!(lines.wait_for(&["SUBACK"], T), "{}", lines.text());
+    let out = n1.mosquitto_pub(
+        &writer,
+        &[
+            "-t",
+            "devices/acme-gw-2/telemetry",
+            "-q",
+            "1",
+            "-m",
+            &telemetry(3),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        lines.wait_for(&["devices/acme-gw-2/telemetry {\"v\":1,\"seq\":3"], T),
+        "the reader on node 2 got nothing: {}\nnode 2: {}",
+        lines.text(),
+        n2.logs.text()
+    );
+    let _ = sub.kill();
+}

@@ -45,6 +45,11 @@ pub struct RunArgs {
     /// The broker's MQTT over TLS address (loopback only).
     #[arg(long, default_value = "127.0.0.1:8883", value_name = "ADDR:PORT")]
     pub target: SocketAddr,
+    /// Where the subscriber (fan-in) or the publisher (fan-out) connects instead of
+    /// --target: another node of a multi-node hub, to measure delivery across nodes
+    /// (loopback only).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub other_target: Option<SocketAddr>,
     /// The CA that signed the broker's certificate (PEM; default: the fleet's CA, which
     /// signed the server.pem `rampart bench fleet` writes).
     #[arg(long, value_name = "FILE")]
@@ -141,8 +146,12 @@ impl RunArgs {
             server_ca_pem,
             target: Target {
                 addr: self.target,
-                server_name,
+                server_name: server_name.clone(),
             },
+            other_target: self.other_target.map(|addr| Target {
+                addr,
+                server_name: server_name.clone(),
+            }),
             devices: self.devices,
             protocol: self.protocol,
             qos: rampart_mqtt::QoS::from_bits(self.qos).unwrap_or(rampart_mqtt::QoS::AtLeastOnce),

@@ -15,6 +15,7 @@ use rampart_loadgen::scenario::{self, Pattern, Rate, Report, Scenario};
 use crate::CliError;
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process from the command line
 pub enum BenchCommand {
     /// Create the simulated fleet's identities: a CA of its own and one certificate per
     /// device, in one file; also writes ca.pem, server.pem and server.key next to it for a

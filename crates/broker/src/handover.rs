@@ -76,6 +76,23 @@ impl Shared {
         let Some(peers) = self.peers.get().cloned() else {
             return self.attach(client_id, identity, protocol, clean_start, expiry);
         };
+        let attached = self
+            .open_cluster_session(&peers, client_id, identity, protocol, clean_start, expiry)
+            .await;
+        peers.connected(client_id, attached.ctl.attached_ms);
+        attached
+    }
+
+    /// [`Shared::open_session`] in a cluster: resumes, discards or announces the session.
+    async fn open_cluster_session(
+        &self,
+        peers: &Arc<dyn Peers>,
+        client_id: &Arc<str>,
+        identity: Identity,
+        protocol: Protocol,
+        clean_start: bool,
+        expiry: Duration,
+    ) -> Attached {
         if clean_start {
             let attached = self.attach(client_id, identity, protocol, true, expiry);
             peers.discard(client_id).await;
@@ -365,6 +382,29 @@ impl Broker {
             publish_will: true,
         });
         ctl.wait_finished(Duration::from_secs(8)).await
+    }
+
+    /// Another node accepted a connection for `client_id` at `attached_ms` (Unix ms): a
+    /// connection here for the same client id that attached before is closed (MQTT 5:
+    /// DISCONNECT 0x8E, session taken over). True if one was.
+    pub fn taken_over_elsewhere(&self, client_id: &str, attached_ms: u64) -> bool {
+        let ctl = self
+            .shared
+            .sessions
+            .lock()
+            .get(client_id)
+            .filter(|s| !s.parked.load(Ordering::Acquire))
+            .and_then(|s| s.state.lock().connection.clone())
+            .filter(|c| c.attached_ms < attached_ms);
+        let Some(ctl) = ctl else {
+            return false;
+        };
+        ctl.kick(Kick {
+            reason: reason::SESSION_TAKEN_OVER,
+            why: format!("client id {client_id:?} connected to another node"),
+            publish_will: true,
+        });
+        true
     }
 
     /// Whether this node holds the session of `client_id` (connected, or detached here).

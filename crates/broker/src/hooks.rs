@@ -104,6 +104,11 @@ pub trait Peers: Send + Sync + 'static {
     /// delivered locally. Must not block: routing waits for it. Returns the message's name.
     fn forward(&self, topic: &str, payload: &Bytes, qos: QoS, retain: bool) -> Origin;
 
+    /// A connection for `client_id` attached here at `attached_ms` (Unix ms): a connection
+    /// another node holds for the same client id, opened before, is to be closed (MQTT's
+    /// session takeover, across nodes). Must not block.
+    fn connected(&self, client_id: &str, attached_ms: u64);
+
     /// A persistent session is held by this node now, or its subscriptions changed. Must not
     /// block; the peers record it in order with [`Peers::park`].
     fn session_attached(&self, image: SessionImage);

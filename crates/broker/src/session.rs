@@ -28,6 +28,9 @@ pub(crate) struct Kick {
 #[derive(Debug)]
 pub(crate) struct ConnCtl {
     pub generation: u64,
+    /// When the connection attached (Unix ms): a newer connection for the same client id
+    /// on another node takes over only from an older one.
+    pub attached_ms: u64,
     kick: Mutex<Option<Kick>>,
     wake: Notify,
     done: watch::Sender<bool>,
@@ -37,6 +40,9 @@ impl ConnCtl {
     pub(crate) fn new(generation: u64) -> Arc<Self> {
         Arc::new(ConnCtl {
             generation,
+            attached_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             kick: Mutex::new(None),
             wake: Notify::new(),
             done: watch::Sender::new(false),

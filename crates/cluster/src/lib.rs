@@ -111,12 +111,22 @@ pub enum Incoming {
     Message(Routed),
     /// A registry-change notice: apply it to local sessions.
     Notice(Bytes),
+    /// Another node accepted a connection for `client_id` at `at_ms` (Unix ms): a
+    /// connection here for it that is older is to be closed.
+    Connected { client_id: String, at_ms: u64 },
     /// Another node resumes the session of `client_id`: close its connection here, park
     /// the session, then answer through [`Cluster::answer_takeover`].
     Takeover {
         client_id: String,
         reply: Option<async_nats::Subject>,
     },
+}
+
+/// A connection accepted by one node, as told to the others.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ConnectedNotice {
+    client_id: String,
+    at_ms: u64,
 }
 
 /// What asking another node to give up a session found.
@@ -158,6 +168,7 @@ pub struct Cluster {
     /// Sequence number of the next routed message (see the frame).
     seq: Arc<AtomicU64>,
     takeover_prefix: Arc<str>,
+    connected_subject: Arc<str>,
     sessions: Sessions,
     /// When each other node was last heard (heartbeats).
     alive: Arc<Mutex<HashMap<String, Instant>>>,
@@ -213,6 +224,8 @@ impl Cluster {
         let mut takeovers = subscribe(format!("{takeover_prefix}.{}", cfg.node).into()).await?;
         let alive_subject: Arc<str> = format!("{}.alive", cfg.cluster).into();
         let mut beats = subscribe(alive_subject.clone()).await?;
+        let connected_subject: Arc<str> = format!("{}.connected", cfg.cluster).into();
+        let mut connects = subscribe(connected_subject.clone()).await?;
         let sessions = Sessions::open(
             client.clone(),
             &cfg.cluster,
@@ -291,6 +304,24 @@ impl Cluster {
                 }
             });
         }
+        {
+            let in_tx = in_tx.clone();
+            tokio::spawn(async move {
+                while let Some(m) = connects.next().await {
+                    let Ok(c) = serde_json::from_slice::<ConnectedNotice>(&m.payload) else {
+                        tracing::warn!("unreadable connection notice from another node: ignored");
+                        continue;
+                    };
+                    let n = Incoming::Connected {
+                        client_id: c.client_id,
+                        at_ms: c.at_ms,
+                    };
+                    if in_tx.send(n).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             while let Some(m) = takeovers.next().await {
                 let Ok(client_id) = String::from_utf8(m.payload.to_vec()) else {
@@ -330,6 +361,7 @@ impl Cluster {
                 stats,
                 seq: Arc::new(AtomicU64::new(1)),
                 takeover_prefix,
+                connected_subject,
                 sessions,
                 alive,
                 started: Instant::now(),
@@ -373,6 +405,24 @@ impl Cluster {
             .map_err(|e| ClusterError::Notice(e.to_string()))?;
         self.stats.notices_sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Tells the other nodes that a connection for `client_id` attached here at `at_ms`, so
+    /// that one of theirs for the same client id, if older, is closed. Never waits.
+    pub fn announce_connected(&self, client_id: &str, at_ms: u64) {
+        let notice = ConnectedNotice {
+            client_id: client_id.to_owned(),
+            at_ms,
+        };
+        let Ok(body) = serde_json::to_vec(&notice) else {
+            return;
+        };
+        let (client, subject) = (self.client.clone(), self.connected_subject.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = client.publish(subject, body.into()).await {
+                tracing::debug!(error = %e, "connection notice not sent");
+            }
+        });
     }
 
     /// A sequence number for a message this node does not forward (it still needs a name

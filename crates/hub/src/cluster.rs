@@ -215,6 +215,10 @@ impl rampart_broker::Peers for Forward {
         }
     }
 
+    fn connected(&self, client_id: &str, attached_ms: u64) {
+        self.cluster.announce_connected(client_id, attached_ms);
+    }
+
     fn session_attached(&self, image: SessionImage) {
         let record = self.record(&image, self.attached_here());
         // The writer lives as long as the cluster link; a send fails only at shutdown.
@@ -484,6 +488,12 @@ pub(crate) async fn receive(mut rx: mpsc::Receiver<Incoming>, live: Arc<Live>) {
                     tracing::warn!(error = %e, "unreadable notice from another node: ignored")
                 }
             },
+            Incoming::Connected { client_id, at_ms } => {
+                if live.broker.taken_over_elsewhere(&client_id, at_ms) {
+                    tracing::info!(%client_id,
+                        "the client connected to another node: its older connection here is closed");
+                }
+            }
             Incoming::Takeover { client_id, reply } => {
                 let live = live.clone();
                 tokio::spawn(async move {

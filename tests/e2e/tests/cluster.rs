@@ -726,3 +726,45 @@ fn a_device_registered_just_in_time_on_one_node_has_its_rights_on_the_others() {
     );
     let _ = sub.kill();
 }
+
+#[test]
+fn a_client_id_connecting_to_another_node_takes_over_from_the_older_connection() {
+    let Some((pg, nats)) = services("cluster takeover of clean sessions") else {
+        return;
+    };
+    let nodes = cluster(&pg, &nats, 2);
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let d = n1.add_device("gw-d");
+    // A clean session on node 2 (MQTT 5, so the close says why).
+    let (mut old, lines) = n2.mosquitto_sub(&d, &["-t", "devices/gw-d/#", "-V", "5", "-d"]);
+    assert!(lines.wait_for(&["SUBACK"], T), "{}", lines.text());
+    // The same client id connects to node 1: node 2 closes the older connection.
+    let out = n1.mosquitto_pub(
+        &d,
+        &[
+            "-t",
+            "devices/gw-d/telemetry",
+            "-q",
+            "1",
+            "-m",
+            &telemetry(1),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_child(&mut old, T).is_some(),
+        "node 2 kept the older connection: {}",
+        n2.logs.text()
+    );
+    assert!(
+        n2.logs
+            .wait_for(&["its older connection here is closed"], T),
+        "{}",
+        n2.logs.text()
+    );
+    assert!(
+        lines.wait_for(&["DISCONNECT"], T) && lines.text().contains("142"),
+        "the client was not told 0x8E (session taken over): {}",
+        lines.text()
+    );
+}

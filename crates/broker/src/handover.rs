@@ -366,28 +366,27 @@ impl Broker {
     /// Closes this node's connection for `client_id` because another node resumes its
     /// session, and waits until the session is parked. False if no connection was open.
     pub async fn release(&self, client_id: &str) -> bool {
-        let ctl = self
-            .shared
-            .sessions
-            .lock()
-            .get(client_id)
-            .filter(|s| !s.parked.load(Ordering::Acquire))
-            .and_then(|s| s.state.lock().connection.clone());
-        let Some(ctl) = ctl else {
-            return false;
-        };
-        ctl.kick(Kick {
-            reason: reason::SESSION_TAKEN_OVER,
-            why: format!("client id {client_id:?} connected to another node"),
-            publish_will: true,
-        });
-        ctl.wait_finished(Duration::from_secs(8)).await
+        match self.close_for_another_node(client_id, u64::MAX) {
+            Some(ctl) => ctl.wait_finished(Duration::from_secs(8)).await,
+            None => false,
+        }
     }
 
     /// Another node accepted a connection for `client_id` at `attached_ms` (Unix ms): a
     /// connection here for the same client id that attached before is closed (MQTT 5:
     /// DISCONNECT 0x8E, session taken over). True if one was.
     pub fn taken_over_elsewhere(&self, client_id: &str, attached_ms: u64) -> bool {
+        self.close_for_another_node(client_id, attached_ms)
+            .is_some()
+    }
+
+    /// Asks this node's connection for `client_id`, if it attached before `before_ms`, to
+    /// close because the client is on another node now.
+    fn close_for_another_node(
+        &self,
+        client_id: &str,
+        before_ms: u64,
+    ) -> Option<Arc<crate::session::ConnCtl>> {
         let ctl = self
             .shared
             .sessions
@@ -395,16 +394,13 @@ impl Broker {
             .get(client_id)
             .filter(|s| !s.parked.load(Ordering::Acquire))
             .and_then(|s| s.state.lock().connection.clone())
-            .filter(|c| c.attached_ms < attached_ms);
-        let Some(ctl) = ctl else {
-            return false;
-        };
+            .filter(|c| c.attached_ms < before_ms)?;
         ctl.kick(Kick {
             reason: reason::SESSION_TAKEN_OVER,
             why: format!("client id {client_id:?} connected to another node"),
             publish_will: true,
         });
-        true
+        Some(ctl)
     }
 
     /// Whether this node holds the session of `client_id` (connected, or detached here).

@@ -104,6 +104,22 @@ fn telemetry_reader(n1: &TestHub, n2: &TestHub) -> Bundle {
     }
 }
 
+/// `d` sends reading `seq` to `node` with QoS 1 (mosquitto_pub); panics unless acknowledged.
+fn send_reading(node: &TestHub, d: &Bundle, seq: u64) {
+    let out = node.mosquitto_pub(
+        d,
+        &[
+            "-t",
+            &format!("devices/{}/telemetry", d.id),
+            "-q",
+            "1",
+            "-m",
+            &telemetry(seq),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
 #[test]
 fn messages_cross_nodes_and_disable_and_revoke_reach_the_node_holding_the_connection() {
     let Some((pg, nats)) = services("cluster delivery") else {
@@ -133,18 +149,7 @@ fn messages_cross_nodes_and_disable_and_revoke_reach_the_node_holding_the_connec
     // A device publishes on node 1 at QoS 1; the subscriber on node 2 receives it, and it
     // is stored once in the shared database.
     let a = n1.add_device("gw-a");
-    let out = n1.mosquitto_pub(
-        &a,
-        &[
-            "-t",
-            "devices/gw-a/telemetry",
-            "-q",
-            "1",
-            "-m",
-            &telemetry(1),
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
+    send_reading(n1, &a, 1);
     assert!(
         lines.wait_for(&["devices/gw-a/telemetry {\"v\":1,\"seq\":1"], T),
         "the subscriber on node 2 got nothing: {}\nnode 1: {}\nnode 2: {}",
@@ -402,20 +407,7 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
     let mut nodes = cluster(&pg, &nats, 2);
     let svc = telemetry_reader(&nodes[0], &nodes[1]);
     let a = nodes[0].add_device("gw-a");
-    let publish = |node: &TestHub, seq: u64| {
-        let out = node.mosquitto_pub(
-            &a,
-            &[
-                "-t",
-                "devices/gw-a/telemetry",
-                "-q",
-                "1",
-                "-m",
-                &telemetry(seq),
-            ],
-        );
-        assert!(out.status.success(), "{out:?}");
-    };
+    let publish = |node: &TestHub, seq: u64| send_reading(node, &a, seq);
     let queued = |nodes: &[TestHub]| -> f64 {
         nodes
             .iter()
@@ -681,18 +673,7 @@ fn a_device_registered_just_in_time_on_one_node_has_its_rights_on_the_others() {
     let reader = acme.issue(n1, "acme-gw-1", "/O=Acme/CN=acme-gw-1", "ec");
     let writer = acme.issue(n1, "acme-gw-2", "/O=Acme/CN=acme-gw-2", "ec");
     for (d, seq) in [(&reader, 1), (&writer, 2)] {
-        let out = n1.mosquitto_pub(
-            d,
-            &[
-                "-t",
-                &format!("devices/{}/telemetry", d.id),
-                "-q",
-                "1",
-                "-m",
-                &telemetry(seq),
-            ],
-        );
-        assert!(out.status.success(), "{out:?}");
+        send_reading(n1, d, seq);
     }
     assert!(
         n2.logs.wait_for(&["PoliciesChanged"], T),
@@ -706,18 +687,7 @@ fn a_device_registered_just_in_time_on_one_node_has_its_rights_on_the_others() {
         &["-t", "devices/+/telemetry", "-q", "1", "-v", "-d"],
     );
     assert!(lines.wait_for(&["SUBACK"], T), "{}", lines.text());
-    let out = n1.mosquitto_pub(
-        &writer,
-        &[
-            "-t",
-            "devices/acme-gw-2/telemetry",
-            "-q",
-            "1",
-            "-m",
-            &telemetry(3),
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
+    send_reading(n1, &writer, 3);
     assert!(
         lines.wait_for(&["devices/acme-gw-2/telemetry {\"v\":1,\"seq\":3"], T),
         "the reader on node 2 got nothing: {}\nnode 2: {}",
@@ -739,18 +709,7 @@ fn a_client_id_connecting_to_another_node_takes_over_from_the_older_connection()
     let (mut old, lines) = n2.mosquitto_sub(&d, &["-t", "devices/gw-d/#", "-V", "5", "-d"]);
     assert!(lines.wait_for(&["SUBACK"], T), "{}", lines.text());
     // The same client id connects to node 1: node 2 closes the older connection.
-    let out = n1.mosquitto_pub(
-        &d,
-        &[
-            "-t",
-            "devices/gw-d/telemetry",
-            "-q",
-            "1",
-            "-m",
-            &telemetry(1),
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
+    send_reading(n1, &d, 1);
     assert!(
         wait_child(&mut old, T).is_some(),
         "node 2 kept the older connection: {}",

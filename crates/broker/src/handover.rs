@@ -411,14 +411,4 @@ impl Broker {
             .get(client_id)
             .is_some_and(|s| !s.parked.load(Ordering::Acquire))
     }
-
-    /// Parked copies of cluster sessions on this node (for the operator and tests).
-    pub fn parked_sessions(&self) -> usize {
-        self.shared
-            .sessions
-            .lock()
-            .values()
-            .filter(|s| s.parked.load(Ordering::Acquire))
-            .count()
-    }
 }

@@ -254,9 +254,17 @@ impl Broker {
         self.shared.metrics.clone()
     }
 
-    /// Sessions and their state, for the operator.
+    /// Sessions and their state, for the operator. Parked copies of a cluster's sessions
+    /// are not this node's and are left out.
     pub fn clients(&self) -> Vec<ClientInfo> {
-        let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();
+        let sessions: Vec<Arc<Session>> = self
+            .shared
+            .sessions
+            .lock()
+            .values()
+            .filter(|s| !s.parked.load(Ordering::Acquire))
+            .cloned()
+            .collect();
         let mut out: Vec<ClientInfo> = sessions
             .iter()
             .map(|s| {

@@ -42,23 +42,49 @@ pub fn bin(name: &str) -> PathBuf {
 /// A port the kernel hands out for `bind(0)` is also one it may pick as the source port of an
 /// outgoing connection (to PostgreSQL, to a hub) — so a hub restarted on "its" port could
 /// find it taken. Ports from 20000 to 32767 are only used by whoever binds them.
+///
+/// Each port handed out is also reserved for an hour with a file under the temporary
+/// directory: nextest runs every test in a process of its own, and a port that is free
+/// while a test restarts its hub must not go to another test meanwhile.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
+    let reserved = std::env::temp_dir().join("rampart-e2e-ports");
+    std::fs::create_dir_all(&reserved).unwrap();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos()
         ^ std::process::id().wrapping_mul(2_654_435_761);
-    for i in 0..1000u32 {
+    for i in 0..5000u32 {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let port =
             20_000 + (seed.wrapping_add(n.wrapping_mul(7919)).wrapping_add(i) % 12_768) as u16;
+        if !reserve(&reserved.join(port.to_string())) {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
     panic!("no free port between 20000 and 32767 on 127.0.0.1")
+}
+
+/// Takes the reservation file `f` unless another test took it within the last hour.
+fn reserve(f: &Path) -> bool {
+    let fresh = std::fs::metadata(f)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < Duration::from_secs(3600)));
+    if fresh {
+        return false;
+    }
+    // A stale reservation is removed first; `create_new` lets only one taker win.
+    let _ = std::fs::remove_file(f);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(f)
+        .is_ok()
 }
 
 /// Polls `f` every 50 ms until it returns true or `timeout` passes.

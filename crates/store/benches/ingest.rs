@@ -35,6 +35,41 @@ const DEVICES: usize = 100;
 const ROWS: usize = 100_000;
 const BATCH: usize = 2_000;
 
+/// CPU time this process has used so far, in microseconds: the sum over its threads (the
+/// runtime's and SQLite's worker threads alike) of `/proc/self/task/*/schedstat`, which
+/// counts nanoseconds on the CPU.
+fn process_cpu_us() -> f64 {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
+                ns += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    ns as f64 / 1_000.0
+}
+
+/// Rows per second, and CPU microseconds per row.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    rows_per_s: f64,
+    cpu_us_per_row: f64,
+}
+
+impl Rate {
+    fn since(start: Instant, cpu_start: f64) -> Rate {
+        Rate {
+            rows_per_s: ROWS as f64 / start.elapsed().as_secs_f64(),
+            cpu_us_per_row: (process_cpu_us() - cpu_start) / ROWS as f64,
+        }
+    }
+}
+
 fn row(device: usize, seq: i64, now: OffsetDateTime) -> TelemetryRow {
     let body = format!(
         "{{\"v\":1,\"seq\":{seq},\"ts\":\"2026-11-25T12:00:00.000Z\",\"pack\":{{\"voltage_v\":52.41,\"current_a\":-12.5,\"soc_pct\":81.2}}}}"
@@ -70,13 +105,13 @@ async fn open(dir: &std::path::Path, name: &str, sync: Synchronous) -> SqliteSto
     SqliteStore::open(&o).await.expect("open the database")
 }
 
-async fn hub_path(store: Arc<dyn Store>, rows: Vec<TelemetryRow>) -> f64 {
+async fn hub_path(store: Arc<dyn Store>, rows: Vec<TelemetryRow>) -> Rate {
     let queue = IngestQueue::spawn(store.clone(), 65_536, BATCH);
     let mut per_device: Vec<Vec<TelemetryRow>> = (0..DEVICES).map(|_| Vec::new()).collect();
     for (i, r) in rows.into_iter().enumerate() {
         per_device[i % DEVICES].push(r);
     }
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), process_cpu_us());
     let mut tasks = tokio::task::JoinSet::new();
     for mine in per_device {
         let q = queue.clone();
@@ -99,10 +134,10 @@ async fn hub_path(store: Arc<dyn Store>, rows: Vec<TelemetryRow>) -> f64 {
         });
     }
     while tasks.join_next().await.is_some() {}
-    ROWS as f64 / start.elapsed().as_secs_f64()
+    Rate::since(start, cpu)
 }
 
-async fn raw(dir: &std::path::Path, sync: Synchronous, rows: &[TelemetryRow]) -> f64 {
+async fn raw(dir: &std::path::Path, sync: Synchronous, rows: &[TelemetryRow]) -> Rate {
     // The hub's schema, then a connection of our own.
     let path = dir.join("raw.db");
     open(dir, "raw.db", sync).await.close().await;
@@ -119,7 +154,7 @@ async fn raw(dir: &std::path::Path, sync: Synchronous, rows: &[TelemetryRow]) ->
         .await
         .expect("raw pool");
     let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), process_cpu_us());
     for batch in rows.chunks(BATCH) {
         // In key order: neighbouring rows land on the same B-tree pages.
         let mut batch: Vec<&TelemetryRow> = batch.iter().collect();
@@ -150,7 +185,7 @@ async fn raw(dir: &std::path::Path, sync: Synchronous, rows: &[TelemetryRow]) ->
         }
         tx.commit().await.expect("commit");
     }
-    let rate = ROWS as f64 / start.elapsed().as_secs_f64();
+    let rate = Rate::since(start, cpu);
     pool.close().await;
     rate
 }
@@ -166,8 +201,8 @@ fn main() {
         ROWS
     );
     println!(
-        "{:8} {:>14} {:>14} {:>7}",
-        "sync", "hub rows/s", "raw rows/s", "ratio"
+        "{:8} {:>14} {:>14} {:>7} {:>16} {:>16}",
+        "sync", "hub rows/s", "raw rows/s", "ratio", "hub CPU µs/row", "raw CPU µs/row"
     );
     for (name, sync) in [("full", Synchronous::Full), ("normal", Synchronous::Normal)] {
         let data = rows();
@@ -178,7 +213,14 @@ fn main() {
             let store = Arc::new(open(hub_dir.path(), "hub.db", sync).await);
             hub_path(store, data).await
         });
-        println!("{name:8} {h:>14.0} {r:>14.0} {:>7.2}", h / r);
+        println!(
+            "{name:8} {:>14.0} {:>14.0} {:>7.2} {:>16.2} {:>16.2}",
+            h.rows_per_s,
+            r.rows_per_s,
+            h.rows_per_s / r.rows_per_s,
+            h.cpu_us_per_row,
+            r.cpu_us_per_row
+        );
     }
     match std::env::var("RAMPART_TEST_POSTGRES_URL") {
         Ok(url) => rt.block_on(postgres(&url)),
@@ -259,10 +301,12 @@ async fn postgres(url: &str) {
     let hub = Arc::new(pg_open(url, &format!("bench_hub_{tag}")).await);
     let h = hub_path(hub.clone(), data).await;
     drop_schema(&hub).await;
+    // The server's CPU is another process's: no CPU column here.
     println!(
-        "{:8} {h:>14.0} {r:>14.0} {:>7.2}   (PostgreSQL; raw = COPY)",
+        "{:8} {:>14.0} {r:>14.0} {:>7.2}   (PostgreSQL; raw = COPY)",
         "pg",
-        h / r
+        h.rows_per_s,
+        h.rows_per_s / r
     );
 
     println!(

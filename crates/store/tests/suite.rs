@@ -838,3 +838,103 @@ async fn seen_times_are_batched_and_never_go_back(db: &Db) {
     );
     s.record_seen_many(&[]).await.unwrap();
 }
+
+/// SQLite commits telemetry to an append-only log and moves it into its table in bulk:
+/// across a move, and across a reopen, every reading is stored once, and reads see both
+/// tables merged in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_telemetry_log_moves_in_bulk_and_keeps_every_reading_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rampart.db");
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    let devices = ["gw-a", "gw-b", "gw-c"];
+    let per_device = (TELEMETRY_LOG_ROWS / devices.len() + 200) as i64;
+    // Interleaved as a hub receives them, 512 rows per commit.
+    let all: Vec<TelemetryRow> = (1..=per_device)
+        .flat_map(|seq| devices.map(|d| row(d, seq)))
+        .collect();
+    let mut new = 0;
+    for batch in all.chunks(512) {
+        new += s.insert_telemetry(batch).await.unwrap();
+    }
+    assert_eq!(new, all.len() as u64);
+    let count = |table: &'static str| {
+        let path = path.clone();
+        async move {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            pool.close().await;
+            n as usize
+        }
+    };
+    // One move happened (the log passed its bound); what came after waits in the log.
+    let (moved, logged) = (count("telemetry").await, count("telemetry_log").await);
+    assert!(moved >= TELEMETRY_LOG_ROWS, "{moved} rows moved");
+    assert!(
+        logged > 0 && logged < TELEMETRY_LOG_ROWS,
+        "{logged} rows in the log"
+    );
+    assert_eq!(moved + logged, all.len());
+
+    // Re-sent readings — some moved, some still in the log, one twice in a batch — are not new.
+    let resend = vec![
+        all[0].clone(),
+        all[all.len() - 1].clone(),
+        all[all.len() - 1].clone(),
+    ];
+    assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
+    // Reads merge both tables: the newest rows of a device span the log and the table.
+    let check = |rows: Vec<TelemetryRow>, from: i64, to: i64| {
+        assert_eq!(
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (from..=to).collect::<Vec<_>>()
+        );
+    };
+    let span = (logged / devices.len()) as i64 + 50;
+    for d in devices {
+        check(
+            s.telemetry(d, OffsetDateTime::UNIX_EPOCH, 100_000)
+                .await
+                .unwrap(),
+            1,
+            per_device,
+        );
+        check(
+            s.telemetry(d, OffsetDateTime::UNIX_EPOCH, span as u32)
+                .await
+                .unwrap(),
+            per_device - span + 1,
+            per_device,
+        );
+    }
+    s.close().await;
+
+    // A reopened store knows what its log holds: re-sent readings are still not new, and
+    // a new one is.
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
+    assert_eq!(
+        s.insert_telemetry(&[row("gw-a", per_device + 1)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.compact_telemetry().await.unwrap() as usize, logged + 1);
+    assert_eq!(count("telemetry_log").await, 0);
+    assert_eq!(count("telemetry").await, all.len() + 1);
+    check(
+        s.telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 100_000)
+            .await
+            .unwrap(),
+        1,
+        per_device + 1,
+    );
+    assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
+    s.close().await;
+}

@@ -19,8 +19,11 @@ mod retained;
 mod rollouts;
 mod telemetry;
 
+pub use telemetry::TELEMETRY_LOG_ROWS;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -80,6 +83,14 @@ pub(super) const ROWS_PER_STATEMENT: usize = 100;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The telemetry writer's own connection. A SQLite connection's page cache is emptied
+    /// whenever another connection has written, so group commits taking turns over the
+    /// pool's connections re-read every B-tree page they touch; on one connection that only
+    /// writes telemetry the cache stays warm between commits.
+    telemetry_writer: SqlitePool,
+    /// The keys of the rows in `telemetry_log`; its lock is the telemetry writer's
+    /// (see `telemetry`).
+    logged: Arc<tokio::sync::Mutex<telemetry::Logged>>,
     path: PathBuf,
 }
 
@@ -105,11 +116,23 @@ impl SqliteStore {
             // more round trip to the connection's worker thread per query — two thread
             // switches for every lookup, in every CONNECT.
             .test_before_acquire(false)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
+        let telemetry_writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            // Kept open for the life of the store: its warm cache is the point.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .connect_with(connect)
+            .await?;
+        let logged = SqliteStore::load_logged(&pool).await?;
         Ok(SqliteStore {
             pool,
+            telemetry_writer,
+            logged: Arc::new(tokio::sync::Mutex::new(logged)),
             path: options.path.clone(),
         })
     }
@@ -124,6 +147,13 @@ impl SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
+    /// Starts a write transaction on the telemetry writer's own connection.
+    pub(crate) async fn telemetry_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.telemetry_writer.begin_with("BEGIN IMMEDIATE").await
+    }
+
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -131,6 +161,7 @@ impl SqliteStore {
 
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
+        self.telemetry_writer.close().await;
         self.pool.close().await;
     }
 }

@@ -43,6 +43,12 @@ pub struct CompareArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 128)]
     pub payload: usize,
+    /// Further QoS 1 rates (messages/s in all) at which to compare CPU per message and
+    /// latency, besides half of Mosquitto's maximum: a broker's cost per message grows as
+    /// the load falls (fewer messages share each wake-up, write and commit). Comma-separated;
+    /// "" for none.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    pub rates: Vec<u32>,
     /// Keep the working directory (configurations, logs, the fleet) for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -372,7 +378,7 @@ struct Comparison {
     payload_bytes: usize,
     seconds_per_phase: f64,
     pinned: bool,
-    figures: BTreeMap<&'static str, Figure>,
+    figures: BTreeMap<String, Figure>,
     /// The headline ratios, one per figure, flat (for scripts).
     ratios: BTreeMap<String, f64>,
     rustls_server_handshakes_per_s: f64,
@@ -482,6 +488,14 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
             runs.insert(format!("{}_qos{qos}_fixed", b.name()), r);
         }
     }
+    for &total in &args.rates {
+        let per_device = (f64::from(total) / args.devices as f64).max(0.1);
+        for b in both {
+            eprintln!("fixed rate {total}/s, QoS 1, {} ...", b.name());
+            let r = blocking(&bench, b, common(1, format!("{per_device:.3}")))?;
+            runs.insert(format!("{}_qos1_at_{total}", b.name()), r);
+        }
+    }
     for b in both {
         eprintln!(
             "connection storm, {} connections, {} ...",
@@ -539,7 +553,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
             "qos1_msgs_per_s"
         };
         figures.insert(
-            key,
+            key.into(),
             figure(
                 sat(m, qos),
                 sat(r, qos),
@@ -554,7 +568,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         };
         let what = format!("qos{qos}_fixed");
         figures.insert(
-            key,
+            key.into(),
             figure(
                 cpu(m, &what),
                 cpu(r, &what),
@@ -565,7 +579,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         let key: &'static str = if qos == 0 { "qos0_loss" } else { "qos1_loss" };
         let lost = |b| (get(b, &format!("qos{qos}_saturation")).lost + get(b, &what).lost) as f64;
         figures.insert(
-            key,
+            key.into(),
             figure(
                 lost(m),
                 lost(r),
@@ -579,7 +593,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         (if p99 { l.p99_us } else { l.p50_us }) as f64 / 1000.0
     };
     figures.insert(
-        "p50_latency",
+        "p50_latency".into(),
         figure(
             lat(m, false),
             lat(r, false),
@@ -588,7 +602,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         ),
     );
     figures.insert(
-        "p99_latency",
+        "p99_latency".into(),
         figure(
             lat(m, true),
             lat(r, true),
@@ -597,7 +611,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         ),
     );
     figures.insert(
-        "connections_per_s",
+        "connections_per_s".into(),
         figure(
             get(m, "storm").connect.per_s,
             get(r, "storm").connect.per_s,
@@ -615,7 +629,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         })
     };
     figures.insert(
-        "connections_per_cpu_s",
+        "connections_per_cpu_s".into(),
         figure(
             per_cpu_s(m),
             per_cpu_s(r),
@@ -624,7 +638,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         ),
     );
     figures.insert(
-        "rss_per_connection",
+        "rss_per_connection".into(),
         figure(
             rss(m, "idle"),
             rss(r, "idle"),
@@ -632,6 +646,23 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
             "lower",
         ),
     );
+    for &total in &args.rates {
+        let what = format!("qos1_at_{total}");
+        figures.insert(
+            format!("qos1_cpu_per_msg_at_{total}"),
+            figure(
+                cpu(m, &what),
+                cpu(r, &what),
+                "broker CPU µs per delivered msg, QoS 1 at this rate",
+                "lower",
+            ),
+        );
+        let p99 = |b| get(b, &what).latency.p99_us as f64 / 1000.0;
+        figures.insert(
+            format!("qos1_p99_latency_at_{total}"),
+            figure(p99(m), p99(r), "ms, QoS 1 at this rate", "lower"),
+        );
+    }
     let mut ratios: BTreeMap<String, f64> = figures
         .iter()
         .map(|(k, f)| (format!("{k}_ratio"), f.ratio))

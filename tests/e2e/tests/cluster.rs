@@ -31,9 +31,83 @@ fn services(test: &str) -> Option<(String, String)> {
     }
 }
 
+/// The started nodes of one test's cluster. When the test ends (also when it fails) the nodes
+/// stop and the JetStream streams the cluster made (session records and queues) are deleted,
+/// so test runs do not pile streams up on the NATS server.
+struct Cluster {
+    nodes: Vec<TestHub>,
+    nats: String,
+    name: String,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = Vec<TestHub>;
+    fn deref(&self) -> &Vec<TestHub> {
+        &self.nodes
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Vec<TestHub> {
+        &mut self.nodes
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let name = self.name.clone();
+        delete_streams(&self.nats, move |stream| {
+            stream == format!("KV_{name}_sessions") || stream == format!("{name}_session_queues")
+        });
+    }
+}
+
+/// Deletes the streams of the NATS server at `nats` that `doomed` picks (best effort: a
+/// test's result does not depend on it).
+fn delete_streams(nats: &str, doomed: impl Fn(&str) -> bool) {
+    use futures::StreamExt;
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        let Ok(client) = async_nats::connect(nats).await else {
+            return;
+        };
+        let js = async_nats::jetstream::new(client);
+        let mut names = js.stream_names();
+        let mut gone = Vec::new();
+        while let Some(Ok(name)) = names.next().await {
+            if doomed(&name) {
+                gone.push(name);
+            }
+        }
+        for name in gone {
+            let _ = js.delete_stream(&name).await;
+        }
+    });
+}
+
+/// Whether `stream` belongs to a test cluster (named by `unique_schema("c")`: `c_{pid}_…`)
+/// whose test process has ended without deleting it (killed, or from before this guard).
+fn left_by_a_dead_test(stream: &str) -> bool {
+    let name = stream.strip_prefix("KV_").unwrap_or(stream);
+    let ours = name.ends_with("_sessions") || name.ends_with("_session_queues");
+    match name.strip_prefix("c_").and_then(|r| r.split('_').next()) {
+        Some(pid) if ours && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => false,
+    }
+}
+
 /// `n` started nodes of one new cluster (its own schema and NATS subject prefix, so tests
 /// running side by side never see each other).
-fn cluster(pg: &str, nats: &str, n: usize) -> Vec<TestHub> {
+fn cluster(pg: &str, nats: &str, n: usize) -> Cluster {
+    delete_streams(nats, left_by_a_dead_test);
     let first = TestHub::init_on(Some(PgTarget {
         url: pg.to_owned(),
         schema: unique_schema("cluster"),
@@ -55,7 +129,11 @@ fn cluster(pg: &str, nats: &str, n: usize) -> Vec<TestHub> {
             node.logs.text()
         );
     }
-    nodes
+    Cluster {
+        nodes,
+        nats: nats.to_owned(),
+        name,
+    }
 }
 
 fn ok(out: std::process::Output) -> String {

@@ -26,6 +26,9 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
             "200",
             "--connections",
             "20",
+            // One further QoS 1 rate, low enough for a debug build's generator.
+            "--rates",
+            "200",
             "--json",
         ])
         .output()
@@ -43,13 +46,15 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
         "connections_per_cpu_s_ratio",
         "connections_per_cpu_s_vs_rustls_ratio",
         "rss_per_connection_ratio",
+        "qos1_cpu_per_msg_at_200_ratio",
+        "qos1_p99_latency_at_200_ratio",
     ] {
         let x = v["ratios"][r].as_f64().unwrap_or(-1.0);
         assert!(x > 0.0, "{r} = {x}: {out}");
     }
     assert!(v["rustls_server_handshakes_per_s"].as_f64().unwrap() > 100.0);
     let runs = v["runs"].as_object().unwrap();
-    assert_eq!(runs.len(), 12, "6 phases × 2 brokers");
+    assert_eq!(runs.len(), 14, "7 phases × 2 brokers");
     for (name, run) in runs {
         assert_eq!(
             run["connect"]["connected"], run["connect"]["attempted"],
@@ -63,7 +68,7 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
                 "{name}"
             );
         }
-        if name.ends_with("qos1_fixed") {
+        if name.ends_with("qos1_fixed") || name.ends_with("qos1_at_200") {
             // Acknowledged at a rate both sustain: nothing may be lost.
             assert_eq!(run["lost"], 0, "{name}: {run}");
         }

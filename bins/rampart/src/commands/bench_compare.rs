@@ -474,26 +474,25 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         (
             0u8,
             0.5 * sat(Broker::Mosquitto, 0).min(sat(Broker::Rampart, 0)),
+            "qos0_fixed".to_owned(),
         ),
         (
             1u8,
             (0.5 * sat(Broker::Mosquitto, 1)).min(0.9 * sat(Broker::Rampart, 1)),
+            "qos1_fixed".to_owned(),
         ),
     ];
-    for (qos, total) in fixed {
+    // Then the QoS 1 rates asked for with --rates.
+    let asked = args
+        .rates
+        .iter()
+        .map(|&total| (1u8, f64::from(total), format!("qos1_at_{total}")));
+    for (qos, total, what) in fixed.into_iter().chain(asked) {
         let per_device = (total / args.devices as f64).max(0.1);
         for b in both {
             eprintln!("fixed rate {total:.0}/s, QoS {qos}, {} ...", b.name());
             let r = blocking(&bench, b, common(qos, format!("{per_device:.3}")))?;
-            runs.insert(format!("{}_qos{qos}_fixed", b.name()), r);
-        }
-    }
-    for &total in &args.rates {
-        let per_device = (f64::from(total) / args.devices as f64).max(0.1);
-        for b in both {
-            eprintln!("fixed rate {total}/s, QoS 1, {} ...", b.name());
-            let r = blocking(&bench, b, common(1, format!("{per_device:.3}")))?;
-            runs.insert(format!("{}_qos1_at_{total}", b.name()), r);
+            runs.insert(format!("{}_{what}", b.name()), r);
         }
     }
     for b in both {

@@ -136,6 +136,15 @@ fn cluster(pg: &str, nats: &str, n: usize) -> Cluster {
     }
 }
 
+/// Waits for `line` in a node's log; fails with `what` and the log when it does not come.
+fn expect_log(node: &TestHub, line: &str, what: &str) {
+    assert!(
+        node.logs.wait_for(&[line], T),
+        "{what}: {}",
+        node.logs.text()
+    );
+}
+
 fn ok(out: std::process::Output) -> String {
     assert!(
         out.status.success(),
@@ -171,10 +180,10 @@ fn telemetry_reader(n1: &TestHub, n2: &TestHub) -> Bundle {
     .unwrap();
     ok(n1.rampart(&["policy", "put", policy.to_str().unwrap()]));
     ok(n1.rampart(&["policy", "attach", "telemetry-reader", "service:pipeline"]));
-    assert!(
-        n2.logs.wait_for(&["applied a change from another node"], T),
-        "node 2 did not reload the policies: {}",
-        n2.logs.text()
+    expect_log(
+        n2,
+        "applied a change from another node",
+        "node 2 did not reload the policies",
     );
     Bundle {
         id: "pipeline".into(),
@@ -501,12 +510,10 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
     assert!(lines.wait_for(&["SUBACK"], T), "{}", lines.text());
     let _ = sub.kill();
     let _ = sub.wait();
-    assert!(
-        nodes[0]
-            .logs
-            .wait_for(&["persistent session parked with the cluster"], T),
-        "node 1 did not park the session: {}",
-        nodes[0].logs.text()
+    expect_log(
+        &nodes[0],
+        "persistent session parked with the cluster",
+        "node 1 did not park the session",
     );
 
     // While it is away the device publishes through node 2, then through node 1: both are
@@ -583,12 +590,10 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
         wait_child(&mut on_n1, T).is_some(),
         "mosquitto_sub kept running"
     );
-    assert!(
-        nodes[1]
-            .logs
-            .wait_for(&["but is gone: they are parked here"], T),
-        "node 2 did not notice node 1 was gone: {}",
-        nodes[1].logs.text()
+    expect_log(
+        &nodes[1],
+        "but is gone: they are parked here",
+        "node 2 did not notice node 1 was gone",
     );
     publish(&nodes[1], 5);
     let addr2 = nodes[1].addr();
@@ -652,12 +657,10 @@ fn a_persistent_session_moves_between_nodes_and_outlives_a_node_killed() {
         .await;
         assert!(present, "after node 2 restarted");
     });
-    assert!(
-        nodes[1]
-            .logs
-            .wait_for(&["another node resumed this client's session"], T),
-        "node 2 was not asked: {}",
-        nodes[1].logs.text()
+    expect_log(
+        &nodes[1],
+        "another node resumed this client's session",
+        "node 2 was not asked",
     );
 
     // A clean start ends the cluster's session: the next resume finds none.
@@ -742,21 +745,17 @@ fn a_device_registered_just_in_time_on_one_node_has_its_rights_on_the_others() {
         "--policy",
         "acme-reader",
     ]));
-    assert!(
-        n2.logs.wait_for(&["TrustChanged"], T),
-        "node 2 did not hear of the new CA: {}",
-        n2.logs.text()
-    );
+    expect_log(n2, "TrustChanged", "node 2 did not hear of the new CA");
     // Both devices register through node 1.
     let reader = acme.issue(n1, "acme-gw-1", "/O=Acme/CN=acme-gw-1", "ec");
     let writer = acme.issue(n1, "acme-gw-2", "/O=Acme/CN=acme-gw-2", "ec");
     for (d, seq) in [(&reader, 1), (&writer, 2)] {
         send_reading(n1, d, seq);
     }
-    assert!(
-        n2.logs.wait_for(&["PoliciesChanged"], T),
-        "node 2 was not told of the attached policy: {}",
-        n2.logs.text()
+    expect_log(
+        n2,
+        "PoliciesChanged",
+        "node 2 was not told of the attached policy",
     );
     // On node 2 the reader has the template's policy, and the writer's telemetry published
     // on node 1 reaches it.

@@ -88,9 +88,10 @@ pub struct SqliteStore {
     /// pool's connections re-read every B-tree page they touch; on one connection that only
     /// writes telemetry the cache stays warm between commits.
     telemetry_writer: SqlitePool,
-    /// The keys of the rows in `telemetry_log`; its lock is the telemetry writer's
-    /// (see `telemetry`).
-    logged: Arc<tokio::sync::Mutex<telemetry::Logged>>,
+    /// The keys of the rows in `telemetry_log`, read on the first telemetry write (CLI
+    /// commands that only read never load them); its lock is the telemetry writer's (see
+    /// `telemetry`).
+    logged: Arc<tokio::sync::Mutex<Option<telemetry::Logged>>>,
     path: PathBuf,
 }
 
@@ -119,20 +120,18 @@ impl SqliteStore {
             .connect_with(connect.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
+        // Opened on the first telemetry write, then kept for the life of the store: its
+        // warm cache is the point.
         let telemetry_writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
-            // Kept open for the life of the store: its warm cache is the point.
             .idle_timeout(None)
             .max_lifetime(None)
             .test_before_acquire(false)
-            .connect_with(connect)
-            .await?;
-        let logged = SqliteStore::load_logged(&pool).await?;
+            .connect_lazy_with(connect);
         Ok(SqliteStore {
             pool,
             telemetry_writer,
-            logged: Arc::new(tokio::sync::Mutex::new(logged)),
+            logged: Arc::new(tokio::sync::Mutex::new(None)),
             path: options.path.clone(),
         })
     }

@@ -13,7 +13,7 @@
 //! move into `telemetry` in one transaction, sorted by key: each device then gets its many
 //! rows written onto its pages together. Reads take both tables. A row is never in both,
 //! nor twice in the log: before appending, the writer drops rows whose key the log holds
-//! (a set kept in memory, loaded when the store opens) or `telemetry` holds (looked up in
+//! (a set kept in memory, loaded at the first write) or `telemetry` holds (looked up in
 //! the same transaction). Only the hub process writes telemetry, through one connection
 //! (`SqliteStore::telemetry_tx`), under [`Logged`]'s lock, so the set follows the log.
 
@@ -70,22 +70,28 @@ impl Logged {
 }
 
 impl SqliteStore {
-    /// Reads the log's keys (when the store opens).
-    pub(crate) async fn load_logged(pool: &sqlx::SqlitePool) -> Result<Logged, StoreError> {
-        let mut logged = Logged::default();
-        for r in sqlx::query("SELECT device_id, seq FROM telemetry_log")
-            .fetch_all(pool)
-            .await?
-        {
-            logged.insert(r.try_get::<&str, _>(0)?, r.try_get(1)?);
+    /// Takes the telemetry writer's lock, reading the log's keys the first time.
+    async fn lock_logged(&self) -> Result<tokio::sync::MappedMutexGuard<'_, Logged>, StoreError> {
+        let mut guard = self.logged.lock().await;
+        if guard.is_none() {
+            let mut logged = Logged::default();
+            for r in sqlx::query("SELECT device_id, seq FROM telemetry_log")
+                .fetch_all(&self.pool)
+                .await?
+            {
+                logged.insert(r.try_get::<&str, _>(0)?, r.try_get(1)?);
+            }
+            *guard = Some(logged);
         }
-        Ok(logged)
+        Ok(tokio::sync::MutexGuard::map(guard, |g| {
+            g.get_or_insert_with(Logged::default)
+        }))
     }
 
     /// Moves every row of the log into `telemetry`, in one transaction; returns how many
     /// moved. The writer does this by itself when the log holds [`TELEMETRY_LOG_ROWS`] rows.
     pub async fn compact_telemetry(&self) -> Result<u64, StoreError> {
-        let mut logged = self.logged.lock().await;
+        let mut logged = self.lock_logged().await?;
         self.compact_locked(&mut logged).await
     }
 
@@ -114,7 +120,7 @@ impl SqliteStore {
 #[async_trait]
 impl TelemetryStore for SqliteStore {
     async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
-        let mut logged = self.logged.lock().await;
+        let mut logged = self.lock_logged().await?;
         if logged.len >= TELEMETRY_LOG_ROWS
             && let Err(e) = self.compact_locked(&mut logged).await
         {

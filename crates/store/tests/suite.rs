@@ -839,11 +839,12 @@ async fn seen_times_are_batched_and_never_go_back(db: &Db) {
     s.record_seen_many(&[]).await.unwrap();
 }
 
-/// SQLite commits telemetry to an append-only log and moves it into its table in bulk:
-/// across a move, and across a reopen, every reading is stored once, and reads see both
-/// tables merged in order.
+/// SQLite commits telemetry to an append-only log and moves it into its table in steps, one
+/// per commit: before, during and after a move, and across a reopen in the middle of one,
+/// every reading is stored once, reads see each once in order, and so does the
+/// `telemetry_readings` view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_telemetry_log_moves_in_bulk_and_keeps_every_reading_once() {
+async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("rampart.db");
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
@@ -858,83 +859,111 @@ async fn sqlite_telemetry_log_moves_in_bulk_and_keeps_every_reading_once() {
         new += s.insert_telemetry(batch).await.unwrap();
     }
     assert_eq!(new, all.len() as u64);
-    let count = |table: &'static str| {
+    let count = |sql: &'static str| {
         let path = path.clone();
         async move {
             let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
                 .await
                 .unwrap();
-            let n: i64 =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {sql}")))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
             pool.close().await;
             n as usize
         }
     };
-    // One move happened (the log passed its bound); what came after waits in the log.
-    let (moved, logged) = (count("telemetry").await, count("telemetry_log").await);
-    assert!(moved >= TELEMETRY_LOG_ROWS, "{moved} rows moved");
-    assert!(
-        logged > 0 && logged < TELEMETRY_LOG_ROWS,
-        "{logged} rows in the log"
-    );
-    assert_eq!(moved + logged, all.len());
-
-    // Re-sent readings — some moved, some still in the log, one twice in a batch — are not new.
-    let resend = vec![
-        all[0].clone(),
-        all[all.len() - 1].clone(),
-        all[all.len() - 1].clone(),
-    ];
-    assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
-    // Reads merge both tables: the newest rows of a device span the log and the table.
+    let table = || count("FROM telemetry");
+    let log = || count("FROM telemetry_log");
+    let both = || {
+        count(
+            "FROM telemetry_log AS l JOIN telemetry AS t ON t.device_id = l.device_id AND t.seq = l.seq",
+        )
+    };
+    let view = || count("FROM telemetry_readings");
     let check = |rows: Vec<TelemetryRow>, from: i64, to: i64| {
         assert_eq!(
             rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
             (from..=to).collect::<Vec<_>>()
         );
     };
-    let span = (logged / devices.len()) as i64 + 50;
-    for d in devices {
-        check(
-            s.telemetry(d, OffsetDateTime::UNIX_EPOCH, 100_000)
+    let reads_whole = |s: SqliteStore, to: i64| async move {
+        for d in devices {
+            let to = if d == "gw-a" { to } else { per_device };
+            let rows = s
+                .telemetry(d, OffsetDateTime::UNIX_EPOCH, 100_000)
                 .await
-                .unwrap(),
-            1,
-            per_device,
-        );
-        check(
-            s.telemetry(d, OffsetDateTime::UNIX_EPOCH, span as u32)
+                .unwrap();
+            check(rows, 1, to);
+            // The newest rows alone: the limit applies to the merged, ordered rows.
+            let rows = s
+                .telemetry(d, OffsetDateTime::UNIX_EPOCH, 300)
                 .await
-                .unwrap(),
-            per_device - span + 1,
-            per_device,
-        );
-    }
+                .unwrap();
+            check(rows, to - 299, to);
+        }
+    };
+
+    // The log passed its bound at the 32nd commit: a move began, and the commits since each
+    // copied a step of its rows. None is deleted from the log yet, so the copied rows are in
+    // both tables, and reads and the view still see every reading once.
+    let copied = table().await;
+    assert!(
+        copied > 0 && copied < TELEMETRY_LOG_ROWS,
+        "{copied} rows copied by the steps so far"
+    );
+    assert_eq!(log().await, all.len());
+    assert_eq!(both().await, copied);
+    assert_eq!(view().await, all.len());
+    reads_whole(s.clone(), per_device).await;
+
+    // Re-sent readings — one copied, one only in the log, one twice in a batch — are not new.
+    let resend = vec![
+        all[0].clone(),
+        all[all.len() - 1].clone(),
+        all[all.len() - 1].clone(),
+    ];
+    assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
     s.close().await;
 
-    // A reopened store knows what its log holds: re-sent readings are still not new, and
-    // a new one is.
+    // Reopened in the middle of the move: re-sent readings are still not new; the next commit
+    // starts the move again over the whole log, and the copy skips what was copied.
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
     assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
-    assert_eq!(
-        s.insert_telemetry(&[row("gw-a", per_device + 1)])
-            .await
-            .unwrap(),
-        1
+    let mut seq = per_device;
+    let mut commits = 0;
+    // Each commit is one step: 512 rows copied, then 4,096 deleted, so the move of about
+    // 17,000 rows ends within 34 + 5 commits.
+    while log().await > commits {
+        seq += 1;
+        commits += 1;
+        assert_eq!(s.insert_telemetry(&[row("gw-a", seq)]).await.unwrap(), 1);
+        assert!(
+            commits <= 40,
+            "the move had not ended after {commits} commits"
+        );
+        if commits % 10 == 0 {
+            assert_eq!(view().await, all.len() + commits);
+            reads_whole(s.clone(), seq).await;
+        }
+    }
+    assert!(
+        commits >= 34,
+        "a move of the whole log ended in {commits} commits"
     );
-    assert_eq!(s.compact_telemetry().await.unwrap() as usize, logged + 1);
-    assert_eq!(count("telemetry_log").await, 0);
-    assert_eq!(count("telemetry").await, all.len() + 1);
-    check(
-        s.telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 100_000)
-            .await
-            .unwrap(),
-        1,
-        per_device + 1,
-    );
+    // Moved: everything from before the reopen is in the table, the rows since in the log.
+    assert_eq!(table().await, all.len());
+    assert_eq!(log().await, commits);
+    assert_eq!(both().await, 0);
+    assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
+
+    // An explicit move takes the rest.
+    assert_eq!(s.compact_telemetry().await.unwrap() as usize, commits);
+    assert_eq!(s.compact_telemetry().await.unwrap(), 0);
+    assert_eq!(log().await, 0);
+    assert_eq!(table().await, all.len() + commits);
+    assert_eq!(view().await, all.len() + commits);
+    reads_whole(s.clone(), seq).await;
     assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
     s.close().await;
 }

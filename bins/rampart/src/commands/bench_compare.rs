@@ -47,14 +47,38 @@ pub struct CompareArgs {
     /// latency, besides half of Mosquitto's maximum: a broker's cost per message grows as
     /// the load falls (fewer messages share each wake-up, write and commit). Comma-separated;
     /// "" for none.
-    #[arg(long, value_delimiter = ',', default_value = "10000")]
-    pub rates: Vec<u32>,
+    #[arg(long, default_value = "10000")]
+    pub rates: Rates,
     /// Keep the working directory (configurations, logs, the fleet) for inspection.
     #[arg(long)]
     pub keep: bool,
     /// Print the result as JSON (one ratio per figure).
     #[arg(long)]
     pub json: bool,
+}
+
+/// The `--rates` list: comma-separated messages/s, or an empty string for none (clap's
+/// own delimiter handling reads "" as one empty, unparsable value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rates(pub Vec<u32>);
+
+impl std::str::FromStr for Rates {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Rates, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(|r| match r.parse::<u32>() {
+                Ok(0) => Err("a rate must be at least 1 message/s".to_owned()),
+                Ok(n) => Ok(n),
+                Err(_) => Err(format!(
+                    "{r:?} is not a rate: give messages/s as whole numbers, e.g. 2000,10000"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Rates)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -485,6 +509,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
     // Then the QoS 1 rates asked for with --rates.
     let asked = args
         .rates
+        .0
         .iter()
         .map(|&total| (1u8, f64::from(total), format!("qos1_at_{total}")));
     for (qos, total, what) in fixed.into_iter().chain(asked) {
@@ -645,7 +670,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
             "lower",
         ),
     );
-    for &total in &args.rates {
+    for &total in &args.rates.0 {
         let what = format!("qos1_at_{total}");
         figures.insert(
             format!("qos1_cpu_per_msg_at_{total}"),
@@ -753,4 +778,20 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         println!("note: {n}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rates;
+
+    #[test]
+    fn rates_parse_lists_and_the_empty_string() {
+        assert_eq!("10000".parse(), Ok(Rates(vec![10_000])));
+        assert_eq!("2000, 10000".parse(), Ok(Rates(vec![2_000, 10_000])));
+        assert_eq!("".parse(), Ok(Rates(vec![])));
+        let zero = "0".parse::<Rates>().unwrap_err();
+        assert!(zero.contains("at least 1"), "{zero}");
+        let word = "2000,fast".parse::<Rates>().unwrap_err();
+        assert!(word.contains("\"fast\" is not a rate"), "{word}");
+    }
 }

@@ -9,11 +9,22 @@
 //! 43 µs of CPU per row in SQLite's thread, most of it in the kernel's page writes.
 //!
 //! So a commit appends to `telemetry_log` (no key: rows go to the table's right edge, a
-//! batch fills a few adjacent pages), and once the log holds [`TELEMETRY_LOG_ROWS`] rows they
-//! move into `telemetry` in one transaction, sorted by key: each device then gets its many
-//! rows written onto its pages together. Reads take both tables. A row is never in both,
-//! nor twice in the log: before appending, the writer drops rows whose key the log holds
-//! (a set kept in memory, loaded at the first write) or `telemetry` holds (looked up in
+//! batch fills a few adjacent pages), and once [`TELEMETRY_LOG_ROWS`] rows have been appended
+//! they move into `telemetry`, sorted by key: each device then gets its many rows written onto
+//! its pages together.
+//!
+//! A move is done in bounded steps, one per commit, inside the commit's transaction. A move in
+//! one transaction was a burst of about 100 ms of CPU during which no commit could run (the
+//! log and the table share one write lock): every PUBACK waiting on it waited that long, which
+//! set the hub's p99 latency. A step copies at least [`MOVE_STEP_ROWS`] of the rows being
+//! moved (taken in key order, found by rowid) and twice as many as its commit appends, so a
+//! move ends before the log has doubled; once all are copied, steps delete them from the log
+//! in rowid ranges. Its rows are in both tables until then: reads skip log rows whose key
+//! `telemetry` holds, and a restart re-copies what a move had not finished (the copy ignores
+//! keys already there).
+//!
+//! Nor is a reading stored twice: before appending, the writer drops rows whose key the log
+//! holds (a set kept in memory, loaded at the first write) or `telemetry` holds (looked up in
 //! the same transaction). Only the hub process writes telemetry, through one connection
 //! (`SqliteStore::telemetry_tx`), under [`Logged`]'s lock, so the set follows the log.
 
@@ -31,19 +42,57 @@ use crate::{StoreError, TelemetryRow, TelemetryStore};
 /// Rows per multi-row statement (14 parameters a row stays well under SQLite's limit).
 const INSERT_ROWS: usize = 64;
 
-/// Rows in the log that start a move into `telemetry` (before the next append). Larger moves
-/// put more rows of each device on a page; the log is read without an index, so reads of a
-/// device's telemetry scan it: 16,384 rows are about 4 MiB.
+/// Rows appended to the log that start a move into `telemetry`. Larger moves put more rows of
+/// each device on a page; the log is read without an index, so reads of a device's telemetry
+/// scan it: 16,384 rows are about 4 MiB.
 pub const TELEMETRY_LOG_ROWS: usize = 16_384;
+
+/// The fewest rows a step of a move copies (about 3 ms of CPU on the hosts measured in
+/// docs/benchmarks.md: the longest a commit waits for a move).
+pub const MOVE_STEP_ROWS: usize = 512;
+
+/// Rows a deleting step removes for each row a copying step copies: deleting a rowid range
+/// frees whole pages, far cheaper per row than copying into two B-trees.
+const DELETE_PER_COPY: usize = 8;
 
 const COLUMNS: &str = "device_id, seq, ts, received_at, voltage_v, current_a, soc_pct, \
     soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, body";
 
-/// The keys of the rows in `telemetry_log`, by device.
+/// A row of the log: its key and where it is.
+#[derive(Debug)]
+struct LogRow {
+    rowid: i64,
+    device_id: String,
+    seq: i64,
+}
+
+/// The log's rows and the move under way, kept by the telemetry writer.
 #[derive(Debug, Default)]
 pub(crate) struct Logged {
+    /// The keys of every row in `telemetry_log`, by device.
     by_device: HashMap<String, HashSet<i64>>,
-    len: usize,
+    /// Rows appended since the last move began, in rowid order.
+    fresh: Vec<LogRow>,
+    moving: Option<Move>,
+}
+
+/// A move: every row of the log up to `last_rowid`, copied in key order, then deleted.
+#[derive(Debug)]
+struct Move {
+    /// The rows, in key order.
+    rows: Vec<LogRow>,
+    /// How many of `rows` are copied into `telemetry`.
+    copied: usize,
+    /// Log rows with a rowid below this are deleted.
+    deleted_below: i64,
+    last_rowid: i64,
+}
+
+/// What a step did, applied to [`Logged`] once its transaction has committed.
+#[derive(Debug)]
+enum Step {
+    Copied(usize),
+    Deleted(i64),
 }
 
 impl Logged {
@@ -53,33 +102,81 @@ impl Logged {
             .is_some_and(|s| s.contains(&seq))
     }
 
-    fn insert(&mut self, device_id: &str, seq: i64) {
+    fn insert(&mut self, rowid: i64, device_id: &str, seq: i64) {
         let seqs = match self.by_device.get_mut(device_id) {
             Some(s) => s,
             None => self.by_device.entry(device_id.to_owned()).or_default(),
         };
-        if seqs.insert(seq) {
-            self.len += 1;
-        }
+        seqs.insert(seq);
+        self.fresh.push(LogRow {
+            rowid,
+            device_id: device_id.to_owned(),
+            seq,
+        });
     }
 
-    fn clear(&mut self) {
-        self.by_device.clear();
-        self.len = 0;
+    /// Starts moving every row appended so far, if none is being moved and `at_least` have
+    /// been appended.
+    fn start_move(&mut self, at_least: usize) {
+        if self.moving.is_some() || self.fresh.is_empty() || self.fresh.len() < at_least {
+            return;
+        }
+        let mut rows = std::mem::take(&mut self.fresh);
+        let (first, last) = (rows[0].rowid, rows[rows.len() - 1].rowid);
+        rows.sort_unstable_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
+        self.moving = Some(Move {
+            rows,
+            copied: 0,
+            deleted_below: first,
+            last_rowid: last,
+        });
+    }
+
+    /// Applies a committed step; returns how many rows left the log with it.
+    fn apply(&mut self, step: Step) -> usize {
+        let Some(m) = self.moving.as_mut() else {
+            return 0;
+        };
+        match step {
+            Step::Copied(n) => {
+                m.copied += n;
+                0
+            }
+            Step::Deleted(below) => {
+                m.deleted_below = below;
+                if below <= m.last_rowid {
+                    return 0;
+                }
+                let Some(m) = self.moving.take() else {
+                    return 0;
+                };
+                for r in &m.rows {
+                    if let Some(seqs) = self.by_device.get_mut(&r.device_id) {
+                        seqs.remove(&r.seq);
+                        if seqs.is_empty() {
+                            self.by_device.remove(&r.device_id);
+                        }
+                    }
+                }
+                m.rows.len()
+            }
+        }
     }
 }
 
 impl SqliteStore {
-    /// Takes the telemetry writer's lock, reading the log's keys the first time.
+    /// Takes the telemetry writer's lock, reading the log's rows the first time.
     async fn lock_logged(&self) -> Result<tokio::sync::MappedMutexGuard<'_, Logged>, StoreError> {
         let mut guard = self.logged.lock().await;
         if guard.is_none() {
+            // A move the last process did not finish starts again with the next commit: its
+            // rows are all in the log still, and copying ignores keys already copied.
             let mut logged = Logged::default();
-            for r in sqlx::query("SELECT device_id, seq FROM telemetry_log")
+            for r in sqlx::query("SELECT rowid, device_id, seq FROM telemetry_log ORDER BY rowid")
                 .fetch_all(&self.pool)
                 .await?
             {
-                logged.insert(r.try_get::<&str, _>(0)?, r.try_get(1)?);
+                logged.insert(r.try_get(0)?, r.try_get::<&str, _>(1)?, r.try_get(2)?);
             }
             *guard = Some(logged);
         }
@@ -88,46 +185,76 @@ impl SqliteStore {
         }))
     }
 
-    /// Moves every row of the log into `telemetry`, in one transaction; returns how many
-    /// moved. The writer does this by itself when the log holds [`TELEMETRY_LOG_ROWS`] rows.
+    /// Moves every row of the log into `telemetry` (finishing a move under way first);
+    /// returns how many rows left the log. The writer moves rows by itself as it commits.
     pub async fn compact_telemetry(&self) -> Result<u64, StoreError> {
         let mut logged = self.lock_logged().await?;
-        self.compact_locked(&mut logged).await
+        let mut moved = 0;
+        loop {
+            logged.start_move(1);
+            if logged.moving.is_none() {
+                return Ok(moved as u64);
+            }
+            let mut tx = self.telemetry_tx().await?;
+            let step = move_step(&mut *tx, &logged, usize::MAX).await?;
+            tx.commit().await?;
+            if let Some(step) = step {
+                moved += logged.apply(step);
+            }
+        }
     }
+}
 
-    async fn compact_locked(&self, logged: &mut Logged) -> Result<u64, StoreError> {
-        let mut tx = self.telemetry_tx().await?;
+/// Does the next step of the move under way, copying at most `copy` rows (deleting at most
+/// [`DELETE_PER_COPY`] times as many); `None` if no move is under way.
+async fn move_step(
+    tx: &mut sqlx::SqliteConnection,
+    logged: &Logged,
+    copy: usize,
+) -> Result<Option<Step>, StoreError> {
+    let Some(m) = logged.moving.as_ref() else {
+        return Ok(None);
+    };
+    if m.copied < m.rows.len() {
+        let rows = &m.rows[m.copied..m.rows.len().min(m.copied.saturating_add(copy))];
+        // The rowids as one JSON array: a single parameter, looked up row by row.
+        let mut ids = String::with_capacity(rows.len() * 8 + 2);
+        ids.push('[');
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                ids.push(',');
+            }
+            ids.push_str(&r.rowid.to_string());
+        }
+        ids.push(']');
         // `WHERE true` keeps SQLite's parser from reading ON CONFLICT as a join's ON. The
-        // conflict clause never fires (the writer keeps the tables disjoint); it is there so
-        // a move can never fail on a key.
-        let moved = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO telemetry ({COLUMNS}) SELECT {COLUMNS} FROM telemetry_log WHERE true \
+        // conflict clause fires only when a restart copies again what a move had copied.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO telemetry ({COLUMNS}) SELECT {COLUMNS} FROM telemetry_log \
+             WHERE rowid IN (SELECT value FROM json_each(?1)) \
              ORDER BY device_id, seq ON CONFLICT (device_id, seq) DO NOTHING"
         )))
+        .bind(ids)
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Without a WHERE clause SQLite drops the table's pages at once instead of row by row.
-        sqlx::query("DELETE FROM telemetry_log")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        logged.clear();
-        Ok(moved)
+        .await?;
+        return Ok(Some(Step::Copied(rows.len())));
     }
+    let span = i64::try_from(copy.saturating_mul(DELETE_PER_COPY)).unwrap_or(i64::MAX);
+    let below = m
+        .deleted_below
+        .saturating_add(span)
+        .min(m.last_rowid.saturating_add(1));
+    sqlx::query("DELETE FROM telemetry_log WHERE rowid < ?1")
+        .bind(below)
+        .execute(&mut *tx)
+        .await?;
+    Ok(Some(Step::Deleted(below)))
 }
 
 #[async_trait]
 impl TelemetryStore for SqliteStore {
     async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
         let mut logged = self.lock_logged().await?;
-        if logged.len >= TELEMETRY_LOG_ROWS
-            && let Err(e) = self.compact_locked(&mut logged).await
-        {
-            // The rows stay in the log, where reads find them; the next batch tries again.
-            tracing::error!(error = %e, rows = logged.len,
-                "moving telemetry from the log into its table failed; the log keeps growing until a move succeeds");
-        }
         // In key order, each key once.
         let mut fresh: Vec<&TelemetryRow> = rows
             .iter()
@@ -162,6 +289,7 @@ impl TelemetryStore for SqliteStore {
         }
         // Multi-row statements: each statement is one round trip to SQLite's worker thread,
         // so 64 rows cost one instead of 64. Full chunks share one prepared statement.
+        let mut appended = Vec::with_capacity(fresh.len());
         for chunk in fresh.chunks(INSERT_ROWS) {
             let mut alarms = Vec::with_capacity(chunk.len());
             for r in chunk {
@@ -186,11 +314,38 @@ impl TelemetryStore for SqliteStore {
                     .push_bind(alarms)
                     .push_bind(&r.body);
             });
-            q.build().execute(&mut *tx).await?;
+            let last = q.build().execute(&mut *tx).await?.last_insert_rowid();
+            // The log's rows are only ever deleted from its low end, so SQLite gives each new
+            // row the largest rowid plus one, in the order of the VALUES list (it would pick
+            // at random only past rowid 2^63 - 1).
+            let first = last - (chunk.len() as i64 - 1);
+            appended.extend(chunk.iter().zip(first..).map(|(r, id)| (id, *r)));
+        }
+        // A step of the move under way, if any. In a savepoint: if it fails, the rows just
+        // appended still commit, and the next commit tries the step again.
+        logged.start_move(TELEMETRY_LOG_ROWS);
+        let mut step = None;
+        if logged.moving.is_some() {
+            sqlx::query("SAVEPOINT move_step").execute(&mut *tx).await?;
+            match move_step(&mut *tx, &logged, MOVE_STEP_ROWS.max(2 * fresh.len())).await {
+                Ok(s) => {
+                    sqlx::query("RELEASE move_step").execute(&mut *tx).await?;
+                    step = s;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a step moving telemetry from the log into its table failed; the next commit tries again");
+                    sqlx::query("ROLLBACK TO move_step; RELEASE move_step")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
         }
         tx.commit().await?;
-        for r in &fresh {
-            logged.insert(&r.device_id, r.seq);
+        for (rowid, r) in appended {
+            logged.insert(rowid, &r.device_id, r.seq);
+        }
+        if let Some(step) = step {
+            logged.apply(step);
         }
         Ok(fresh.len() as u64)
     }
@@ -206,7 +361,9 @@ impl TelemetryStore for SqliteStore {
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM telemetry WHERE device_id = ?1 AND ts >= ?2 \
              UNION ALL \
-             SELECT {COLUMNS} FROM telemetry_log WHERE device_id = ?1 AND ts >= ?2 \
+             SELECT {COLUMNS} FROM telemetry_log AS l WHERE device_id = ?1 AND ts >= ?2 \
+             AND NOT EXISTS (SELECT 1 FROM telemetry AS t \
+                             WHERE t.device_id = l.device_id AND t.seq = l.seq) \
              ORDER BY ts DESC, seq DESC LIMIT ?3"
         )))
         .bind(device_id)

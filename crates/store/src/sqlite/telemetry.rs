@@ -196,7 +196,7 @@ impl SqliteStore {
                 return Ok(moved as u64);
             }
             let mut tx = self.telemetry_tx().await?;
-            let step = move_step(&mut *tx, &logged, usize::MAX).await?;
+            let step = move_step(&mut tx, &logged, usize::MAX).await?;
             tx.commit().await?;
             if let Some(step) = step {
                 moved += logged.apply(step);
@@ -327,7 +327,7 @@ impl TelemetryStore for SqliteStore {
         let mut step = None;
         if logged.moving.is_some() {
             sqlx::query("SAVEPOINT move_step").execute(&mut *tx).await?;
-            match move_step(&mut *tx, &logged, MOVE_STEP_ROWS.max(2 * fresh.len())).await {
+            match move_step(&mut tx, &logged, MOVE_STEP_ROWS.max(2 * fresh.len())).await {
                 Ok(s) => {
                     sqlx::query("RELEASE move_step").execute(&mut *tx).await?;
                     step = s;

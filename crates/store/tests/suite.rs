@@ -932,24 +932,25 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
     let mut seq = per_device;
     let mut commits = 0;
-    // Each commit is one step: 512 rows copied, then 4,096 deleted, so the move of about
-    // 17,000 rows ends within 34 + 5 commits.
+    // Each one-row commit is one step: MOVE_STEP_ROWS rows copied, then eight times as many
+    // deleted, so the move of the whole log takes a known number of commits.
+    let steps = all.len().div_ceil(MOVE_STEP_ROWS) + all.len().div_ceil(8 * MOVE_STEP_ROWS);
     while log().await > commits {
         seq += 1;
         commits += 1;
         assert_eq!(s.insert_telemetry(&[row("gw-a", seq)]).await.unwrap(), 1);
         assert!(
-            commits <= 40,
+            commits <= steps + 1,
             "the move had not ended after {commits} commits"
         );
-        if commits % 10 == 0 {
+        if commits % 25 == 0 {
             assert_eq!(view().await, all.len() + commits);
             reads_whole(s.clone(), seq).await;
         }
     }
     assert!(
-        commits >= 34,
-        "a move of the whole log ended in {commits} commits"
+        commits + 1 >= steps,
+        "a move of the whole log ended in {commits} commits, not {steps}"
     );
     // Moved: everything from before the reopen is in the table, the rows since in the log.
     assert_eq!(table().await, all.len());

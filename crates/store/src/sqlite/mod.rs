@@ -19,7 +19,7 @@ mod retained;
 mod rollouts;
 mod telemetry;
 
-pub use telemetry::TELEMETRY_LOG_ROWS;
+pub use telemetry::{MOVE_STEP_ROWS, TELEMETRY_LOG_ROWS};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

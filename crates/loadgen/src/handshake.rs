@@ -24,16 +24,13 @@ pub struct HandshakeRate {
     pub server_per_s: f64,
 }
 
-fn tls(e: impl std::fmt::Display) -> LoadError {
+pub(crate) fn tls(e: impl std::fmt::Display) -> LoadError {
     LoadError::Tls(e.to_string())
 }
 
-/// Runs handshakes for about `duration` (at most `max`).
-pub fn server_rate(
-    fleet: &Fleet,
-    duration: Duration,
-    max: u64,
-) -> Result<HandshakeRate, LoadError> {
+/// The server side of the reference handshakes, also used by [`crate::floor`]: TLS 1.3 only,
+/// the fleet's server certificate, client certificates verified against the fleet CA.
+pub(crate) fn server_config(fleet: &Fleet) -> Result<Arc<ServerConfig>, LoadError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(fleet.ca_pem.as_bytes()) {
@@ -46,14 +43,23 @@ pub fn server_rate(
         .collect::<Result<Vec<_>, _>>()
         .map_err(tls)?;
     let key = PrivateKeyDer::from_pem_slice(fleet.server.key_pem.as_bytes()).map_err(tls)?;
-    let server = Arc::new(
+    Ok(Arc::new(
         ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls)?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(tls)?,
-    );
+    ))
+}
+
+/// Runs handshakes for about `duration` (at most `max`).
+pub fn server_rate(
+    fleet: &Fleet,
+    duration: Duration,
+    max: u64,
+) -> Result<HandshakeRate, LoadError> {
+    let server = server_config(fleet)?;
     let clients = fleet
         .devices
         .iter()

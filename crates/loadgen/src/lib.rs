@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod fleet;
+pub mod floor;
 pub mod handshake;
 pub mod scenario;
 pub mod stats;

@@ -47,6 +47,7 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
         "connections_per_s_vs_rustls_ratio",
         "connections_per_cpu_s_ratio",
         "connections_per_cpu_s_vs_rustls_ratio",
+        "connections_per_cpu_s_vs_floor_ratio",
         "rss_per_connection_ratio",
         "qos1_cpu_per_msg_at_2000_ratio",
         "qos1_p99_latency_at_2000_ratio",
@@ -55,8 +56,10 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
         assert!(x > 0.0, "{r} = {x}: {out}");
     }
     assert!(v["rustls_server_handshakes_per_s"].as_f64().unwrap() > 100.0);
+    assert!(v["floor_connections_per_cpu_s"].as_f64().unwrap() > 0.0);
     let runs = v["runs"].as_object().unwrap();
-    assert_eq!(runs.len(), 14, "7 phases × 2 brokers");
+    assert_eq!(runs.len(), 15, "7 phases × 2 brokers, and the floor's storm");
+    assert!(runs.contains_key("floor_storm"), "{out}");
     for (name, run) in runs {
         assert_eq!(
             run["connect"]["connected"], run["connect"]["attempted"],

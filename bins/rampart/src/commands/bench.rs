@@ -35,6 +35,17 @@ pub enum BenchCommand {
     /// pinned to one core with the generator on another, and print both figures and their
     /// ratios (BENCHMARKS.md).
     Compare(super::bench_compare::CompareArgs),
+    /// Serve the floor under a broker's cost per connection: accept mutual-TLS connections
+    /// from the fleet's devices, answer CONNECT with CONNACK and do nothing else, until
+    /// stopped. `bench compare` runs its connection storm against it too.
+    Floor {
+        /// The fleet file from `rampart bench fleet` (its server certificate and CA).
+        #[arg(long, value_name = "FILE")]
+        fleet: PathBuf,
+        /// Loopback address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8883")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// What `rampart bench run` does.
@@ -274,5 +285,23 @@ pub async fn run(cmd: BenchCommand) -> Result<(), CliError> {
             Ok(())
         }
         BenchCommand::Compare(args) => super::bench_compare::run(args).await,
+        BenchCommand::Floor { fleet, listen } => {
+            if !listen.ip().is_loopback() {
+                return Err(CliError::new(
+                    format!("{listen} is not a loopback address"),
+                    Some("the floor acceptor is a benchmark reference: listen on 127.0.0.1 or ::1"),
+                ));
+            }
+            let fleet = Fleet::load(&fleet).map_err(|e| CliError::new(e.to_string(), None))?;
+            let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+                CliError::new(
+                    format!("cannot listen on {listen}: {e}"),
+                    Some("pick a free port with --listen"),
+                )
+            })?;
+            rampart_loadgen::floor::serve(listener, &fleet)
+                .await
+                .map_err(|e| CliError::new(e.to_string(), None))
+        }
     }
 }

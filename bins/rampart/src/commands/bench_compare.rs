@@ -11,8 +11,10 @@
 //! Phases, each for both brokers: saturation at QoS 0 and QoS 1 (delivered messages/s and
 //! loss); a fixed rate both sustain at QoS 0 and QoS 1 (broker CPU per delivered message;
 //! the QoS 1 rate is half of Mosquitto's maximum, where latency is compared too); a
-//! connection storm (mTLS connections/s, also against the in-memory rustls handshake rate);
-//! idle connections held (resident memory per connection).
+//! connection storm (mTLS connections/s, also against the in-memory rustls handshake rate
+//! and against the floor acceptor of `rampart_loadgen::floor`, which does only the TCP, TLS
+//! and CONNECT/CONNACK work every broker does); idle connections held (resident memory per
+//! connection).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -86,6 +88,8 @@ impl std::str::FromStr for Rates {
 enum Broker {
     Mosquitto,
     Rampart,
+    /// Not a broker: the connection-cost floor (`rampart bench floor`), storm phase only.
+    Floor,
 }
 
 impl Broker {
@@ -93,6 +97,7 @@ impl Broker {
         match self {
             Broker::Mosquitto => "mosquitto",
             Broker::Rampart => "rampart",
+            Broker::Floor => "floor",
         }
     }
 }
@@ -318,6 +323,14 @@ impl Bench {
                 c.arg("hub").arg("--data-dir").arg(conf);
                 c
             }
+            Broker::Floor => {
+                let mut c = self.pinned(0, &self.exe);
+                c.args(["bench", "floor", "--fleet"])
+                    .arg(&self.fleet_path)
+                    .arg("--listen")
+                    .arg(format!("127.0.0.1:{}", self.port));
+                c
+            }
         };
         let mut child = cmd
             .stdin(Stdio::null())
@@ -336,9 +349,10 @@ impl Bench {
 
     /// One phase against one broker: a fresh broker, the generator pinned to core 1.
     fn phase(&self, broker: Broker, conf: &Path, args: &[String]) -> Result<Report, CliError> {
-        // Mosquitto's certificate is the fleet CA's; the hub's is its own root CA's.
+        // Mosquitto's certificate (and the floor's) is the fleet CA's; the hub's is its own
+        // root CA's.
         let server_ca = match broker {
-            Broker::Mosquitto => self.dir.join("ca.pem"),
+            Broker::Mosquitto | Broker::Floor => self.dir.join("ca.pem"),
             Broker::Rampart => conf.join("pki/root-ca.crt"),
         };
         let child = self.start(broker, conf)?;
@@ -407,6 +421,9 @@ struct Comparison {
     ratios: BTreeMap<String, f64>,
     rustls_server_handshakes_per_s: f64,
     connections_per_s_vs_rustls: f64,
+    /// The floor acceptor's connections per second of its CPU in the same storm: TCP, the
+    /// mutual-TLS handshake and CONNECT/CONNACK, nothing else (`rampart bench floor`).
+    floor_connections_per_cpu_s: f64,
     /// Every run's full report.
     runs: BTreeMap<String, Report>,
     notes: Vec<String>,
@@ -461,6 +478,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
     let conf = |b: Broker| match b {
         Broker::Mosquitto => mosq.clone(),
         Broker::Rampart => hub.clone(),
+        Broker::Floor => bench.fleet_path.clone(),
     };
     let secs = Duration::from(args.duration).as_secs_f64();
     let common = |qos: u8, rate: String| -> Vec<String> {
@@ -520,7 +538,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
             runs.insert(format!("{}_{what}", b.name()), r);
         }
     }
-    for b in both {
+    for b in [Broker::Mosquitto, Broker::Rampart, Broker::Floor] {
         eprintln!(
             "connection storm, {} connections, {} ...",
             args.storm,
@@ -539,6 +557,9 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
             ],
         )?;
         runs.insert(format!("{}_storm", b.name()), r);
+        if b == Broker::Floor {
+            continue;
+        }
         eprintln!("{} idle connections, {} ...", args.connections, b.name());
         let r = blocking(
             &bench,
@@ -699,6 +720,13 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         "connections_per_cpu_s_vs_rustls_ratio".into(),
         per_cpu_s(r) / handshake.server_per_s.max(1e-9),
     );
+    // What the hub adds to the floor every broker pays (kernel TCP, TLS over sockets, the
+    // runtime), per CPU-second.
+    let floor = per_cpu_s(Broker::Floor);
+    ratios.insert(
+        "connections_per_cpu_s_vs_floor_ratio".into(),
+        per_cpu_s(r) / floor.max(1e-9),
+    );
     let mut notes = Vec::new();
     if !pin {
         notes.push("not pinned: fewer than 2 cores or no taskset; figures share cores".into());
@@ -739,6 +767,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         ratios,
         rustls_server_handshakes_per_s: handshake.server_per_s,
         connections_per_s_vs_rustls: vs_rustls,
+        floor_connections_per_cpu_s: floor,
         runs,
         notes,
     };
@@ -773,6 +802,14 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
     println!(
         "\nrustls server-side mTLS handshakes in memory: {:.0}/s; hub connections/s ÷ that: {:.2}",
         cmp.rustls_server_handshakes_per_s, cmp.connections_per_s_vs_rustls
+    );
+    println!(
+        "floor acceptor (TCP + mTLS + CONNACK only): {:.0} connections per CPU-second; hub ÷ that: {:.2}",
+        cmp.floor_connections_per_cpu_s,
+        cmp.ratios
+            .get("connections_per_cpu_s_vs_floor_ratio")
+            .copied()
+            .unwrap_or_default()
     );
     for n in &cmp.notes {
         println!("note: {n}");

@@ -130,7 +130,9 @@ mod tests {
         tls.write_all(&out).await.map_err(|e| e.to_string())?;
         let mut buf = BytesMut::new();
         loop {
-            if let Some(p) = decode_packet(&mut buf, Some(protocol), 1024).map_err(|e| e.to_string())? {
+            if let Some(p) =
+                decode_packet(&mut buf, Some(protocol), 1024).map_err(|e| e.to_string())?
+            {
                 return Ok(p);
             }
             if tls.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {

@@ -58,7 +58,11 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
     assert!(v["rustls_server_handshakes_per_s"].as_f64().unwrap() > 100.0);
     assert!(v["floor_connections_per_cpu_s"].as_f64().unwrap() > 0.0);
     let runs = v["runs"].as_object().unwrap();
-    assert_eq!(runs.len(), 15, "7 phases × 2 brokers, and the floor's storm");
+    assert_eq!(
+        runs.len(),
+        15,
+        "7 phases × 2 brokers, and the floor's storm"
+    );
     assert!(runs.contains_key("floor_storm"), "{out}");
     for (name, run) in runs {
         assert_eq!(

@@ -358,14 +358,12 @@ impl TelemetryStore for SqliteStore {
         since: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<TelemetryRow>, StoreError> {
-        // A compound SELECT ordered as a whole: SQLite merges the two ordered arms and stops
-        // at the limit, walking `telemetry` down its (device_id, ts) index.
+        // `telemetry_readings` (migration 0007) is a compound SELECT of both tables, the log's
+        // arm skipping rows a move has copied; SQLite pushes the conditions into both arms
+        // and merges them in order, walking `telemetry` down its (device_id, ts) index and
+        // stopping at the limit.
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM telemetry WHERE device_id = ?1 AND ts >= ?2 \
-             UNION ALL \
-             SELECT {COLUMNS} FROM telemetry_log AS l WHERE device_id = ?1 AND ts >= ?2 \
-             AND NOT EXISTS (SELECT 1 FROM telemetry AS t \
-                             WHERE t.device_id = l.device_id AND t.seq = l.seq) \
+            "SELECT {COLUMNS} FROM telemetry_readings WHERE device_id = ?1 AND ts >= ?2 \
              ORDER BY ts DESC, seq DESC LIMIT ?3"
         )))
         .bind(device_id)

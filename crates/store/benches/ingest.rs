@@ -12,7 +12,9 @@
 //!   rows per multi-row INSERT, no queue, no tickets.
 //!
 //! Each side gets a fresh database file (WAL) with the hub's migrations, for both
-//! `synchronous` levels. Bounded: 100,000 rows per side.
+//! `synchronous` levels. Bounded: 100,000 rows per side and round; three rounds, the sides
+//! alternating, and the median round of each is reported (a round lasts about a second, and
+//! single rounds varied by ±20 %).
 //!
 //! With `RAMPART_TEST_POSTGRES_URL` set (scripts/services sets it), the same on PostgreSQL:
 //! the hub path through `PgStore` (one `INSERT ... SELECT FROM UNNEST` per batch), against
@@ -34,6 +36,14 @@ use time::OffsetDateTime;
 const DEVICES: usize = 100;
 const ROWS: usize = 100_000;
 const BATCH: usize = 2_000;
+/// Rounds per side on SQLite; the median is reported.
+const ROUNDS: usize = 3;
+
+/// The round with the median rate.
+fn median(mut rates: Vec<Rate>) -> Rate {
+    rates.sort_by(|a, b| a.rows_per_s.total_cmp(&b.rows_per_s));
+    rates[rates.len() / 2]
+}
 
 /// CPU time this process has used so far, in microseconds: the sum over its threads (the
 /// runtime's and SQLite's worker threads alike) of `/proc/self/task/*/schedstat`, which
@@ -196,7 +206,7 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "machine: {} CPUs; {} rows from {DEVICES} devices, interleaved; batches of {BATCH}",
+        "machine: {} CPUs; {} rows from {DEVICES} devices, interleaved; batches of {BATCH}; SQLite: median of {ROUNDS} rounds",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         ROWS
     );
@@ -205,14 +215,18 @@ fn main() {
         "sync", "hub rows/s", "raw rows/s", "ratio", "hub CPU µs/row", "raw CPU µs/row"
     );
     for (name, sync) in [("full", Synchronous::Full), ("normal", Synchronous::Normal)] {
-        let data = rows();
-        let raw_dir = tempfile::tempdir().expect("tempdir");
-        let hub_dir = tempfile::tempdir().expect("tempdir");
-        let r = rt.block_on(raw(raw_dir.path(), sync, &data));
-        let h = rt.block_on(async {
-            let store = Arc::new(open(hub_dir.path(), "hub.db", sync).await);
-            hub_path(store, data).await
-        });
+        let (mut raws, mut hubs) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let data = rows();
+            let raw_dir = tempfile::tempdir().expect("tempdir");
+            let hub_dir = tempfile::tempdir().expect("tempdir");
+            raws.push(rt.block_on(raw(raw_dir.path(), sync, &data)));
+            hubs.push(rt.block_on(async {
+                let store = Arc::new(open(hub_dir.path(), "hub.db", sync).await);
+                hub_path(store, data).await
+            }));
+        }
+        let (r, h) = (median(raws), median(hubs));
         println!(
             "{name:8} {:>14.0} {:>14.0} {:>7.2} {:>16.2} {:>16.2}",
             h.rows_per_s,

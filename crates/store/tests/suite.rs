@@ -968,3 +968,66 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
     s.close().await;
 }
+
+/// A step of a move that fails does not take its commit's readings with it: they are stored
+/// and acknowledged, the move waits in the log, and the next commit after the cause is gone
+/// moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failing_move_step_loses_no_reading() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rampart.db");
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    let side = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let side = side.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {sql}")))
+                .fetch_one(&side)
+                .await
+                .unwrap();
+            n as usize
+        }
+    };
+    // Every copy into the table fails, as a full disk or a corrupt page would make it.
+    sqlx::query(
+        "CREATE TRIGGER refuse_copy BEFORE INSERT ON telemetry \
+         BEGIN SELECT RAISE(ABORT, 'copy refused by the test'); END",
+    )
+    .execute(&side)
+    .await
+    .unwrap();
+    let all: Vec<TelemetryRow> = (1..=(TELEMETRY_LOG_ROWS as i64 + 1_000))
+        .map(|seq| row("gw-a", seq))
+        .collect();
+    for batch in all.chunks(512) {
+        // Past the bound every commit tries a step, and each fails; the batch is stored.
+        assert_eq!(s.insert_telemetry(batch).await.unwrap(), batch.len() as u64);
+    }
+    assert_eq!(count("FROM telemetry").await, 0);
+    assert_eq!(count("FROM telemetry_log").await, all.len());
+    assert_eq!(count("FROM telemetry_readings").await, all.len());
+    let read = s
+        .telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 100_000)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), all.len());
+    // Re-sent readings are still recognised.
+    assert_eq!(s.insert_telemetry(&all[..10]).await.unwrap(), 0);
+
+    // The cause gone, the next commit's step copies.
+    sqlx::query("DROP TRIGGER refuse_copy")
+        .execute(&side)
+        .await
+        .unwrap();
+    let next = all.len() as i64 + 1;
+    assert_eq!(s.insert_telemetry(&[row("gw-a", next)]).await.unwrap(), 1);
+    assert!(count("FROM telemetry").await > 0);
+    assert_eq!(count("FROM telemetry_readings").await, all.len() + 1);
+    assert_eq!(s.compact_telemetry().await.unwrap() as usize, all.len() + 1);
+    assert_eq!(count("FROM telemetry").await, all.len() + 1);
+    assert_eq!(count("FROM telemetry_log").await, 0);
+    side.close().await;
+    s.close().await;
+}

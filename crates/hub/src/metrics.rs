@@ -200,6 +200,11 @@ const DEFS: [Def; METRIC_COUNT] = [
         help: "Telemetry rows whose transaction failed (not acknowledged).",
     },
     Def {
+        name: "rampart_telemetry_upkeep_failures_total",
+        kind: "counter",
+        help: "Failed steps of storage upkeep (SQLite: moving telemetry from its log into its table); the readings stay stored, and the step is retried with the next commit.",
+    },
+    Def {
         name: "rampart_device_api_requests_total",
         kind: "counter",
         help: "Device API requests with a registered client certificate.",
@@ -402,7 +407,7 @@ const DEFS: [Def; METRIC_COUNT] = [
 ];
 
 /// Number of metrics in [`DEFS`]; `snapshot` must produce exactly this many values.
-const METRIC_COUNT: usize = 59;
+const METRIC_COUNT: usize = 60;
 
 /// Takes a snapshot of broker, ingest, device API, audit, event, deadline, rollout and
 /// cluster counters.
@@ -443,6 +448,7 @@ pub fn snapshot(
         u(&ingest.inserted),
         u(&ingest.batches),
         u(&ingest.failed),
+        u(&ingest.upkeep_failures),
         u(&api.requests),
         u(&api.tls_refused),
         u(&api.certificate_refused),

@@ -33,6 +33,9 @@ pub struct IngestStats {
     pub batches: AtomicU64,
     /// Rows whose batch failed to commit.
     pub failed: AtomicU64,
+    /// The store's failed upkeep steps (`TelemetryStore::telemetry_upkeep_failures`), as of
+    /// the last batch.
+    pub upkeep_failures: AtomicU64,
 }
 
 /// The submitting side of the group-commit writer. Cloning is cheap.
@@ -127,6 +130,9 @@ async fn writer(
                 Err(Arc::new(e))
             }
         };
+        stats
+            .upkeep_failures
+            .store(store.telemetry_upkeep_failures(), Ordering::Relaxed);
         for w in waiters.drain(..) {
             // A submitter that went away (connection closed) no longer needs the answer.
             let _ = w.send(result.clone());

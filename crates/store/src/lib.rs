@@ -109,6 +109,12 @@ pub trait TelemetryStore: Send + Sync {
         since: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<TelemetryRow>, StoreError>;
+    /// Background steps of storage upkeep that have failed since the store opened (SQLite:
+    /// steps moving telemetry from its log into its table; the readings involved stay
+    /// stored and readable). Zero for a backend without any.
+    fn telemetry_upkeep_failures(&self) -> u64 {
+        0
+    }
 }
 
 /// Retained MQTT messages.

@@ -1007,6 +1007,12 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
     }
     assert_eq!(count("FROM telemetry").await, 0);
     assert_eq!(count("FROM telemetry_log").await, all.len());
+    // Each commit past the bound tried a step, and each failure is counted for the metrics.
+    let failures = s.telemetry_upkeep_failures();
+    assert_eq!(
+        failures,
+        (all.len() - TELEMETRY_LOG_ROWS).div_ceil(512) as u64
+    );
     assert_eq!(count("FROM telemetry_readings").await, all.len());
     let read = s
         .telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 100_000)
@@ -1024,6 +1030,7 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
     let next = all.len() as i64 + 1;
     assert_eq!(s.insert_telemetry(&[row("gw-a", next)]).await.unwrap(), 1);
     assert!(count("FROM telemetry").await > 0);
+    assert_eq!(s.telemetry_upkeep_failures(), failures);
     assert_eq!(count("FROM telemetry_readings").await, all.len() + 1);
     assert_eq!(s.compact_telemetry().await.unwrap() as usize, all.len() + 1);
     assert_eq!(count("FROM telemetry").await, all.len() + 1);

@@ -92,6 +92,8 @@ pub struct SqliteStore {
     /// commands that only read never load them); its lock is the telemetry writer's (see
     /// `telemetry`).
     logged: Arc<tokio::sync::Mutex<Option<telemetry::Logged>>>,
+    /// Steps of telemetry moves that failed (see `telemetry`), for the hub's metrics.
+    move_failures: Arc<std::sync::atomic::AtomicU64>,
     path: PathBuf,
 }
 
@@ -132,6 +134,7 @@ impl SqliteStore {
             pool,
             telemetry_writer,
             logged: Arc::new(tokio::sync::Mutex::new(None)),
+            move_failures: Arc::default(),
             path: options.path.clone(),
         })
     }

@@ -335,7 +335,9 @@ impl TelemetryStore for SqliteStore {
                     step = s;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "a step moving telemetry from the log into its table failed; the next commit tries again");
+                    self.move_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(error = %e, "a step moving telemetry from the log into its table failed; the readings stay in the log, and the next commit tries again");
                     sqlx::query("ROLLBACK TO move_step; RELEASE move_step")
                         .execute(&mut *tx)
                         .await?;
@@ -376,5 +378,10 @@ impl TelemetryStore for SqliteStore {
         .collect::<Result<Vec<_>, _>>()?;
         rows.reverse();
         Ok(rows)
+    }
+
+    fn telemetry_upkeep_failures(&self) -> u64 {
+        self.move_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

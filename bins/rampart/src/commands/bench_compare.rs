@@ -325,8 +325,9 @@ impl Bench {
             }
             Broker::Floor => {
                 let mut c = self.pinned(0, &self.exe);
+                // Its configuration is the fleet file (server certificate and CA).
                 c.args(["bench", "floor", "--fleet"])
-                    .arg(&self.fleet_path)
+                    .arg(conf)
                     .arg("--listen")
                     .arg(format!("127.0.0.1:{}", self.port));
                 c

@@ -29,6 +29,7 @@
 //! (`SqliteStore::telemetry_tx`), under [`Logged`]'s lock, so the set follows the log.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -64,7 +65,8 @@ const COLUMNS: &str = "device_id, seq, ts, received_at, voltage_v, current_a, so
 #[derive(Debug)]
 struct LogRow {
     rowid: i64,
-    device_id: String,
+    /// Shared with [`Logged::by_device`]'s key: one allocation per device, not per row.
+    device_id: Arc<str>,
     seq: i64,
 }
 
@@ -72,7 +74,7 @@ struct LogRow {
 #[derive(Debug, Default)]
 pub(crate) struct Logged {
     /// The keys of every row in `telemetry_log`, by device.
-    by_device: HashMap<String, HashSet<i64>>,
+    by_device: HashMap<Arc<str>, HashSet<i64>>,
     /// Rows appended since the last move began, in rowid order.
     fresh: Vec<LogRow>,
     moving: Option<Move>,
@@ -105,14 +107,17 @@ impl Logged {
     }
 
     fn insert(&mut self, rowid: i64, device_id: &str, seq: i64) {
-        let seqs = match self.by_device.get_mut(device_id) {
-            Some(s) => s,
-            None => self.by_device.entry(device_id.to_owned()).or_default(),
+        let device_id = match self.by_device.get_key_value(device_id) {
+            Some((id, _)) => id.clone(),
+            None => Arc::from(device_id),
         };
-        seqs.insert(seq);
+        self.by_device
+            .entry(device_id.clone())
+            .or_default()
+            .insert(seq);
         self.fresh.push(LogRow {
             rowid,
-            device_id: device_id.to_owned(),
+            device_id,
             seq,
         });
     }

@@ -24,7 +24,7 @@ pub struct HandshakeRate {
     pub server_per_s: f64,
 }
 
-pub(crate) fn tls(e: impl std::fmt::Display) -> LoadError {
+fn tls(e: impl std::fmt::Display) -> LoadError {
     LoadError::Tls(e.to_string())
 }
 

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -530,6 +530,33 @@ fn encode_delivery(
     );
 }
 
+/// Settles, without waiting, the acknowledgements whose messages are already durable,
+/// from the front of the queue up to the first one still waiting.
+///
+/// The messages of one read are usually committed by the same transaction; without this,
+/// each of their completions would wake the connection once and leave in a write of its
+/// own (a `writev` per PUBACK was the largest single cost of a QoS 1 message). Polling with
+/// a no-op waker is sound here: the first acknowledgement left waiting is the front, and the
+/// connection's next `select!` polls it again with its own waker.
+fn settle_durable(pending: &mut VecDeque<PendingAck>) {
+    let mut cx = Context::from_waker(Waker::noop());
+    for p in pending.iter_mut() {
+        let Some(d) = p.durable.as_mut() else {
+            continue;
+        };
+        match d.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(())) => p.durable = None,
+            Poll::Ready(Err(e)) => {
+                // A finished future must not be polled again: keep its failure as a ready
+                // one, reported in order when it reaches the front (no acknowledgement).
+                p.durable = Some(Box::pin(std::future::ready(Err(e))));
+                break;
+            }
+            Poll::Pending => break,
+        }
+    }
+}
+
 fn front_durable(
     pending: &mut VecDeque<PendingAck>,
 ) -> impl Future<Output = Result<(), String>> + '_ {
@@ -583,6 +610,7 @@ impl Conn {
                     if let Some(front) = self.pending.front_mut() {
                         front.durable = None;
                     }
+                    settle_durable(&mut self.pending);
                     self.flush_ready_acks();
                 }
                 Event::Durable(Err(e)) => {
@@ -745,6 +773,7 @@ impl Conn {
                     if let Some(front) = self.pending.front_mut() {
                         front.durable = None;
                     }
+                    settle_durable(&mut self.pending);
                     self.flush_ready_acks();
                 }
                 // Not stored, or not in time: no acknowledgement, the client sends it again.

@@ -129,7 +129,17 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .test_before_acquire(false)
-            .connect_lazy_with(connect);
+            // Statement journals in memory: a multi-row statement inside a transaction
+            // (each append, each step of a move) journals the pages it changes, and past
+            // 64 KiB SQLite spills that journal to a new temporary file, one per statement
+            // — about 4,000 file writes a second at 22,000 readings/s. A statement changes
+            // a bounded number of pages (`MOVE_STEP_ROWS`, 64-row appends), so memory
+            // holds it.
+            .connect_lazy_with(
+                connect
+                    .pragma("temp_store", "memory")
+                    .pragma("cache_size", "-16384"),
+            );
         Ok(SqliteStore {
             pool,
             telemetry_writer,

@@ -272,7 +272,27 @@ impl TelemetryStore for SqliteStore {
         if fresh.is_empty() {
             return Ok(0);
         }
+        // First a step of the move under way, if any, in the same transaction as the rows
+        // appended below. Not in a savepoint: SQLite copies each page a savepoint changes
+        // into a statement journal, which spills to a temporary file past 64 KiB, and a step
+        // changes more than that; those copies were a third of the hub's page writes. If the
+        // step fails, its transaction is rolled back whole (nothing else is in it yet) and
+        // the rows are appended in a fresh one: the next commit tries the step again.
+        logged.start_move(TELEMETRY_LOG_ROWS);
         let mut tx = self.telemetry_tx().await?;
+        let mut step = None;
+        if logged.moving.is_some() {
+            match move_step(&mut tx, &logged, MOVE_STEP_ROWS.max(2 * fresh.len())).await {
+                Ok(s) => step = s,
+                Err(e) => {
+                    self.move_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(error = %e, "a step moving telemetry from the log into its table failed; the readings stay in the log, and the next commit tries again");
+                    tx.rollback().await?;
+                    tx = self.telemetry_tx().await?;
+                }
+            }
+        }
         // Keys `telemetry` already holds: a reading re-sent after a lost PUBACK.
         let mut stored: HashSet<(String, i64)> = HashSet::new();
         for chunk in fresh.chunks(INSERT_ROWS) {
@@ -327,27 +347,6 @@ impl TelemetryStore for SqliteStore {
             // at random only past rowid 2^63 - 1).
             let first = last - (chunk.len() as i64 - 1);
             appended.extend(chunk.iter().zip(first..).map(|(r, id)| (id, *r)));
-        }
-        // A step of the move under way, if any. In a savepoint: if it fails, the rows just
-        // appended still commit, and the next commit tries the step again.
-        logged.start_move(TELEMETRY_LOG_ROWS);
-        let mut step = None;
-        if logged.moving.is_some() {
-            sqlx::query("SAVEPOINT move_step").execute(&mut *tx).await?;
-            match move_step(&mut tx, &logged, MOVE_STEP_ROWS.max(2 * fresh.len())).await {
-                Ok(s) => {
-                    sqlx::query("RELEASE move_step").execute(&mut *tx).await?;
-                    step = s;
-                }
-                Err(e) => {
-                    self.move_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(error = %e, "a step moving telemetry from the log into its table failed; the readings stay in the log, and the next commit tries again");
-                    sqlx::query("ROLLBACK TO move_step; RELEASE move_step")
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
         }
         tx.commit().await?;
         for (rowid, r) in appended {

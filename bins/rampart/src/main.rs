@@ -5,6 +5,12 @@
 
 mod commands;
 
+/// mimalloc instead of glibc's allocator: the hub allocates and frees small buffers for every
+/// message (packets, rows, wake-ups), and glibc's malloc and free were about 8% of its CPU at
+/// a fixed QoS 1 rate (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1206,3 +1206,62 @@ impl Conn {
         self.ctl.finish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owed(packet_id: u16, durable: Option<Durable>) -> PendingAck {
+        PendingAck {
+            kind: AckKind::PubAck,
+            packet_id,
+            reason: 0,
+            durable,
+        }
+    }
+
+    fn ready(r: Result<(), String>) -> Option<Durable> {
+        Some(Box::pin(std::future::ready(r)))
+    }
+
+    #[test]
+    fn settling_stops_at_the_first_acknowledgement_still_waiting() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let waiting: Durable = Box::pin(async move { rx.await.map_err(|e| e.to_string()) });
+        let mut pending: VecDeque<PendingAck> = [
+            owed(1, ready(Ok(()))),
+            owed(2, None),
+            owed(3, ready(Ok(()))),
+            owed(4, Some(waiting)),
+            owed(5, ready(Ok(()))),
+        ]
+        .into();
+        settle_durable(&mut pending);
+        let settled: Vec<bool> = pending.iter().map(|p| p.durable.is_none()).collect();
+        // 1-3 are durable; 4 is not yet, so 5 waits behind it (acknowledgements go in order).
+        assert_eq!(settled, [true, true, true, false, false]);
+        drop(tx);
+    }
+
+    #[test]
+    fn a_failed_store_stays_owed_and_reports_its_failure_when_polled_again() {
+        let mut pending: VecDeque<PendingAck> = [
+            owed(1, ready(Ok(()))),
+            owed(2, ready(Err("disk full".into()))),
+            owed(3, ready(Ok(()))),
+        ]
+        .into();
+        settle_durable(&mut pending);
+        assert!(pending[0].durable.is_none());
+        // Never acknowledged: the failure is kept, and what follows it is not settled.
+        assert!(pending[1].durable.is_some());
+        assert!(pending[2].durable.is_some());
+        pending.pop_front();
+        let mut cx = Context::from_waker(Waker::noop());
+        let again = pending[0]
+            .durable
+            .as_mut()
+            .map(|d| d.as_mut().poll(&mut cx));
+        assert_eq!(again, Some(Poll::Ready(Err("disk full".to_string()))));
+    }
+}

@@ -969,6 +969,43 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     s.close().await;
 }
 
+/// The writer skips the lookup for re-sent readings when a reading's seq is above the
+/// highest its device may have in `telemetry`, a bound kept in memory: moves must raise it,
+/// or a reading re-sent after its move would be stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_reading_resent_after_its_move_is_stored_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = SqliteStore::open(&SqliteOptions::new(dir.path().join("rampart.db")))
+        .await
+        .unwrap();
+    // The device's bound is read at its first write: nothing in `telemetry` yet.
+    assert_eq!(s.insert_telemetry(&[row("gw-a", 1)]).await.unwrap(), 1);
+    assert_eq!(s.insert_telemetry(&[row("gw-a", 2)]).await.unwrap(), 1);
+    // Both leave the log for the table.
+    assert_eq!(s.compact_telemetry().await.unwrap(), 2);
+    // Re-sent, each alone and both together: not new; the next seq is.
+    assert_eq!(s.insert_telemetry(&[row("gw-a", 2)]).await.unwrap(), 0);
+    assert_eq!(s.insert_telemetry(&[row("gw-a", 1)]).await.unwrap(), 0);
+    assert_eq!(
+        s.insert_telemetry(&[row("gw-a", 1), row("gw-a", 3), row("gw-a", 2)])
+            .await
+            .unwrap(),
+        1
+    );
+    // A device first written after its readings were moved (here: after a reopen) reads
+    // its bound from the table.
+    s.compact_telemetry().await.unwrap();
+    s.close().await;
+    let s = SqliteStore::open(&SqliteOptions::new(dir.path().join("rampart.db")))
+        .await
+        .unwrap();
+    assert_eq!(s.insert_telemetry(&[row("gw-a", 3)]).await.unwrap(), 0);
+    assert_eq!(s.insert_telemetry(&[row("gw-a", 4)]).await.unwrap(), 1);
+    let since = OffsetDateTime::UNIX_EPOCH;
+    assert_eq!(s.telemetry("gw-a", since, 100).await.unwrap().len(), 4);
+    s.close().await;
+}
+
 /// A step of a move that fails does not take its commit's readings with it: they are stored
 /// and acknowledged, the move waits in the log, and the next commit after the cause is gone
 /// moves on.

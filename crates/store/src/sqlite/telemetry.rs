@@ -25,7 +25,8 @@
 //!
 //! Nor is a reading stored twice: before appending, the writer drops rows whose key the log
 //! holds (a set kept in memory, loaded at the first write) or `telemetry` holds (looked up in
-//! the same transaction). Only the hub process writes telemetry, through one connection
+//! the same transaction, only for readings at or below the highest seq `telemetry` may hold
+//! for their device: a bound kept in memory, so new readings cost no lookup). Only the hub process writes telemetry, through one connection
 //! (`SqliteStore::telemetry_tx`), under [`Logged`]'s lock, so the set follows the log.
 
 use std::collections::{HashMap, HashSet};
@@ -78,6 +79,11 @@ pub(crate) struct Logged {
     /// Rows appended since the last move began, in rowid order.
     fresh: Vec<LogRow>,
     moving: Option<Move>,
+    /// For each device seen, a bound on the seqs `telemetry` holds for it (`None`: none):
+    /// a reading above it cannot be there, so the lookup for re-sent readings is skipped.
+    /// Read from the table the first time a device's reading is written, raised by moves;
+    /// deleting rows leaves it an upper bound.
+    table_max: HashMap<Arc<str>, Option<i64>>,
 }
 
 /// A move: every row of the log up to `last_rowid`, copied in key order, then deleted.
@@ -146,7 +152,13 @@ impl Logged {
         };
         match step {
             Step::Copied(n) => {
-                m.copied += n;
+                let end = m.rows.len().min(m.copied.saturating_add(n));
+                for r in &m.rows[m.copied..end] {
+                    if let Some(max) = self.table_max.get_mut(&r.device_id) {
+                        *max = Some(max.map_or(r.seq, |x| x.max(r.seq)));
+                    }
+                }
+                m.copied = end;
                 0
             }
             Step::Deleted(below) => {
@@ -293,9 +305,42 @@ impl TelemetryStore for SqliteStore {
                 }
             }
         }
-        // Keys `telemetry` already holds: a reading re-sent after a lost PUBACK.
+        // Keys `telemetry` already holds: a reading re-sent after a lost PUBACK. Only a
+        // reading at or below its device's bound can be one; devices not seen before get
+        // their bound read first, all in one statement.
+        let mut unknown: Vec<&str> = fresh
+            .iter()
+            .map(|r| r.device_id.as_str())
+            .filter(|d| !logged.table_max.contains_key(*d))
+            .collect();
+        unknown.dedup();
+        for chunk in unknown.chunks(INSERT_ROWS) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT v.column1, (SELECT MAX(t.seq) FROM telemetry AS t \
+                 WHERE t.device_id = v.column1) FROM (",
+            );
+            q.push_values(chunk, |mut b, d| {
+                b.push_bind(*d);
+            });
+            q.push(") AS v");
+            for r in q.build().fetch_all(&mut *tx).await? {
+                let id: &str = r.try_get(0)?;
+                let max: Option<i64> = r.try_get(1)?;
+                logged.table_max.insert(Arc::from(id), max);
+            }
+        }
+        let maybe_stored: Vec<&TelemetryRow> = fresh
+            .iter()
+            .copied()
+            .filter(|r| {
+                logged
+                    .table_max
+                    .get(r.device_id.as_str())
+                    .is_none_or(|max| max.is_some_and(|m| r.seq <= m))
+            })
+            .collect();
         let mut stored: HashSet<(String, i64)> = HashSet::new();
-        for chunk in fresh.chunks(INSERT_ROWS) {
+        for chunk in maybe_stored.chunks(INSERT_ROWS) {
             // A join from the listed keys, each looked up by primary key (SQLite plans
             // `(device_id, seq) IN (VALUES ...)` as a scan of the whole table); CROSS JOIN
             // fixes the loop order.

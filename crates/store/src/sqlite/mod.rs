@@ -133,7 +133,8 @@ impl SqliteStore {
             // (each append, each step of a move) journals the pages it changes, and past
             // 64 KiB SQLite spills that journal to a temporary file — about 1,900 file
             // writes a second at 22,600 readings/s. A statement changes a bounded number of
-            // pages (`MOVE_STEP_ROWS`, 64-row appends), so memory holds it.
+            // pages (a step of a move, a 64-row append; at most the whole log, about 4 MiB,
+            // in `compact_telemetry`), so memory holds it.
             // A 16 MiB page cache: a move copies rows in key order, found by rowid across
             // the whole log (about 4 MiB), and with the default 2 MiB most of those were
             // read from the file again (about 4,000 reads a second at that rate).

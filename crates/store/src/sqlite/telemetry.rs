@@ -26,8 +26,9 @@
 //! Nor is a reading stored twice: before appending, the writer drops rows whose key the log
 //! holds (a set kept in memory, loaded at the first write) or `telemetry` holds (looked up in
 //! the same transaction, only for readings at or below the highest seq `telemetry` may hold
-//! for their device: a bound kept in memory, so new readings cost no lookup). Only the hub process writes telemetry, through one connection
-//! (`SqliteStore::telemetry_tx`), under [`Logged`]'s lock, so the set follows the log.
+//! for their device: a bound kept in memory, so new readings cost no lookup). Only the hub
+//! process writes telemetry, through one connection (`SqliteStore::telemetry_tx`), under
+//! [`Logged`]'s lock, so the set and the bounds follow the tables.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -285,11 +286,10 @@ impl TelemetryStore for SqliteStore {
             return Ok(0);
         }
         // First a step of the move under way, if any, in the same transaction as the rows
-        // appended below. Not in a savepoint: SQLite copies each page a savepoint changes
-        // into a statement journal, which spills to a temporary file past 64 KiB, and a step
-        // changes more than that; those copies were a third of the hub's page writes. If the
-        // step fails, its transaction is rolled back whole (nothing else is in it yet) and
-        // the rows are appended in a fresh one: the next commit tries the step again.
+        // appended below. Not in a savepoint, which would journal every page the step
+        // changes once more: if the step fails, its transaction is rolled back whole
+        // (nothing else is in it yet) and the rows are appended in a fresh one; the next
+        // commit tries the step again.
         logged.start_move(TELEMETRY_LOG_ROWS);
         let mut tx = self.telemetry_tx().await?;
         let mut step = None;

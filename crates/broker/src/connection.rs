@@ -606,13 +606,7 @@ impl Conn {
                     self.finish_pending().await;
                     return Exit::Shutdown;
                 }
-                Event::Durable(Ok(())) => {
-                    if let Some(front) = self.pending.front_mut() {
-                        front.durable = None;
-                    }
-                    settle_durable(&mut self.pending);
-                    self.flush_ready_acks();
-                }
+                Event::Durable(Ok(())) => self.front_durable_done(),
                 Event::Durable(Err(e)) => {
                     return Exit::Refused(Refusal::new(
                         RefusalReason::StorageFailed,
@@ -769,13 +763,7 @@ impl Conn {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_ACK_WAIT;
         while self.pending.front().is_some_and(|p| p.durable.is_some()) {
             match tokio::time::timeout_at(deadline, front_durable(&mut self.pending)).await {
-                Ok(Ok(())) => {
-                    if let Some(front) = self.pending.front_mut() {
-                        front.durable = None;
-                    }
-                    settle_durable(&mut self.pending);
-                    self.flush_ready_acks();
-                }
+                Ok(Ok(())) => self.front_durable_done(),
                 // Not stored, or not in time: no acknowledgement, the client sends it again.
                 Ok(Err(_)) | Err(_) => break,
             }
@@ -784,6 +772,17 @@ impl Conn {
         if !self.wbuf.is_empty() {
             let _ = self.flush().await;
         }
+    }
+
+    /// The front acknowledgement's message is durable (its future has completed and must
+    /// not be polled again): settle it and those behind it already durable, and encode
+    /// their acknowledgements.
+    fn front_durable_done(&mut self) {
+        if let Some(front) = self.pending.front_mut() {
+            front.durable = None;
+        }
+        settle_durable(&mut self.pending);
+        self.flush_ready_acks();
     }
 
     fn flush_ready_acks(&mut self) {

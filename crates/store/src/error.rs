@@ -9,6 +9,10 @@ pub enum StoreError {
     NotFound { what: &'static str, id: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the SQLite telemetry writer's thread has stopped (it panicked; see the log above)")]
+    WriterStopped,
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("storage configuration: {0}")]

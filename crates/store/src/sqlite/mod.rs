@@ -1,12 +1,13 @@
 //! The embedded SQLite backend.
 //!
-//! WAL journal, one writer at a time (SQLite's rule; sqlx serialises through the pool), and a
+//! WAL journal, one writer at a time (SQLite's rule; `BEGIN IMMEDIATE` takes the lock), and a
 //! configurable `synchronous` level: `full` (the default) fsyncs the WAL on every commit, so a
 //! reading acknowledged to a device survives a power cut; `normal` survives a crash of the hub
 //! process but may lose the last commits on power loss.
 //!
 //! One file per storage trait: `registry`, `telemetry`, `retained`, `policies`, `pki`,
-//! `provisioning`, `audit`, `events`, `compliance`, `rollouts`.
+//! `provisioning`, `audit`, `events`, `compliance`, `rollouts`; they use sqlx's pool, but
+//! telemetry is written by a thread of its own (`telemetry_writer`).
 
 mod audit;
 mod compliance;
@@ -18,12 +19,12 @@ mod registry;
 mod retained;
 mod rollouts;
 mod telemetry;
+mod telemetry_writer;
 
-pub use telemetry::{MOVE_STEP_ROWS, TELEMETRY_LOG_ROWS};
+pub use telemetry_writer::{MOVE_STEP_ROWS, TELEMETRY_LOG_ROWS};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -83,17 +84,11 @@ pub(super) const ROWS_PER_STATEMENT: usize = 100;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// The telemetry writer's own connection. A SQLite connection's page cache is emptied
-    /// whenever another connection has written, so group commits taking turns over the
-    /// pool's connections re-read every B-tree page they touch; on one connection that only
-    /// writes telemetry the cache stays warm between commits.
-    telemetry_writer: SqlitePool,
-    /// The keys of the rows in `telemetry_log`, read on the first telemetry write (CLI
-    /// commands that only read never load them); its lock is the telemetry writer's (see
-    /// `telemetry`).
-    logged: Arc<tokio::sync::Mutex<Option<telemetry::Logged>>>,
-    /// Steps of telemetry moves that failed (see `telemetry`), for the hub's metrics.
-    move_failures: Arc<std::sync::atomic::AtomicU64>,
+    /// The telemetry writer's thread and its own connection. A SQLite connection's page
+    /// cache is emptied whenever another connection has written, so commits taking turns
+    /// over the pool's connections would re-read every B-tree page they touch; on one
+    /// connection that only writes telemetry the cache stays warm between commits.
+    telemetry_writer: telemetry_writer::TelemetryWriter,
     path: PathBuf,
 }
 
@@ -122,32 +117,11 @@ impl SqliteStore {
             .connect_with(connect.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        // Opened on the first telemetry write, then kept for the life of the store: its
-        // warm cache is the point.
-        let telemetry_writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .test_before_acquire(false)
-            // Statement journals in memory: a multi-row statement inside a transaction
-            // (each append, each step of a move) journals the pages it changes, and past
-            // 64 KiB SQLite spills that journal to a temporary file — about 1,900 file
-            // writes a second at 22,600 readings/s. A statement changes a bounded number of
-            // pages (a step of a move, a 64-row append; at most the whole log, about 4 MiB,
-            // in `compact_telemetry`), so memory holds it.
-            // A 16 MiB page cache: a move copies rows in key order, found by rowid across
-            // the whole log (about 4 MiB), and with the default 2 MiB most of those were
-            // read from the file again (about 4,000 reads a second at that rate).
-            .connect_lazy_with(
-                connect
-                    .pragma("temp_store", "memory")
-                    .pragma("cache_size", "-16384"),
-            );
+        let telemetry_writer =
+            telemetry_writer::TelemetryWriter::spawn(options.path.clone(), options.synchronous)?;
         Ok(SqliteStore {
             pool,
             telemetry_writer,
-            logged: Arc::new(tokio::sync::Mutex::new(None)),
-            move_failures: Arc::default(),
             path: options.path.clone(),
         })
     }
@@ -162,19 +136,12 @@ impl SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
-    /// Starts a write transaction on the telemetry writer's own connection.
-    pub(crate) async fn telemetry_tx(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.telemetry_writer.begin_with("BEGIN IMMEDIATE").await
-    }
-
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Closes the pool, waiting for connections to finish.
+    /// Closes the pool and the telemetry writer's connection, waiting for what they are doing.
     pub async fn close(&self) {
         self.telemetry_writer.close().await;
         self.pool.close().await;

@@ -1,0 +1,585 @@
+//! The SQLite telemetry writer: one thread, one connection, every telemetry write.
+//!
+//! `telemetry` is keyed by `(device_id, seq)` and indexed by `(device_id, ts)`: a device's
+//! readings sit together, which is what reads want. Writing into it directly is what group
+//! commits do not want: a batch holding one reading from each of 64 devices changes a leaf
+//! page of both B-trees per device, and SQLite writes every changed page whole to its WAL
+//! (then again to the database at the checkpoint). Measured on the hub at 10,000 readings/s
+//! from 100 devices: 64 rows per commit, about 8 KiB of pages written per 230-byte row, and
+//! 43 µs of CPU per row in SQLite's thread, most of it in the kernel's page writes.
+//!
+//! So a commit appends to `telemetry_log` (no key: rows go to the table's right edge, a
+//! batch fills a few adjacent pages), and once [`TELEMETRY_LOG_ROWS`] rows have been appended
+//! they move into `telemetry`, sorted by key: each device then gets its many rows written onto
+//! its pages together.
+//!
+//! A move is done in bounded steps, one per commit, inside the commit's transaction. A move in
+//! one transaction was a burst of about 100 ms of CPU during which no commit could run (the
+//! log and the table share one write lock): every PUBACK waiting on it waited that long, which
+//! set the hub's p99 latency. A step copies at least [`MOVE_STEP_ROWS`] of the rows being
+//! moved (taken in key order, found by rowid) and twice as many as its commit appends, so a
+//! move ends before the log has doubled; once all are copied, steps delete them from the log
+//! in rowid ranges. Its rows are in both tables until then: reads skip log rows whose key
+//! `telemetry` holds, and a restart re-copies what a move had not finished (the copy ignores
+//! keys already there).
+//!
+//! Nor is a reading stored twice: before appending, the writer drops rows whose key the log
+//! holds (a set kept in memory, loaded when the connection opens) or `telemetry` holds (looked
+//! up in the same transaction, only for readings at or below the highest seq `telemetry` may
+//! hold for their device: a bound kept in memory, so new readings cost no lookup). Only the
+//! hub process writes telemetry, through this thread, so the set and the bounds follow the
+//! tables.
+//!
+//! Why a thread of its own, with rusqlite rather than sqlx: every sqlx statement is a round
+//! trip to its connection's worker thread — two thread switches — and a commit took four of
+//! them (BEGIN, a step of a move, the append, COMMIT), each costing the hub more CPU than the
+//! statement inside it (docs/benchmarks.md). Here a commit is one message to this thread and
+//! one reply, and the statements run where the connection is. Both libraries link the same
+//! SQLite (libsqlite3-sys), so the two connections share its locks like any two connections
+//! of one process.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::Synchronous;
+use crate::model::to_ms;
+use crate::rows::to_json;
+use crate::{StoreError, TelemetryRow};
+
+/// Rows appended to the log that start a move into `telemetry`. Larger moves put more rows of
+/// each device on a page; the log is read without an index, so reads of a device's telemetry
+/// scan it: 16,384 rows are about 4 MiB.
+pub const TELEMETRY_LOG_ROWS: usize = 16_384;
+
+/// The fewest rows a step of a move copies. Smaller steps spread a move's work over more
+/// commits, so fewer PUBACKs wait on it: at 29,000 QoS 1 msg/s from 100 devices the hub's
+/// p99 latency measured 8–14 ms with 128, 11–14 ms with 512 and 17–21 ms with 2,048
+/// (docs/benchmarks.md).
+pub const MOVE_STEP_ROWS: usize = 128;
+
+/// Rows a deleting step removes for each row a copying step copies: deleting a rowid range
+/// frees whole pages, far cheaper per row than copying into two B-trees.
+const DELETE_PER_COPY: usize = 8;
+
+/// Rows per multi-row append (14 parameters a row stays well under SQLite's limit of 32,766).
+const INSERT_ROWS: usize = 64;
+
+/// How long a statement waits for another connection's write lock (a registry write, a
+/// `rampart` command run beside the hub) before failing with SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The table's columns, in the order of both tables.
+const COLUMNS: &str = "device_id, seq, ts, received_at, voltage_v, current_a, soc_pct, \
+    soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, body";
+
+/// The writer's handle: cheap to clone; the thread ends when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct TelemetryWriter {
+    commands: mpsc::Sender<Command>,
+    /// Steps of moves that failed, for the hub's metrics.
+    move_failures: Arc<AtomicU64>,
+}
+
+/// What the thread is asked to do; each carries where its answer goes.
+enum Command {
+    Insert {
+        rows: Vec<TelemetryRow>,
+        done: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Compact {
+        done: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// Closes the connection (the next command opens it again).
+    Close { done: oneshot::Sender<()> },
+}
+
+impl TelemetryWriter {
+    /// Starts the thread. Its connection is opened by the first command, so `rampart`
+    /// commands that only read never open it nor load the log's keys.
+    pub(crate) fn spawn(path: PathBuf, synchronous: Synchronous) -> Result<Self, StoreError> {
+        let (commands, received) = mpsc::channel();
+        let move_failures = Arc::new(AtomicU64::new(0));
+        let thread = Thread {
+            path,
+            synchronous,
+            open: None,
+            move_failures: Arc::clone(&move_failures),
+        };
+        std::thread::Builder::new()
+            // At most 15 bytes: the kernel's limit on a thread's name.
+            .name("telemetry-write".into())
+            .spawn(move || thread.run(received))
+            .map_err(|e| {
+                StoreError::Config(format!("cannot start the telemetry writer thread: {e}"))
+            })?;
+        Ok(TelemetryWriter {
+            commands,
+            move_failures,
+        })
+    }
+
+    /// Stores the readings not stored yet, in one transaction; returns how many were new.
+    pub(crate) async fn insert(&self, rows: Vec<TelemetryRow>) -> Result<u64, StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.send(Command::Insert { rows, done })?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Moves every row of the log into `telemetry`; returns how many rows left the log.
+    pub(crate) async fn compact(&self) -> Result<u64, StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.send(Command::Compact { done })?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Closes the writer's connection, waiting for the commands before it.
+    pub(crate) async fn close(&self) {
+        let (done, answer) = oneshot::channel();
+        if self.send(Command::Close { done }).is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    pub(crate) fn move_failures(&self) -> u64 {
+        self.move_failures.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, command: Command) -> Result<(), StoreError> {
+        self.commands
+            .send(command)
+            .map_err(|_| StoreError::WriterStopped)
+    }
+}
+
+/// The thread's state.
+struct Thread {
+    path: PathBuf,
+    synchronous: Synchronous,
+    open: Option<Writer>,
+    move_failures: Arc<AtomicU64>,
+}
+
+impl Thread {
+    fn run(mut self, commands: mpsc::Receiver<Command>) {
+        while let Ok(command) = commands.recv() {
+            match command {
+                Command::Insert { rows, done } => {
+                    let failures = Arc::clone(&self.move_failures);
+                    let result = self.writer().and_then(|w| w.insert(&rows, &failures));
+                    // A submitter that went away no longer needs the answer.
+                    let _ = done.send(result);
+                }
+                Command::Compact { done } => {
+                    let _ = done.send(self.writer().and_then(Writer::compact));
+                }
+                Command::Close { done } => {
+                    self.open = None;
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// The open connection, opening it (and reading the log's keys) if need be; a failure
+    /// is the command's answer, and the next command tries again.
+    fn writer(&mut self) -> Result<&mut Writer, StoreError> {
+        if self.open.is_none() {
+            self.open = Some(Writer::open(&self.path, self.synchronous)?);
+        }
+        self.open.as_mut().ok_or(StoreError::WriterStopped)
+    }
+}
+
+/// The connection and what the writer keeps of the log.
+struct Writer {
+    conn: Connection,
+    logged: Logged,
+    append_sql: AppendSql,
+}
+
+/// The text of the append statement for each row count up to [`INSERT_ROWS`], built once:
+/// the statement cache is looked up by text.
+struct AppendSql(Vec<String>);
+
+impl AppendSql {
+    fn new() -> AppendSql {
+        AppendSql(
+            (0..=INSERT_ROWS)
+                .map(|n| {
+                    let mut sql = format!("INSERT INTO telemetry_log ({COLUMNS}) VALUES ");
+                    for i in 0..n {
+                        if i > 0 {
+                            sql.push(',');
+                        }
+                        sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+                    }
+                    sql
+                })
+                .collect(),
+        )
+    }
+
+    /// The statement for `n` rows, 1 ≤ `n` ≤ [`INSERT_ROWS`].
+    fn get(&self, n: usize) -> &str {
+        &self.0[n.min(INSERT_ROWS)]
+    }
+}
+
+impl Writer {
+    fn open(path: &std::path::Path, synchronous: Synchronous) -> Result<Writer, StoreError> {
+        // The database exists (the store created it and ran the migrations); no mutex: only
+        // this thread uses the connection.
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match synchronous {
+                Synchronous::Full => "FULL",
+                Synchronous::Normal => "NORMAL",
+            },
+        )?;
+        // Statement journals in memory: a statement inside a transaction journals the pages
+        // it changes, and past 64 KiB SQLite spills that journal to a temporary file — about
+        // 1,900 file writes a second at 22,600 readings/s. A statement changes a bounded
+        // number of pages (one row; a deleting step's range; at most the whole log, about
+        // 4 MiB, in `compact`), so memory holds it.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // A 16 MiB page cache: a move copies rows in key order, found by rowid across the
+        // whole log (about 4 MiB), and with the default 2 MiB most of those were read from
+        // the file again (about 4,000 reads a second at that rate). The cache stays warm
+        // because no other connection writes these tables.
+        conn.pragma_update(None, "cache_size", -16_384)?;
+        // Room for the append statement of every row count and the few others.
+        conn.set_prepared_statement_cache_capacity(INSERT_ROWS + 8);
+        // A move that the last process did not finish starts again with the next commit: its
+        // rows are all in the log still, and copying ignores keys already copied.
+        let mut logged = Logged::default();
+        {
+            let mut keys =
+                conn.prepare("SELECT rowid, device_id, seq FROM telemetry_log ORDER BY rowid")?;
+            let mut rows = keys.query([])?;
+            while let Some(r) = rows.next()? {
+                let device_id: String = r.get(1)?;
+                logged.insert(r.get(0)?, &device_id, r.get(2)?);
+            }
+        }
+        Ok(Writer {
+            conn,
+            logged,
+            append_sql: AppendSql::new(),
+        })
+    }
+
+    fn insert(
+        &mut self,
+        rows: &[TelemetryRow],
+        move_failures: &AtomicU64,
+    ) -> Result<u64, StoreError> {
+        let Writer {
+            conn,
+            logged,
+            append_sql,
+        } = self;
+        // In key order, each key once.
+        let mut fresh: Vec<&TelemetryRow> = rows
+            .iter()
+            .filter(|r| !logged.contains(&r.device_id, r.seq))
+            .collect();
+        fresh.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
+        fresh.dedup_by(|a, b| a.device_id == b.device_id && a.seq == b.seq);
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        // First a step of the move under way, if any, in the same transaction as the rows
+        // appended below. Not in a savepoint, which would journal every page the step
+        // changes once more: if the step fails, its transaction is rolled back whole
+        // (nothing else is in it yet) and the rows are appended in a fresh one; the next
+        // commit tries the step again.
+        logged.start_move(TELEMETRY_LOG_ROWS);
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut step = None;
+        if logged.moving.is_some() {
+            match move_step(&tx, logged, MOVE_STEP_ROWS.max(2 * fresh.len())) {
+                Ok(s) => step = s,
+                Err(e) => {
+                    move_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "a step moving telemetry from the log into its table failed; the readings stay in the log, and the next commit tries again");
+                    tx.rollback()?;
+                    tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                }
+            }
+        }
+        // Keys `telemetry` already holds: a reading re-sent after a lost PUBACK. Only a
+        // reading at or below its device's bound can be one; a device not seen before gets
+        // its bound read first.
+        {
+            let mut highest =
+                tx.prepare_cached("SELECT MAX(seq) FROM telemetry WHERE device_id = ?1")?;
+            for r in &fresh {
+                if !logged.table_max.contains_key(r.device_id.as_str()) {
+                    let max: Option<i64> = highest.query_row([&r.device_id], |row| row.get(0))?;
+                    logged
+                        .table_max
+                        .insert(Arc::from(r.device_id.as_str()), max);
+                }
+            }
+        }
+        let maybe_stored = |r: &TelemetryRow| {
+            logged
+                .table_max
+                .get(r.device_id.as_str())
+                .is_none_or(|max| max.is_some_and(|m| r.seq <= m))
+        };
+        if fresh.iter().any(|r| maybe_stored(r)) {
+            let mut held =
+                tx.prepare_cached("SELECT 1 FROM telemetry WHERE device_id = ?1 AND seq = ?2")?;
+            let mut kept = Vec::with_capacity(fresh.len());
+            for r in fresh {
+                if !maybe_stored(r) || !held.exists((&r.device_id, r.seq))? {
+                    kept.push(r);
+                }
+            }
+            fresh = kept;
+        }
+        // Multi-row statements: one statement's execution opens the table once and walks
+        // to its right edge once for all its rows. Each row count has its own statement,
+        // prepared once (the cache holds them all).
+        let mut appended = Vec::with_capacity(fresh.len());
+        for chunk in fresh.chunks(INSERT_ROWS) {
+            let mut append = tx.prepare_cached(append_sql.get(chunk.len()))?;
+            let mut at = 0;
+            for r in chunk {
+                let alarms = to_json(&r.alarms, "telemetry")?;
+                let values: [&dyn rusqlite::ToSql; 14] = [
+                    &r.device_id,
+                    &r.seq,
+                    &to_ms(r.ts),
+                    &to_ms(r.received_at),
+                    &r.voltage_v,
+                    &r.current_a,
+                    &r.soc_pct,
+                    &r.soh_pct,
+                    &r.temp_min_c,
+                    &r.temp_max_c,
+                    &r.cell_min_v,
+                    &r.cell_max_v,
+                    &alarms,
+                    &r.body,
+                ];
+                for v in values {
+                    at += 1;
+                    append.raw_bind_parameter(at, v)?;
+                }
+            }
+            append.raw_execute()?;
+            let last = tx.last_insert_rowid();
+            // The log's rows are only ever deleted from its low end, so SQLite gives each new
+            // row the largest rowid plus one, in the order of the VALUES list (it would pick
+            // at random only past rowid 2^63 - 1).
+            let first = last - (chunk.len() as i64 - 1);
+            appended.extend(chunk.iter().zip(first..).map(|(r, id)| (id, *r)));
+        }
+        tx.commit()?;
+        for (rowid, r) in appended {
+            logged.insert(rowid, &r.device_id, r.seq);
+        }
+        if let Some(step) = step {
+            logged.apply(step);
+        }
+        Ok(fresh.len() as u64)
+    }
+
+    /// Moves every row of the log into `telemetry` (finishing a move under way first);
+    /// returns how many rows left the log.
+    fn compact(&mut self) -> Result<u64, StoreError> {
+        let Writer { conn, logged, .. } = self;
+        let mut moved = 0;
+        loop {
+            logged.start_move(1);
+            if logged.moving.is_none() {
+                return Ok(moved as u64);
+            }
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let step = move_step(&tx, logged, usize::MAX)?;
+            tx.commit()?;
+            if let Some(step) = step {
+                moved += logged.apply(step);
+            }
+        }
+    }
+}
+
+/// Does the next step of the move under way, copying at most `copy` rows (deleting at most
+/// [`DELETE_PER_COPY`] times as many); `None` if no move is under way.
+fn move_step(
+    conn: &Connection,
+    logged: &Logged,
+    copy: usize,
+) -> Result<Option<Step>, rusqlite::Error> {
+    let Some(m) = logged.moving.as_ref() else {
+        return Ok(None);
+    };
+    if m.copied < m.rows.len() {
+        let rows = &m.rows[m.copied..m.rows.len().min(m.copied.saturating_add(copy))];
+        // The rowids as one JSON array: a single parameter, looked up row by row, inserted in
+        // key order so each device's rows land on its pages together. `WHERE true` keeps
+        // SQLite's parser from reading ON CONFLICT as a join's ON; the conflict clause fires
+        // only when a restart copies again what a move had copied.
+        let mut ids = String::with_capacity(rows.len() * 8 + 2);
+        ids.push('[');
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                ids.push(',');
+            }
+            ids.push_str(&r.rowid.to_string());
+        }
+        ids.push(']');
+        conn.prepare_cached(&format!(
+            "INSERT INTO telemetry ({COLUMNS}) SELECT {COLUMNS} FROM telemetry_log \
+             WHERE rowid IN (SELECT value FROM json_each(?1)) \
+             ORDER BY device_id, seq ON CONFLICT (device_id, seq) DO NOTHING"
+        ))?
+        .execute([ids])?;
+        return Ok(Some(Step::Copied(rows.len())));
+    }
+    let span = i64::try_from(copy.saturating_mul(DELETE_PER_COPY)).unwrap_or(i64::MAX);
+    let below = m
+        .deleted_below
+        .saturating_add(span)
+        .min(m.last_rowid.saturating_add(1));
+    conn.prepare_cached("DELETE FROM telemetry_log WHERE rowid < ?1")?
+        .execute([below])?;
+    Ok(Some(Step::Deleted(below)))
+}
+
+/// A row of the log: its key and where it is.
+#[derive(Debug)]
+struct LogRow {
+    rowid: i64,
+    /// Shared with [`Logged::by_device`]'s key: one allocation per device, not per row.
+    device_id: Arc<str>,
+    seq: i64,
+}
+
+/// The log's rows and the move under way.
+#[derive(Debug, Default)]
+struct Logged {
+    /// The keys of every row in `telemetry_log`, by device.
+    by_device: HashMap<Arc<str>, HashSet<i64>>,
+    /// Rows appended since the last move began, in rowid order.
+    fresh: Vec<LogRow>,
+    moving: Option<Move>,
+    /// For each device seen, a bound on the seqs `telemetry` holds for it (`None`: none):
+    /// a reading above it cannot be there, so the lookup for re-sent readings is skipped.
+    /// Read from the table the first time a device's reading is written, raised by moves;
+    /// deleting rows leaves it an upper bound.
+    table_max: HashMap<Arc<str>, Option<i64>>,
+}
+
+/// A move: every row of the log up to `last_rowid`, copied in key order, then deleted.
+#[derive(Debug)]
+struct Move {
+    /// The rows, in key order.
+    rows: Vec<LogRow>,
+    /// How many of `rows` are copied into `telemetry`.
+    copied: usize,
+    /// Log rows with a rowid below this are deleted.
+    deleted_below: i64,
+    last_rowid: i64,
+}
+
+/// What a step did, applied to [`Logged`] once its transaction has committed.
+#[derive(Debug)]
+enum Step {
+    Copied(usize),
+    Deleted(i64),
+}
+
+impl Logged {
+    fn contains(&self, device_id: &str, seq: i64) -> bool {
+        self.by_device
+            .get(device_id)
+            .is_some_and(|s| s.contains(&seq))
+    }
+
+    fn insert(&mut self, rowid: i64, device_id: &str, seq: i64) {
+        let device_id = match self.by_device.get_key_value(device_id) {
+            Some((id, _)) => id.clone(),
+            None => Arc::from(device_id),
+        };
+        self.by_device
+            .entry(device_id.clone())
+            .or_default()
+            .insert(seq);
+        self.fresh.push(LogRow {
+            rowid,
+            device_id,
+            seq,
+        });
+    }
+
+    /// Starts moving every row appended so far, if none is being moved and `at_least` have
+    /// been appended.
+    fn start_move(&mut self, at_least: usize) {
+        if self.moving.is_some() || self.fresh.is_empty() || self.fresh.len() < at_least {
+            return;
+        }
+        let mut rows = std::mem::take(&mut self.fresh);
+        let (first, last) = (rows[0].rowid, rows[rows.len() - 1].rowid);
+        rows.sort_unstable_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
+        self.moving = Some(Move {
+            rows,
+            copied: 0,
+            deleted_below: first,
+            last_rowid: last,
+        });
+    }
+
+    /// Applies a committed step; returns how many rows left the log with it.
+    fn apply(&mut self, step: Step) -> usize {
+        let Some(m) = self.moving.as_mut() else {
+            return 0;
+        };
+        match step {
+            Step::Copied(n) => {
+                let end = m.rows.len().min(m.copied.saturating_add(n));
+                for r in &m.rows[m.copied..end] {
+                    if let Some(max) = self.table_max.get_mut(&r.device_id) {
+                        *max = Some(max.map_or(r.seq, |x| x.max(r.seq)));
+                    }
+                }
+                m.copied = end;
+                0
+            }
+            Step::Deleted(below) => {
+                m.deleted_below = below;
+                if below <= m.last_rowid {
+                    return 0;
+                }
+                let Some(m) = self.moving.take() else {
+                    return 0;
+                };
+                for r in &m.rows {
+                    if let Some(seqs) = self.by_device.get_mut(&r.device_id) {
+                        seqs.remove(&r.seq);
+                        if seqs.is_empty() {
+                            self.by_device.remove(&r.device_id);
+                        }
+                    }
+                }
+                m.rows.len()
+            }
+        }
+    }
+}

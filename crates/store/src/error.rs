@@ -13,6 +13,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the SQLite telemetry writer's thread has stopped (it panicked; see the log above)")]
     WriterStopped,
+    #[error("the store has been closed")]
+    Closed,
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("storage configuration: {0}")]

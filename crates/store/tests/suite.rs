@@ -1006,6 +1006,36 @@ async fn sqlite_a_reading_resent_after_its_move_is_stored_once() {
     s.close().await;
 }
 
+/// Closing the store closes the telemetry writer's connection for good, as it closes the
+/// pool; the store opened again reads the log's keys back, so re-sent readings are still
+/// recognised, and a batch larger than one multi-row statement keeps every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_closed_store_refuses_telemetry_and_its_successor_knows_the_log() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rampart.db");
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    let first: Vec<TelemetryRow> = (1..=100).map(|seq| row("gw-a", seq)).collect();
+    assert_eq!(s.insert_telemetry(&first).await.unwrap(), 100);
+    s.close().await;
+    let refused = s.insert_telemetry(&[row("gw-a", 101)]).await;
+    assert!(matches!(refused, Err(StoreError::Closed)), "{refused:?}");
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    // 50..=100 are in the log; 101..=250 are new: 150 rows, three statements (64, 64, 22).
+    let next: Vec<TelemetryRow> = (50..=250).map(|seq| row("gw-a", seq)).collect();
+    assert_eq!(s.insert_telemetry(&next).await.unwrap(), 150);
+    assert_eq!(s.insert_telemetry(&next).await.unwrap(), 0);
+    // The rowids the writer recorded are the rows': the move takes exactly these 250.
+    assert_eq!(s.compact_telemetry().await.unwrap(), 250);
+    let read = s
+        .telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 1_000)
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = read.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=250).collect::<Vec<_>>());
+    assert_eq!(s.insert_telemetry(&first).await.unwrap(), 0);
+    s.close().await;
+}
+
 /// A step of a move that fails does not take its commit's readings with it: they are stored
 /// and acknowledged, the move waits in the log, and the next commit after the cause is gone
 /// moves on.

@@ -96,7 +96,8 @@ enum Command {
     Compact {
         done: oneshot::Sender<Result<u64, StoreError>>,
     },
-    /// Closes the connection (the next command opens it again).
+    /// Closes the connection for good: later commands are refused, as the pool refuses
+    /// queries once closed.
     Close { done: oneshot::Sender<()> },
 }
 
@@ -110,6 +111,7 @@ impl TelemetryWriter {
             path,
             synchronous,
             open: None,
+            closed: false,
             move_failures: Arc::clone(&move_failures),
         };
         std::thread::Builder::new()
@@ -139,7 +141,7 @@ impl TelemetryWriter {
         answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
-    /// Closes the writer's connection, waiting for the commands before it.
+    /// Closes the writer's connection for good, waiting for the commands before it.
     pub(crate) async fn close(&self) {
         let (done, answer) = oneshot::channel();
         if self.send(Command::Close { done }).is_ok() {
@@ -163,6 +165,7 @@ struct Thread {
     path: PathBuf,
     synchronous: Synchronous,
     open: Option<Writer>,
+    closed: bool,
     move_failures: Arc<AtomicU64>,
 }
 
@@ -181,6 +184,7 @@ impl Thread {
                 }
                 Command::Close { done } => {
                     self.open = None;
+                    self.closed = true;
                     let _ = done.send(());
                 }
             }
@@ -190,6 +194,9 @@ impl Thread {
     /// The open connection, opening it (and reading the log's keys) if need be; a failure
     /// is the command's answer, and the next command tries again.
     fn writer(&mut self) -> Result<&mut Writer, StoreError> {
+        if self.closed {
+            return Err(StoreError::Closed);
+        }
         if self.open.is_none() {
             self.open = Some(Writer::open(&self.path, self.synchronous)?);
         }

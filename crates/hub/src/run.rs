@@ -11,7 +11,7 @@ use rampart_store::{
     AuditEntry, IngestQueue, PgOptions, PgStore, SqliteOptions, SqliteStore, Store,
 };
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 use crate::audit;
@@ -99,6 +99,13 @@ fn default_node_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// Connections the kernel completes and queues for a listener before the hub accepts them
+/// (capped by `net.core.somaxconn`). `TcpListener::bind` asks for 128: a fleet reconnecting
+/// at once (after an outage, or the 256 handshakes in flight of `rampart bench compare`'s
+/// storm) overflowed it while the hub was busy, and each connection refused that way waited
+/// a second for its SYN to be sent again (TcpExtListenOverflows in `nstat`).
+const LISTEN_BACKLOG: u32 = 1024;
+
 async fn bind(addr: &str, what: &str) -> Result<Option<(TcpListener, SocketAddr)>, HubError> {
     if addr.is_empty() {
         return Ok(None);
@@ -106,12 +113,20 @@ async fn bind(addr: &str, what: &str) -> Result<Option<(TcpListener, SocketAddr)
     let a: SocketAddr = addr
         .parse()
         .map_err(|e| HubError::Invalid(format!("{what}: {e}")))?;
-    let l = TcpListener::bind(a)
-        .await
-        .map_err(|source| HubError::Bind {
-            addr: a.to_string(),
-            source,
-        })?;
+    let bind_err = |source| HubError::Bind {
+        addr: a.to_string(),
+        source,
+    };
+    let socket = if a.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(bind_err)?;
+    // As `TcpListener::bind` does: a restarted hub binds its port again at once.
+    socket.set_reuseaddr(true).map_err(bind_err)?;
+    socket.bind(a).map_err(bind_err)?;
+    let l = socket.listen(LISTEN_BACKLOG).map_err(bind_err)?;
     let bound = l.local_addr().map_err(|source| HubError::Bind {
         addr: a.to_string(),
         source,

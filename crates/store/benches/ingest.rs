@@ -7,9 +7,10 @@
 //! - hub path: `IngestQueue` — 100 concurrent submitters (one per device, as connections
 //!   are), each waiting for its row's commit ticket like a PUBACK does; group commit, one
 //!   transaction per batch (at most 2,000 rows, the hub's default), multi-row statements;
-//! - raw: the same rows, arriving device-interleaved, inserted with plain SQL on its own
-//!   connection pool — 2,000 rows per transaction, each transaction's rows in key order, 64
-//!   rows per multi-row INSERT, no queue, no tickets.
+//! - raw: the same rows, arriving device-interleaved, inserted with plain SQL on a
+//!   connection of its own, called directly (rusqlite, no worker thread in between) —
+//!   2,000 rows per transaction, each transaction's rows in key order, 64 rows per
+//!   multi-row INSERT, no queue, no tickets.
 //!
 //! Each side gets a fresh database file (WAL) with the hub's migrations, for both
 //! `synchronous` levels. Bounded: 100,000 rows per side and round; three rounds, the sides
@@ -148,56 +149,77 @@ async fn hub_path(store: Arc<dyn Store>, rows: Vec<TelemetryRow>) -> Rate {
 }
 
 async fn raw(dir: &std::path::Path, sync: Synchronous, rows: &[TelemetryRow]) -> Rate {
-    // The hub's schema, then a connection of our own.
+    // The hub's schema, then a connection of our own, used where it is (no thread between
+    // the caller and SQLite): the storage floor.
     let path = dir.join("raw.db");
     open(dir, "raw.db", sync).await.close().await;
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(match sync {
-            Synchronous::Full => sqlx::sqlite::SqliteSynchronous::Full,
-            Synchronous::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
-        });
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts)
-        .await
-        .expect("raw pool");
+    let mut conn = rusqlite::Connection::open(&path).expect("raw connection");
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )
+    .expect("synchronous");
+    let insert = |n: usize| {
+        let mut sql = String::from(
+            "INSERT INTO telemetry (device_id, seq, ts, received_at, voltage_v, current_a, \
+             soc_pct, soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, body) \
+             VALUES ",
+        );
+        for i in 0..n {
+            sql.push_str(if i == 0 { "" } else { "," });
+            sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+        }
+        sql
+    };
+    let full = insert(64);
     let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
     let (start, cpu) = (Instant::now(), process_cpu_us());
     for batch in rows.chunks(BATCH) {
         // In key order: neighbouring rows land on the same B-tree pages.
         let mut batch: Vec<&TelemetryRow> = batch.iter().collect();
         batch.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
-        let mut tx = pool.begin().await.expect("begin");
+        let tx = conn.transaction().expect("begin");
         for chunk in batch.chunks(64) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO telemetry (device_id, seq, ts, received_at, voltage_v, current_a, \
-                 soc_pct, soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, body) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(&r.device_id)
-                    .push_bind(r.seq)
-                    .push_bind(ms(r.ts))
-                    .push_bind(ms(r.received_at))
-                    .push_bind(r.voltage_v)
-                    .push_bind(r.current_a)
-                    .push_bind(r.soc_pct)
-                    .push_bind(r.soh_pct)
-                    .push_bind(r.temp_min_c)
-                    .push_bind(r.temp_max_c)
-                    .push_bind(r.cell_min_v)
-                    .push_bind(r.cell_max_v)
-                    .push_bind("[]")
-                    .push_bind(&r.body);
-            });
-            q.build().execute(&mut *tx).await.expect("insert");
+            let last;
+            let sql = if chunk.len() == 64 {
+                &full
+            } else {
+                last = insert(chunk.len());
+                &last
+            };
+            let mut st = tx.prepare_cached(sql).expect("prepare");
+            let mut at = 0;
+            for r in chunk {
+                let values: [&dyn rusqlite::ToSql; 14] = [
+                    &r.device_id,
+                    &r.seq,
+                    &ms(r.ts),
+                    &ms(r.received_at),
+                    &r.voltage_v,
+                    &r.current_a,
+                    &r.soc_pct,
+                    &r.soh_pct,
+                    &r.temp_min_c,
+                    &r.temp_max_c,
+                    &r.cell_min_v,
+                    &r.cell_max_v,
+                    &"[]",
+                    &r.body,
+                ];
+                for v in values {
+                    at += 1;
+                    st.raw_bind_parameter(at, v).expect("bind");
+                }
+            }
+            st.raw_execute().expect("insert");
         }
-        tx.commit().await.expect("commit");
+        tx.commit().expect("commit");
     }
-    let rate = Rate::since(start, cpu);
-    pool.close().await;
-    rate
+    Rate::since(start, cpu)
 }
 
 fn main() {

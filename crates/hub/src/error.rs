@@ -78,6 +78,9 @@ impl HubError {
             )) => Some(
                 "persistent sessions are kept in JetStream: start nats-server with -js (JetStream enabled), and give it a store directory (-sd)",
             ),
+            HubError::Store(rampart_store::StoreError::Sqlite(_)) => Some(
+                "the SQLite database in the data directory could not be written: check the disk's free space and the directory's permissions",
+            ),
             HubError::Store(rampart_store::StoreError::Database(_)) => Some(
                 "is the database reachable? With backend = \"postgres\", check storage.postgres_url (psql with the same URL should connect)",
             ),

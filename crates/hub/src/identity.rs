@@ -107,9 +107,10 @@ impl Authenticator {
             cert_serial: info.serial.as_str().into(),
             cert_fingerprint: info.fingerprint.as_str().into(),
         };
-        let Some(cert) = self
+        // The certificate and the identity its subject names, in one query.
+        let Some((cert, device)) = self
             .store
-            .certificate_by_fingerprint(&info.fingerprint)
+            .certificate_and_identity(&info.fingerprint, cn)
             .await
             .map_err(busy)?
         else {
@@ -146,7 +147,7 @@ impl Authenticator {
                 ));
             }
         }
-        let device = self.store.device(cn).await.map_err(busy)?.ok_or_else(|| {
+        let device = device.ok_or_else(|| {
             Refusal::new(
                 RefusalReason::UnknownDevice,
                 format!("{cn:?} is not registered"),

@@ -61,6 +61,18 @@ pub trait Registry: Send + Sync {
         &self,
         fingerprint: &str,
     ) -> Result<Option<CertificateRecord>, StoreError>;
+    /// What a CONNECT checks, in one query: the certificate with `fingerprint` (`None` if it
+    /// is not registered) and the identity `id` named by its subject.
+    async fn certificate_and_identity(
+        &self,
+        fingerprint: &str,
+        id: &str,
+    ) -> Result<Option<(CertificateRecord, Option<Device>)>, StoreError> {
+        let Some(cert) = self.certificate_by_fingerprint(fingerprint).await? else {
+            return Ok(None);
+        };
+        Ok(Some((cert, self.device(id).await?)))
+    }
     /// Revokes every valid or retiring certificate of `id`; returns what was revoked.
     async fn revoke_certificates(
         &self,

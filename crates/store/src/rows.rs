@@ -66,6 +66,57 @@ macro_rules! columns_for {
 columns_for!(sqlx::sqlite::SqliteRow);
 columns_for!(sqlx::postgres::PgRow);
 
+/// A row's columns named with a prefix: a join that reads two tables with columns of the same
+/// name (both `certificates` and `devices` have a `status`) selects one table's as
+/// `prefix || name`, and its record is mapped through this.
+pub(crate) struct Prefixed<'a, R>(pub &'a R, pub &'static str);
+
+impl<R: Columns> Columns for Prefixed<'_, R> {
+    fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+        self.0.text(&format!("{}{col}", self.1))
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+        self.0.opt_text(&format!("{}{col}", self.1))
+    }
+    fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
+        self.0.int(&format!("{}{col}", self.1))
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.0.opt_int(&format!("{}{col}", self.1))
+    }
+    fn opt_real(&self, col: &str) -> Result<Option<f64>, sqlx::Error> {
+        self.0.opt_real(&format!("{}{col}", self.1))
+    }
+}
+
+/// The columns of `certificates` (alias `c`) as [`certificate`] reads them, each named
+/// `cert_` and its name, for a join with `devices`; a macro so that queries are string
+/// literals (`concat!`).
+macro_rules! certificate_as_cert {
+    () => {
+        "c.serial AS cert_serial, c.device_id AS cert_device_id, \
+         c.fingerprint AS cert_fingerprint, c.not_before AS cert_not_before, \
+         c.not_after AS cert_not_after, c.key_algorithm AS cert_key_algorithm, \
+         c.issued_at AS cert_issued_at, c.status AS cert_status, c.issuer AS cert_issuer, \
+         c.revoked_at AS cert_revoked_at, c.revocation_reason AS cert_revocation_reason, \
+         c.retire_at AS cert_retire_at"
+    };
+}
+pub(crate) use certificate_as_cert;
+
+/// A row of `SELECT certificate_as_cert!(), d.* FROM certificates AS c LEFT JOIN devices AS d
+/// …`: the certificate, and the device if the join found one.
+pub(crate) fn certificate_and_device(
+    r: &impl Columns,
+) -> Result<(CertificateRecord, Option<Device>), StoreError> {
+    let cert = certificate(&Prefixed(r, "cert_"))?;
+    let device = match r.opt_text("id")? {
+        Some(_) => Some(device(r)?),
+        None => None,
+    };
+    Ok((cert, device))
+}
+
 pub(crate) fn corrupt(table: &'static str, why: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         table,

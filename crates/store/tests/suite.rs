@@ -119,6 +119,7 @@ on_both_backends!(
     events_are_deduplicated_per_device_and_listed_oldest_first,
     rollouts_keep_their_devices_and_apply_each_report_once_in_order,
     seen_times_are_batched_and_never_go_back,
+    a_connect_reads_certificate_and_identity_in_one_query_as_in_two,
 );
 
 fn cert(serial: &str) -> NewCertificate {
@@ -155,6 +156,67 @@ fn row(device: &str, seq: i64) -> TelemetryRow {
         alarms: vec!["over_temperature".into()],
         body: format!("{{\"seq\":{seq}}}"),
     }
+}
+
+/// What a CONNECT reads in one query is what the two separate reads return: for a known
+/// certificate and the device it names, for a certificate naming another device, for an
+/// identity that does not exist, after a revocation and after a disable.
+async fn a_connect_reads_certificate_and_identity_in_one_query_as_in_two(db: &Db) {
+    let s = db.open().await;
+    s.add_identity(&device("gw-1", "11"))
+        .await
+        .expect("add gw-1");
+    s.add_identity(&device("gw-2", "12"))
+        .await
+        .expect("add gw-2");
+    let two = |fp: &'static str, id: &'static str| {
+        let s = &s;
+        async move {
+            match s.certificate_by_fingerprint(fp).await.expect("certificate") {
+                Some(c) => Some((c, s.device(id).await.expect("device"))),
+                None => None,
+            }
+        }
+    };
+    let check = |fp: &'static str, id: &'static str| {
+        let s = &s;
+        async move {
+            let one = s.certificate_and_identity(fp, id).await.expect("one query");
+            assert_eq!(one, two(fp, id).await, "{fp} {id}");
+            one
+        }
+    };
+    let (c, d) = check("fp-11", "gw-1").await.expect("registered");
+    assert_eq!(
+        (c.device_id.as_str(), c.status),
+        ("gw-1", CertificateStatus::Valid)
+    );
+    assert_eq!(d.expect("device").id, "gw-1");
+    // A certificate presented under another device's name: both come back, apart.
+    let (c, d) = check("fp-11", "gw-2").await.expect("registered");
+    assert_eq!(
+        (c.device_id.as_str(), d.expect("device").id.as_str()),
+        ("gw-1", "gw-2")
+    );
+    assert!(
+        check("fp-11", "gw-9")
+            .await
+            .expect("registered")
+            .1
+            .is_none()
+    );
+    assert!(check("fp-99", "gw-1").await.is_none());
+    s.revoke_certificates("gw-1", "key compromise")
+        .await
+        .expect("revoke");
+    let (c, _) = check("fp-11", "gw-1").await.expect("registered");
+    assert_eq!(c.status, CertificateStatus::Revoked);
+    assert_eq!(c.revocation_reason.as_deref(), Some("key compromise"));
+    s.set_device_status("gw-2", DeviceStatus::Disabled)
+        .await
+        .expect("disable");
+    let (_, d) = check("fp-12", "gw-2").await.expect("registered");
+    assert_eq!(d.expect("device").status, DeviceStatus::Disabled);
 }
 
 async fn registry_lifecycle(db: &Db) {

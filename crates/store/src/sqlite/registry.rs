@@ -189,6 +189,27 @@ impl Registry for SqliteStore {
             .transpose()
     }
 
+    async fn certificate_and_identity(
+        &self,
+        fingerprint: &str,
+        id: &str,
+    ) -> Result<Option<(CertificateRecord, Option<Device>)>, StoreError> {
+        // One query where two were: every CONNECT asks this.
+        sqlx::query(concat!(
+            "SELECT ",
+            rows::certificate_as_cert!(),
+            ", d.* FROM certificates AS c LEFT JOIN devices AS d ON d.id = ?2 \
+             WHERE c.fingerprint = ?1"
+        ))
+        .bind(fingerprint)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(rows::certificate_and_device)
+        .transpose()
+    }
+
     async fn revoke_certificates(
         &self,
         id: &str,

@@ -106,7 +106,7 @@ fn default_node_name() -> String {
 /// a second for its SYN to be sent again (TcpExtListenOverflows in `nstat`).
 const LISTEN_BACKLOG: u32 = 1024;
 
-async fn bind(addr: &str, what: &str) -> Result<Option<(TcpListener, SocketAddr)>, HubError> {
+fn bind(addr: &str, what: &str) -> Result<Option<(TcpListener, SocketAddr)>, HubError> {
     if addr.is_empty() {
         return Ok(None);
     }
@@ -127,10 +127,7 @@ async fn bind(addr: &str, what: &str) -> Result<Option<(TcpListener, SocketAddr)
     socket.set_reuseaddr(true).map_err(bind_err)?;
     socket.bind(a).map_err(bind_err)?;
     let l = socket.listen(LISTEN_BACKLOG).map_err(bind_err)?;
-    let bound = l.local_addr().map_err(|source| HubError::Bind {
-        addr: a.to_string(),
-        source,
-    })?;
+    let bound = l.local_addr().map_err(bind_err)?;
     Ok(Some((l, bound)))
 }
 
@@ -240,7 +237,7 @@ impl Hub {
             Some(a) => a.to_string(),
             None => cfg.mqtt.listen.clone(),
         };
-        let Some((listener, mqtt_addr)) = bind(&listen_addr, "mqtt.listen").await? else {
+        let Some((listener, mqtt_addr)) = bind(&listen_addr, "mqtt.listen")? else {
             return Err(HubError::Invalid("mqtt.listen is empty".into()));
         };
 
@@ -261,7 +258,7 @@ impl Hub {
             })
         };
         let mut background = Vec::new();
-        let metrics_addr = match bind(&cfg.metrics.listen, "metrics.listen").await? {
+        let metrics_addr = match bind(&cfg.metrics.listen, "metrics.listen")? {
             None => None,
             Some((l, bound)) => {
                 let snap = snapshot.clone();
@@ -287,7 +284,7 @@ impl Hub {
                 Some(bound)
             }
         };
-        let api_addr = match bind(&cfg.device_api.listen, "device_api.listen").await? {
+        let api_addr = match bind(&cfg.device_api.listen, "device_api.listen")? {
             None => None,
             Some((l, bound)) => {
                 background.push(tokio::spawn(device_api::serve(

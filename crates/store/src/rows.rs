@@ -110,10 +110,8 @@ pub(crate) fn certificate_and_device(
     r: &impl Columns,
 ) -> Result<(CertificateRecord, Option<Device>), StoreError> {
     let cert = certificate(&Prefixed(r, "cert_"))?;
-    let device = match r.opt_text("id")? {
-        Some(_) => Some(device(r)?),
-        None => None,
-    };
+    // A device row's id is never NULL: NULL here means the join found none.
+    let device = r.opt_text("id")?.map(|_| device(r)).transpose()?;
     Ok((cert, device))
 }
 

@@ -174,8 +174,7 @@ impl Thread {
         while let Ok(command) = commands.recv() {
             match command {
                 Command::Insert { rows, done } => {
-                    let failures = Arc::clone(&self.move_failures);
-                    let result = self.writer().and_then(|w| w.insert(&rows, &failures));
+                    let result = self.writer().and_then(|w| w.insert(&rows));
                     // A submitter that went away no longer needs the answer.
                     let _ = done.send(result);
                 }
@@ -197,10 +196,11 @@ impl Thread {
         if self.closed {
             return Err(StoreError::Closed);
         }
-        if self.open.is_none() {
-            self.open = Some(Writer::open(&self.path, self.synchronous)?);
-        }
-        self.open.as_mut().ok_or(StoreError::WriterStopped)
+        let writer = match self.open.take() {
+            Some(w) => w,
+            None => Writer::open(&self.path, self.synchronous, &self.move_failures)?,
+        };
+        Ok(self.open.insert(writer))
     }
 }
 
@@ -209,6 +209,8 @@ struct Writer {
     conn: Connection,
     logged: Logged,
     append_sql: AppendSql,
+    /// The thread's count, shared with the handle.
+    move_failures: Arc<AtomicU64>,
 }
 
 /// The text of the append statement for each row count up to [`INSERT_ROWS`], built once:
@@ -240,7 +242,11 @@ impl AppendSql {
 }
 
 impl Writer {
-    fn open(path: &std::path::Path, synchronous: Synchronous) -> Result<Writer, StoreError> {
+    fn open(
+        path: &std::path::Path,
+        synchronous: Synchronous,
+        move_failures: &Arc<AtomicU64>,
+    ) -> Result<Writer, StoreError> {
         // The database exists (the store created it and ran the migrations); no mutex: only
         // this thread uses the connection.
         let conn = Connection::open_with_flags(
@@ -285,18 +291,16 @@ impl Writer {
             conn,
             logged,
             append_sql: AppendSql::new(),
+            move_failures: Arc::clone(move_failures),
         })
     }
 
-    fn insert(
-        &mut self,
-        rows: &[TelemetryRow],
-        move_failures: &AtomicU64,
-    ) -> Result<u64, StoreError> {
+    fn insert(&mut self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
         let Writer {
             conn,
             logged,
             append_sql,
+            move_failures,
         } = self;
         // In key order, each key once.
         let mut fresh: Vec<&TelemetryRow> = rows

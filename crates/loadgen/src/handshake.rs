@@ -2,14 +2,22 @@
 //! client and server in memory, on one thread, with the fleet's P-256 certificates. Only the
 //! time spent in the server's calls is counted, so the rate is what one core serving
 //! handshakes could do with nothing else to do (BENCHMARKS.md: ~4,175/s here).
+//!
+//! Full handshakes only: the clients keep no sessions. A rustls client remembers the tickets
+//! a server sends after a handshake and offers them on its next one; the server then resumes
+//! the session and neither signs nor verifies a certificate. Since the reference cycles
+//! through a few client identities, all but its first handshakes would be resumptions, a
+//! rate about twice the full handshake's — and the connection storm it is compared with
+//! makes only full handshakes (each device connects once).
 
 use std::io::Cursor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::client::Resumption;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConnection, ServerConfig, ServerConnection};
+use rustls::{ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
 use serde::Serialize;
 
 use crate::LoadError;
@@ -64,8 +72,13 @@ pub fn server_rate(
         .devices
         .iter()
         .take(16)
-        .map(|d| tls_config(&fleet.ca_pem, &d.cert_pem, &d.key_pem))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|d| {
+            let mut config =
+                Arc::unwrap_or_clone(tls_config(&fleet.ca_pem, &d.cert_pem, &d.key_pem)?);
+            config.resumption = Resumption::disabled();
+            Ok(Arc::new(config))
+        })
+        .collect::<Result<Vec<_>, LoadError>>()?;
     if clients.is_empty() {
         return Err(LoadError::Invalid("the fleet has no devices".into()));
     }
@@ -108,6 +121,13 @@ pub fn server_rate(
             return Err(LoadError::Tls(
                 "an in-memory handshake did not complete".into(),
             ));
+        }
+        if s.handshake_kind() != Some(HandshakeKind::Full) {
+            return Err(LoadError::Tls(format!(
+                "an in-memory handshake was not a full one ({:?}): the reference counts only \
+                 full handshakes",
+                s.handshake_kind()
+            )));
         }
         n += 1;
     }

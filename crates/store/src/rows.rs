@@ -18,13 +18,13 @@ use crate::{
 
 /// The typed column reads the record mappings need.
 pub(crate) trait Columns {
-    fn text(&self, col: &str) -> Result<String, sqlx::Error>;
-    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error>;
-    fn int(&self, col: &str) -> Result<i64, sqlx::Error>;
-    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
-    fn opt_real(&self, col: &str) -> Result<Option<f64>, sqlx::Error>;
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+    fn opt_real(&self, col: &str) -> Result<Option<f64>, StoreError>;
 
-    fn flag(&self, col: &str) -> Result<bool, sqlx::Error> {
+    fn flag(&self, col: &str) -> Result<bool, StoreError> {
         Ok(self.int(col)? != 0)
     }
 
@@ -41,30 +41,33 @@ pub(crate) trait Columns {
     }
 }
 
+/// The same reads for a row of either sqlx backend and for a rusqlite row (the SQLite reads
+/// made without sqlx's worker thread: `sqlite::inline`).
 macro_rules! columns_for {
-    ($row:ty) => {
+    ($row:ty, $get:ident) => {
         impl Columns for $row {
-            fn text(&self, col: &str) -> Result<String, sqlx::Error> {
-                self.try_get(col)
+            fn text(&self, col: &str) -> Result<String, StoreError> {
+                Ok(self.$get(col)?)
             }
-            fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
-                self.try_get(col)
+            fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+                Ok(self.$get(col)?)
             }
-            fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
-                self.try_get(col)
+            fn int(&self, col: &str) -> Result<i64, StoreError> {
+                Ok(self.$get(col)?)
             }
-            fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
-                self.try_get(col)
+            fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+                Ok(self.$get(col)?)
             }
-            fn opt_real(&self, col: &str) -> Result<Option<f64>, sqlx::Error> {
-                self.try_get(col)
+            fn opt_real(&self, col: &str) -> Result<Option<f64>, StoreError> {
+                Ok(self.$get(col)?)
             }
         }
     };
 }
 
-columns_for!(sqlx::sqlite::SqliteRow);
-columns_for!(sqlx::postgres::PgRow);
+columns_for!(sqlx::sqlite::SqliteRow, try_get);
+columns_for!(sqlx::postgres::PgRow, try_get);
+columns_for!(rusqlite::Row<'_>, get);
 
 /// A row's columns named with a prefix: a join that reads two tables with columns of the same
 /// name (both `certificates` and `devices` have a `status`) selects one table's as
@@ -72,19 +75,19 @@ columns_for!(sqlx::postgres::PgRow);
 pub(crate) struct Prefixed<'a, R>(pub &'a R, pub &'static str);
 
 impl<R: Columns> Columns for Prefixed<'_, R> {
-    fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+    fn text(&self, col: &str) -> Result<String, StoreError> {
         self.0.text(&format!("{}{col}", self.1))
     }
-    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
         self.0.opt_text(&format!("{}{col}", self.1))
     }
-    fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
         self.0.int(&format!("{}{col}", self.1))
     }
-    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
         self.0.opt_int(&format!("{}{col}", self.1))
     }
-    fn opt_real(&self, col: &str) -> Result<Option<f64>, sqlx::Error> {
+    fn opt_real(&self, col: &str) -> Result<Option<f64>, StoreError> {
         self.0.opt_real(&format!("{}{col}", self.1))
     }
 }

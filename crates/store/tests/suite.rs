@@ -1098,6 +1098,59 @@ async fn sqlite_a_closed_store_refuses_telemetry_and_its_successor_knows_the_log
     s.close().await;
 }
 
+/// The lookup every CONNECT makes runs on the caller's thread on SQLite (not through the
+/// pool): many at once each get the answer, a revocation committed through the pool is seen
+/// by the next one, and a closed store refuses it as it refuses every other query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_connect_lookups_run_side_by_side_see_each_commit_and_stop_at_close() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = SqliteStore::open(&SqliteOptions::new(dir.path().join("rampart.db")))
+        .await
+        .unwrap();
+    for i in 0..8 {
+        s.add_identity(&device(&format!("gw-{i}"), &format!("{}", 100 + i)))
+            .await
+            .unwrap();
+    }
+    let lookups: Vec<_> = (0..32)
+        .map(|t| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for n in 0..50 {
+                    let i = (t + n) % 8;
+                    let (c, d) = s
+                        .certificate_and_identity(&format!("fp-{}", 100 + i), &format!("gw-{i}"))
+                        .await
+                        .unwrap()
+                        .expect("registered");
+                    assert_eq!(c.device_id, format!("gw-{i}"));
+                    assert_eq!(d.expect("device").id, c.device_id);
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for l in lookups {
+        l.await.unwrap();
+    }
+    s.revoke_certificates("gw-3", "key compromise")
+        .await
+        .unwrap();
+    let (c, _) = s
+        .certificate_and_identity("fp-103", "gw-3")
+        .await
+        .unwrap()
+        .expect("still registered");
+    assert_eq!(c.status, CertificateStatus::Revoked);
+    assert_eq!(
+        s.certificate_and_identity("fp-999", "gw-3").await.unwrap(),
+        None
+    );
+    s.close().await;
+    let refused = s.certificate_and_identity("fp-100", "gw-0").await;
+    assert!(matches!(refused, Err(StoreError::Closed)), "{refused:?}");
+}
+
 /// A step of a move that fails does not take its commit's readings with it: they are stored
 /// and acknowledged, the move waits in the log, and the next commit after the cause is gone
 /// moves on.

@@ -7,11 +7,13 @@
 //!
 //! One file per storage trait: `registry`, `telemetry`, `retained`, `policies`, `pki`,
 //! `provisioning`, `audit`, `events`, `compliance`, `rollouts`; they use sqlx's pool, but
-//! telemetry is written by a thread of its own (`telemetry_writer`).
+//! telemetry is written by a thread of its own (`telemetry_writer`), and the lookup every
+//! CONNECT makes runs on the caller's thread (`inline`).
 
 mod audit;
 mod compliance;
 mod events;
+mod inline;
 mod pki;
 mod policies;
 mod provisioning;
@@ -89,6 +91,8 @@ pub struct SqliteStore {
     /// over the pool's connections would re-read every B-tree page they touch; on one
     /// connection that only writes telemetry the cache stays warm between commits.
     telemetry_writer: telemetry_writer::TelemetryWriter,
+    /// Connections for the point reads made without sqlx's worker thread.
+    inline: std::sync::Arc<inline::InlineReads>,
     path: PathBuf,
 }
 
@@ -122,6 +126,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             telemetry_writer,
+            inline: std::sync::Arc::new(inline::InlineReads::new(options.path.clone())),
             path: options.path.clone(),
         })
     }
@@ -141,8 +146,10 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Closes the pool and the telemetry writer's connection, waiting for what they are doing.
+    /// Closes the pool and the telemetry writer's connection, waiting for what they are doing,
+    /// and the inline reads' connections.
     pub async fn close(&self) {
+        self.inline.close();
         self.telemetry_writer.close().await;
         self.pool.close().await;
     }

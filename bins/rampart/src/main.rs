@@ -11,6 +11,20 @@ mod commands;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Asks Linux for no transparent huge pages in this process. mimalloc advises them for its
+/// arenas, and each first touch of one then zeroes 2 MiB at once: in a connection storm the
+/// kernel's page zeroing was 8% of the hub's CPU (`clear_page_erms` under
+/// `do_huge_pmd_anonymous_page`), and the hub spent about 8% more CPU per connection than with
+/// 4 KiB pages, at a little more memory per connection (docs/benchmarks.md). The flag is the
+/// process's; it holds for pages first touched after it is set, which is nearly all of them.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        // Only a cost, never a fault: say so and go on.
+        tracing::debug!(error = %e, "could not turn transparent huge pages off");
+    }
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -524,6 +538,7 @@ async fn main() -> ExitCode {
     // The demo prints its own live view; keep logs to warnings unless asked.
     let quiet = matches!(cli.command, Command::Demo { .. });
     init_logging(cli.log_json, cli.verbose, quiet);
+    no_transparent_huge_pages();
     let result = match cli.command {
         Command::Init {
             dir,

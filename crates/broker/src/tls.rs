@@ -111,7 +111,19 @@ pub fn server_config(m: TlsMaterial) -> Result<Arc<ServerConfig>, TlsSetupError>
         .map_err(|e| TlsSetupError::Server(e.to_string()))?;
     let mut config = config;
     config.ignore_client_order = true;
+    no_resumption(&mut config);
     Ok(Arc::new(config))
+}
+
+/// Turns session resumption off: no TLS 1.3 tickets, no TLS 1.2 session cache. A resumed
+/// session skips the client's certificate — no chain, validity or CRL check on that
+/// connection — and the hub wants every connection to prove its identity against the trust
+/// and revocation state of the moment. It also saves the server the tickets' encryption, a
+/// random id and a cache entry per connection, for sessions a fleet of thousands would rarely
+/// find in a cache of a few hundred.
+fn no_resumption(config: &mut ServerConfig) {
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
 }
 
 /// Maps a failed handshake to a refusal reason and a human-readable detail.

@@ -51,14 +51,16 @@ pub(crate) fn server_config(fleet: &Fleet) -> Result<Arc<ServerConfig>, LoadErro
         .collect::<Result<Vec<_>, _>>()
         .map_err(tls)?;
     let key = PrivateKeyDer::from_pem_slice(fleet.server.key_pem.as_bytes()).map_err(tls)?;
-    Ok(Arc::new(
-        ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls)?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(tls)?,
-    ))
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(tls)?;
+    // As the hub's listener: no session tickets (a full handshake is what both count).
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(Arc::new(config))
 }
 
 /// Runs handshakes for about `duration` (at most `max`).

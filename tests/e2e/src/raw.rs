@@ -101,6 +101,30 @@ impl RawClient {
         properties: ConnectProperties,
     ) -> (RawClient, Received) {
         let mut c = RawClient::tls_as(addr, bundle).await;
+        let r = c
+            .send_connect(
+                protocol,
+                client_id,
+                clean_start,
+                keep_alive,
+                will,
+                properties,
+            )
+            .await;
+        (c, r)
+    }
+
+    /// Sends CONNECT on an open TLS connection; returns the CONNACK (or what came instead).
+    pub async fn send_connect(
+        &mut self,
+        protocol: Protocol,
+        client_id: &str,
+        clean_start: bool,
+        keep_alive: u16,
+        will: Option<Will>,
+        properties: ConnectProperties,
+    ) -> Received {
+        let c = self;
         c.protocol = protocol;
         c.send(&Packet::Connect(Box::new(Connect {
             protocol,
@@ -113,8 +137,13 @@ impl RawClient {
             properties,
         })))
         .await;
-        let r = c.recv(Duration::from_secs(5)).await;
-        (c, r)
+        c.recv(Duration::from_secs(5)).await
+    }
+
+    /// How the TLS session was set up: a full handshake, or one resumed from an earlier
+    /// connection's session.
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.stream.get_ref().1.handshake_kind()
     }
 
     /// CONNECT as `client_id` with keep-alive 60 s; panics unless accepted, and returns the

@@ -67,6 +67,43 @@ fn write_policy(hub: &TestHub, name: &str, text: &str) -> String {
 
 const TELEMETRY: &[u8] = br#"{"v":1,"seq":1,"ts":"2026-11-23T10:00:00Z","pack":{"voltage_v":52.0,"current_a":1.0,"soc_pct":50.0,"soh_pct":99.0},"source":{"kind":"test"}}"#;
 
+/// Every connection proves its identity again: the hub gives out no session to resume (no
+/// TLS 1.3 tickets, no TLS 1.2 session cache), so a client that offers the last connection's
+/// session still gets a full handshake, its certificate checked against the current trust and
+/// revocation state. A rustls client keeps and offers sessions by default, so the later
+/// connections would be resumptions if the hub allowed them.
+#[test]
+fn no_tls_session_is_resumed_every_connection_presents_its_certificate() {
+    let hub = TestHub::start_new();
+    let dev = hub.add_device("gw-a");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let config = rampart_e2e::raw::tls_config(&dev.ca(), Some((&dev.cert(), &dev.key())));
+        for attempt in 0..3 {
+            let mut c = RawClient::tls(hub.addr(), config.clone()).await.unwrap();
+            // Tickets sent after the handshake would arrive before the CONNACK.
+            let r = c
+                .send_connect(
+                    Protocol::V311,
+                    "gw-a",
+                    true,
+                    60,
+                    None,
+                    rampart_mqtt::ConnectProperties::default(),
+                )
+                .await;
+            assert!(
+                matches!(r, Received::Packet(Packet::ConnAck(ref a)) if a.code == 0),
+                "{r:?}"
+            );
+            assert_eq!(
+                c.handshake_kind(),
+                Some(rustls::HandshakeKind::Full),
+                "connection {attempt}"
+            );
+        }
+    });
+}
+
 #[test]
 fn group_policy_shared_topic_explicit_deny_and_live_changes() {
     let hub = TestHub::start_new();

@@ -56,6 +56,19 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
         assert!(x > 0.0, "{r} = {x}: {out}");
     }
     assert!(v["rustls_server_handshakes_per_s"].as_f64().unwrap() > 100.0);
+    // The reference is the median of three measurements, sorted.
+    let measured: Vec<f64> = v["rustls_server_handshakes_per_s_measured"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_f64().unwrap())
+        .collect();
+    assert_eq!(measured.len(), 3, "{out}");
+    assert!(measured.is_sorted(), "{measured:?}");
+    assert_eq!(
+        measured[1],
+        v["rustls_server_handshakes_per_s"].as_f64().unwrap()
+    );
     assert!(v["floor_connections_per_cpu_s"].as_f64().unwrap() > 0.0);
     let runs = v["runs"].as_object().unwrap();
     assert_eq!(

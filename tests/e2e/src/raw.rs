@@ -102,42 +102,25 @@ impl RawClient {
     ) -> (RawClient, Received) {
         let mut c = RawClient::tls_as(addr, bundle).await;
         let r = c
-            .send_connect(
+            .send_connect(Connect {
                 protocol,
-                client_id,
                 clean_start,
                 keep_alive,
+                client_id: client_id.into(),
                 will,
+                username: None,
+                password: None,
                 properties,
-            )
+            })
             .await;
         (c, r)
     }
 
-    /// Sends CONNECT on an open TLS connection; returns the CONNACK (or what came instead).
-    pub async fn send_connect(
-        &mut self,
-        protocol: Protocol,
-        client_id: &str,
-        clean_start: bool,
-        keep_alive: u16,
-        will: Option<Will>,
-        properties: ConnectProperties,
-    ) -> Received {
-        let c = self;
-        c.protocol = protocol;
-        c.send(&Packet::Connect(Box::new(Connect {
-            protocol,
-            clean_start,
-            keep_alive,
-            client_id: client_id.into(),
-            will,
-            username: None,
-            password: None,
-            properties,
-        })))
-        .await;
-        c.recv(Duration::from_secs(5)).await
+    /// Sends `connect` on an open TLS connection; returns the CONNACK (or what came instead).
+    pub async fn send_connect(&mut self, connect: Connect) -> Received {
+        self.protocol = connect.protocol;
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        self.recv(Duration::from_secs(5)).await
     }
 
     /// How the TLS session was set up: a full handshake, or one resumed from an earlier

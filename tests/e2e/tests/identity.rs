@@ -82,14 +82,16 @@ fn no_tls_session_is_resumed_every_connection_presents_its_certificate() {
             let mut c = RawClient::tls(hub.addr(), config.clone()).await.unwrap();
             // Tickets sent after the handshake would arrive before the CONNACK.
             let r = c
-                .send_connect(
-                    Protocol::V311,
-                    "gw-a",
-                    true,
-                    60,
-                    None,
-                    rampart_mqtt::ConnectProperties::default(),
-                )
+                .send_connect(rampart_mqtt::Connect {
+                    protocol: Protocol::V311,
+                    clean_start: true,
+                    keep_alive: 60,
+                    client_id: "gw-a".into(),
+                    will: None,
+                    username: None,
+                    password: None,
+                    properties: rampart_mqtt::ConnectProperties::default(),
+                })
                 .await;
             assert!(
                 matches!(r, Received::Packet(Packet::ConnAck(ref a)) if a.code == 0),

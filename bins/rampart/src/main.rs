@@ -14,7 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Asks Linux for no transparent huge pages in this process. mimalloc advises them for its
 /// arenas, and each first touch of one then zeroes 2 MiB at once: in a connection storm the
 /// kernel's page zeroing was 8% of the hub's CPU (`clear_page_erms` under
-/// `do_huge_pmd_anonymous_page`), and the hub spent about 8% more CPU per connection than with
+/// `do_huge_pmd_anonymous_page`), and the hub spent 5–9% more CPU per connection than with
 /// 4 KiB pages, at a little more memory per connection (docs/benchmarks.md). The flag is the
 /// process's; it holds for pages first touched after it is set, which is nearly all of them.
 fn no_transparent_huge_pages() {

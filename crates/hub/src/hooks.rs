@@ -5,7 +5,8 @@
 //!   leaked CA key, a test certificate — does not get in).
 //! - PUBLISH on `devices/{id}/telemetry`: the payload must be a valid telemetry document or a
 //!   batch of them (a JSON array, sent by agents draining a backlog); the rows are queued for
-//!   group commit and the PUBACK waits for the commit of every one.
+//!   group commit and the PUBACK waits for the commit of every one. At QoS 0 nothing waits:
+//!   the rows are committed within the queue's linger (`storage.qos0_commit_delay_ms`).
 //! - PUBLISH on `devices/{id}/events`: the payload must be a valid event document; it is
 //!   stored before the PUBACK.
 //! - PUBLISH on `devices/{id}/release`: `{"v":1,"product":"...","release":"..."}`, the release
@@ -21,9 +22,11 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rampart_bms::{EventMessage, TelemetryMessage};
 use rampart_broker::{ConnectRequest, Durable, Hooks, Refusal, RefusalReason};
-use rampart_mqtt::Publish;
+use rampart_mqtt::{Publish, QoS};
 use rampart_policy::{DEVICE_TOPIC_ROOT, Identity, IdentityKind};
-use rampart_store::{CertificateUsage, EventRow, IngestQueue, Seen, Store, TelemetryRow};
+use rampart_store::{
+    CertificateUsage, EventRow, IngestQueue, Seen, Store, StoreError, TelemetryRow,
+};
 use time::OffsetDateTime;
 
 use crate::identity::Authenticator;
@@ -98,8 +101,14 @@ pub(crate) fn telemetry_row(device_id: &str, msg: &TelemetryMessage, body: Strin
 }
 
 impl HubHooks {
-    /// Telemetry: one document or a batch; the PUBACK waits until every row is committed.
-    async fn telemetry(&self, device_id: &str, payload: &[u8]) -> Result<Option<Durable>, Refusal> {
+    /// Telemetry: one document or a batch; the PUBACK waits until every row is committed. At
+    /// QoS 0 there is no PUBACK and nothing waits for the commit.
+    async fn telemetry(
+        &self,
+        device_id: &str,
+        payload: &[u8],
+        qos: QoS,
+    ) -> Result<Option<Durable>, Refusal> {
         let docs = TelemetryMessage::parse_many(payload)
             .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?;
         let single = docs.len() == 1;
@@ -113,12 +122,19 @@ impl HubHooks {
                     .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?
             };
             let row = telemetry_row(device_id, msg, body);
-            let ticket = self
-                .ingest
-                .submit(row)
-                .await
-                .map_err(|e| Refusal::new(RefusalReason::StorageFailed, e.to_string()))?;
-            tickets.push(ticket);
+            let storage_failed =
+                |e: StoreError| Refusal::new(RefusalReason::StorageFailed, e.to_string());
+            if qos == QoS::AtMostOnce {
+                self.ingest
+                    .submit_unacknowledged(row)
+                    .await
+                    .map_err(storage_failed)?;
+            } else {
+                tickets.push(self.ingest.submit(row).await.map_err(storage_failed)?);
+            }
+        }
+        if qos == QoS::AtMostOnce {
+            return Ok(None);
         }
         Ok(Some(Box::pin(async move {
             for t in tickets {
@@ -243,7 +259,9 @@ impl Hooks for HubHooks {
             ));
         }
         if let Some(device_id) = telemetry_device(&publish.topic) {
-            return self.telemetry(device_id, &publish.payload).await;
+            return self
+                .telemetry(device_id, &publish.payload, publish.qos)
+                .await;
         }
         if let Some(device_id) = device_topic(&publish.topic, EVENTS_SUFFIX) {
             return self.event(device_id, &publish.payload).await;

@@ -149,6 +149,7 @@ impl Hub {
             store.clone(),
             cfg.storage.ingest_queue,
             cfg.storage.ingest_batch,
+            Duration::from_millis(cfg.storage.qos0_commit_delay_ms),
         );
         let seen = Arc::new(SeenBatcher::default());
         let ca = Arc::new(dir.device_ca(&cfg)?);

@@ -27,7 +27,7 @@
 //! of one device since a time) for each.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rampart_store::{
     IngestQueue, PgOptions, PgStore, SqliteOptions, SqliteStore, Store, Synchronous, TelemetryRow,
@@ -117,7 +117,7 @@ async fn open(dir: &std::path::Path, name: &str, sync: Synchronous) -> SqliteSto
 }
 
 async fn hub_path(store: Arc<dyn Store>, rows: Vec<TelemetryRow>) -> Rate {
-    let queue = IngestQueue::spawn(store.clone(), 65_536, BATCH);
+    let queue = IngestQueue::spawn(store.clone(), 65_536, BATCH, Duration::ZERO);
     let mut per_device: Vec<Vec<TelemetryRow>> = (0..DEVICES).map(|_| Vec::new()).collect();
     for (i, r) in rows.into_iter().enumerate() {
         per_device[i % DEVICES].push(r);

@@ -4,12 +4,19 @@
 //! writes it in a single transaction, and resolves every ticket of the batch with the commit's
 //! outcome. While one commit is in flight the next batch accumulates, so the batch size grows
 //! with load and the cost of each fsync is shared by every row in it.
+//!
+//! Rows nobody waits for (telemetry sent at QoS 0: no PUBACK) need not be committed at once.
+//! A batch holding only such rows waits up to the queue's *linger* for more before it commits,
+//! unless it fills or a row somebody waits for arrives. At a steady QoS 0 rate a commit with
+//! few rows costs about as much as one with many (the fsync, the WAL's partly filled pages),
+//! so this trades a stated delay on rows with no durability promise for fewer commits.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,7 +24,8 @@ use crate::{Store, StoreError, TelemetryRow};
 
 struct Job {
     row: TelemetryRow,
-    done: oneshot::Sender<Result<(), Arc<StoreError>>>,
+    /// Where the commit's outcome goes; `None` when nobody waits for this row.
+    done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
 }
 
 /// Counters of the ingest queue.
@@ -70,23 +78,50 @@ impl Future for Ticket {
 impl IngestQueue {
     /// Starts the writer task. `capacity` bounds the rows waiting for a commit (submitters wait
     /// when it is full: back-pressure instead of unbounded memory); `max_batch` bounds one
-    /// transaction.
-    pub fn spawn(store: Arc<dyn Store>, capacity: usize, max_batch: usize) -> IngestQueue {
+    /// transaction; `linger` is how long a batch of rows nobody waits for may wait for more
+    /// (zero: commit at once).
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        capacity: usize,
+        max_batch: usize,
+        linger: Duration,
+    ) -> IngestQueue {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stats = Arc::new(IngestStats::default());
-        tokio::spawn(writer(store, rx, max_batch.max(1), stats.clone()));
+        let batch = Batcher {
+            rx,
+            max_batch: max_batch.max(1),
+            linger,
+        };
+        tokio::spawn(writer(store, batch, stats.clone()));
         IngestQueue { tx, stats }
     }
 
     /// Queues a row; the returned ticket resolves once it is committed.
     pub async fn submit(&self, row: TelemetryRow) -> Result<Ticket, StoreError> {
         let (done, rx) = oneshot::channel();
+        self.queue(Job {
+            row,
+            done: Some(done),
+        })
+        .await?;
+        Ok(Ticket(rx))
+    }
+
+    /// Queues a row nobody waits for (QoS 0): it is committed within the queue's linger after
+    /// the writer takes it, with other rows. A failed commit is logged and counted in
+    /// [`IngestStats::failed`].
+    pub async fn submit_unacknowledged(&self, row: TelemetryRow) -> Result<(), StoreError> {
+        self.queue(Job { row, done: None }).await
+    }
+
+    async fn queue(&self, job: Job) -> Result<(), StoreError> {
         self.tx
-            .send(Job { row, done })
+            .send(job)
             .await
             .map_err(|_| StoreError::IngestClosed)?;
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
-        Ok(Ticket(rx))
+        Ok(())
     }
 
     pub fn stats(&self) -> &Arc<IngestStats> {
@@ -94,26 +129,72 @@ impl IngestQueue {
     }
 }
 
-async fn writer(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<Job>,
+/// Takes the next batch off the queue.
+struct Batcher {
+    rx: mpsc::Receiver<Job>,
     max_batch: usize,
-    stats: Arc<IngestStats>,
-) {
-    let mut rows = Vec::with_capacity(max_batch);
-    let mut waiters = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.recv().await {
-        rows.push(first.row);
-        waiters.push(first.done);
-        while rows.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => {
-                    rows.push(job.row);
-                    waiters.push(job.done);
-                }
+    linger: Duration,
+}
+
+impl Batcher {
+    /// Fills `rows` and `waiters` with the next batch; `false` once the queue is closed and
+    /// empty.
+    async fn next(&mut self, rows: &mut Vec<TelemetryRow>, waiters: &mut Vec<Waiter>) -> bool {
+        let Some(first) = self.rx.recv().await else {
+            return false;
+        };
+        let mut waited = take(first, rows, waiters);
+        while rows.len() < self.max_batch {
+            match self.rx.try_recv() {
+                Ok(job) => waited |= take(job, rows, waiters),
                 Err(_) => break,
             }
         }
+        if waited || rows.len() >= self.max_batch || self.linger.is_zero() {
+            return true;
+        }
+        // Nobody waits for these rows: let the batch grow until it is full, a row somebody
+        // waits for arrives, or the linger ends.
+        let linger = tokio::time::sleep(self.linger);
+        tokio::pin!(linger);
+        while !waited && rows.len() < self.max_batch {
+            tokio::select! {
+                biased;
+                job = self.rx.recv() => match job {
+                    Some(job) => waited |= take(job, rows, waiters),
+                    None => break,
+                },
+                () = &mut linger => break,
+            }
+            while !waited && rows.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(job) => waited |= take(job, rows, waiters),
+                    Err(_) => break,
+                }
+            }
+        }
+        true
+    }
+}
+
+type Waiter = oneshot::Sender<Result<(), Arc<StoreError>>>;
+
+/// Adds a job to the batch; whether somebody waits for it.
+fn take(job: Job, rows: &mut Vec<TelemetryRow>, waiters: &mut Vec<Waiter>) -> bool {
+    rows.push(job.row);
+    match job.done {
+        Some(done) => {
+            waiters.push(done);
+            true
+        }
+        None => false,
+    }
+}
+
+async fn writer(store: Arc<dyn Store>, mut batch: Batcher, stats: Arc<IngestStats>) {
+    let mut rows = Vec::with_capacity(batch.max_batch);
+    let mut waiters = Vec::with_capacity(batch.max_batch);
+    while batch.next(&mut rows, &mut waiters).await {
         let n = rows.len() as u64;
         let outcome = store.insert_telemetry(&rows).await;
         let result = match outcome {
@@ -124,8 +205,10 @@ async fn writer(
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(rows = n, error = %e, "telemetry batch failed to commit; \
-                    the publishers get no PUBACK and will resend");
+                let unacknowledged = rows.len() - waiters.len();
+                tracing::error!(rows = n, unacknowledged, error = %e,
+                    "telemetry batch failed to commit; the publishers waiting for it get no \
+                     PUBACK and will resend; the rows sent at QoS 0 are lost");
                 stats.failed.fetch_add(n, Ordering::Relaxed);
                 Err(Arc::new(e))
             }

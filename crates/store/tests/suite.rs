@@ -109,6 +109,7 @@ on_both_backends!(
     telemetry_is_deduplicated_and_queried_by_time,
     retained_messages_roundtrip,
     group_commit_resolves_every_ticket_and_survives_reopen,
+    rows_nobody_waits_for_linger_until_a_waited_row_the_linger_or_close,
     audit_log_is_append_only_in_order,
     identity_kinds_groups_quarantine_and_approval,
     revocation_retirement_and_crl_numbers,
@@ -358,7 +359,7 @@ async fn retained_messages_roundtrip(db: &Db) {
 
 async fn group_commit_resolves_every_ticket_and_survives_reopen(db: &Db) {
     let s = db.open().await;
-    let q = IngestQueue::spawn(s.clone(), 1024, 256);
+    let q = IngestQueue::spawn(s.clone(), 1024, 256, std::time::Duration::ZERO);
     let mut tickets = Vec::new();
     for i in 1..=1000 {
         tickets.push(
@@ -389,6 +390,70 @@ async fn group_commit_resolves_every_ticket_and_survives_reopen(db: &Db) {
             .len();
     }
     assert_eq!(total, 1000);
+}
+
+/// QoS 0 rows (nobody waits) wait for company up to the linger; a row somebody waits for
+/// takes them along at once; the linger's end commits them alone; closing the queue commits
+/// what it holds.
+async fn rows_nobody_waits_for_linger_until_a_waited_row_the_linger_or_close(db: &Db) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration as Wait;
+    let s = db.open().await;
+    let committed_within = |stats: Arc<IngestStats>, n: u64, within: Wait| async move {
+        let deadline = tokio::time::Instant::now() + within;
+        while stats.committed.load(Relaxed) < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Wait::from_millis(10)).await;
+        }
+        stats.committed.load(Relaxed)
+    };
+
+    // A long linger: ten rows nobody waits for stay queued...
+    let q = IngestQueue::spawn(s.clone(), 1024, 256, Wait::from_secs(600));
+    for i in 1..=10 {
+        q.submit_unacknowledged(row("gw-q0", i)).await.unwrap();
+    }
+    tokio::time::sleep(Wait::from_millis(300)).await;
+    assert_eq!(
+        q.stats().committed.load(Relaxed),
+        0,
+        "nobody waits: still lingering"
+    );
+    // ...until a row somebody waits for arrives: one commit holds all eleven.
+    let ticket = q.submit(row("gw-q1", 1)).await.unwrap();
+    tokio::time::timeout(Wait::from_secs(10), ticket)
+        .await
+        .expect("a waited row is committed without waiting for the linger")
+        .expect("committed");
+    assert_eq!(q.stats().committed.load(Relaxed), 11);
+    assert_eq!(q.stats().batches.load(Relaxed), 1);
+
+    // A short linger commits rows nobody waits for on its own.
+    let q = IngestQueue::spawn(s.clone(), 1024, 256, Wait::from_millis(50));
+    for i in 11..=15 {
+        q.submit_unacknowledged(row("gw-q0", i)).await.unwrap();
+    }
+    assert_eq!(
+        committed_within(q.stats().clone(), 5, Wait::from_secs(10)).await,
+        5
+    );
+
+    // Closing the queue (the hub stopping) commits what lingers.
+    let q = IngestQueue::spawn(s.clone(), 1024, 256, Wait::from_secs(600));
+    for i in 16..=18 {
+        q.submit_unacknowledged(row("gw-q0", i)).await.unwrap();
+    }
+    let stats = q.stats().clone();
+    drop(q);
+    assert_eq!(committed_within(stats, 3, Wait::from_secs(10)).await, 3);
+
+    let stored = s
+        .telemetry("gw-q0", OffsetDateTime::UNIX_EPOCH, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=18).collect::<Vec<_>>()
+    );
 }
 
 async fn audit_log_is_append_only_in_order(db: &Db) {

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use rampart_e2e::*;
 
@@ -78,4 +79,65 @@ fn acknowledged_retained_message_survives_kill_9() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+}
+
+/// Telemetry sent at QoS 0 gets no PUBACK, so the hub lets it wait up to
+/// `storage.qos0_commit_delay_ms` for company before committing: it is stored within that
+/// delay, and a graceful stop commits what is still waiting.
+#[test]
+fn qos0_telemetry_is_stored_after_the_commit_delay_and_at_a_graceful_stop() {
+    let mut hub = TestHub::init();
+    hub.start();
+    let dev = hub.add_device("gw-a");
+    let publish = |hub: &TestHub, seqs: std::ops::RangeInclusive<u32>| {
+        let mut child = Command::new("mosquitto_pub")
+            .args(hub.mosquitto_args(&dev))
+            .args(["-t", "devices/gw-a/telemetry", "-q", "0", "-l"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut stdin = child.stdin.take().unwrap();
+            for seq in seqs {
+                writeln!(stdin, "{}", telemetry_line(seq)).unwrap();
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    // The default delay (50 ms): stored with nothing else happening.
+    publish(&hub, 1..=300);
+    assert!(
+        wait_until(Duration::from_secs(10), || hub.telemetry("gw-a").len()
+            == 300),
+        "QoS 0 telemetry not stored: {} rows",
+        hub.telemetry("gw-a").len()
+    );
+
+    // The longest delay (1 s): a SIGTERM while the rows wait commits them.
+    hub.stop();
+    hub.configure("qos0_commit_delay_ms = 50", "qos0_commit_delay_ms = 1000");
+    hub.start();
+    publish(&hub, 301..=600);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            hub.metric("rampart_telemetry_rows_submitted_total") == 300.0
+        }),
+        "the hub did not take the 300 readings"
+    );
+    hub.stop();
+    hub.start();
+    let seqs: Vec<u64> = hub
+        .telemetry("gw-a")
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 600, "{seqs:?}");
+    assert!((1..=600).all(|s| seqs.contains(&s)));
 }

@@ -215,6 +215,8 @@ pub struct StorageConfig {
     pub ingest_queue: usize,
     /// How long a commit holding only QoS 0 telemetry may wait for more rows, in ms.
     pub qos0_commit_delay_ms: u64,
+    /// SQLite: the telemetry writer thread's nice value (0 to 19).
+    pub telemetry_writer_nice: i32,
 }
 
 impl Default for StorageConfig {
@@ -229,6 +231,7 @@ impl Default for StorageConfig {
             ingest_batch: 2000,
             ingest_queue: 65_536,
             qos0_commit_delay_ms: 50,
+            telemetry_writer_nice: 10,
         }
     }
 }
@@ -414,6 +417,10 @@ ingest_queue = {iq}
 # many ms for more (fewer commits, less CPU per row). A crash loses at most this much more
 # QoS 0 telemetry than the rows in flight. 0 commits at once.
 qos0_commit_delay_ms = {qd}
+# SQLite, Linux: the nice value (0-19) of the thread committing telemetry. Above 0, routing
+# messages goes first when both share a core, so a burst of commit work does not delay
+# deliveries; 0 treats them alike.
+telemetry_writer_nice = {wn}
 
 [metrics]
 # Prometheus endpoint (GET /metrics, /healthz). Loopback by default; "" disables it.
@@ -507,6 +514,7 @@ queue = {cq}
         pgmax = d.storage.postgres_max_connections,
         ib = d.storage.ingest_batch,
         qd = d.storage.qos0_commit_delay_ms,
+        wn = d.storage.telemetry_writer_nice,
         iq = d.storage.ingest_queue,
         ml = d.metrics.listen,
         ai = d.audit.interval,
@@ -700,6 +708,12 @@ impl HubConfig {
             0,
             1000,
         )?;
+        within(
+            "storage.telemetry_writer_nice",
+            self.storage.telemetry_writer_nice,
+            0,
+            19,
+        )?;
         addr("metrics.listen", &self.metrics.listen, true)?;
         if !self.cluster.nats_url.is_empty() {
             let url = &self.cluster.nats_url;
@@ -888,6 +902,10 @@ mod tests {
             (
                 "[storage]\nqos0_commit_delay_ms = 5000",
                 "storage.qos0_commit_delay_ms = 5000 is out of range",
+            ),
+            (
+                "[storage]\ntelemetry_writer_nice = -5",
+                "storage.telemetry_writer_nice = -5 is out of range",
             ),
             ("[storage]\nbackend = \"postgres\"", "storage.postgres_url"),
             (

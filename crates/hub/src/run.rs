@@ -68,6 +68,7 @@ pub async fn open_store(dir: &DataDir, cfg: &HubConfig) -> Result<Arc<dyn Store>
         _ => {
             let mut opts = SqliteOptions::new(dir.resolve(&cfg.storage.sqlite_path));
             opts.synchronous = cfg.synchronous().map_err(HubError::Invalid)?;
+            opts.writer_nice = cfg.storage.telemetry_writer_nice;
             Arc::new(SqliteStore::open(&opts).await?)
         }
     };

@@ -151,3 +151,53 @@ fn the_agent_reconnects_after_the_hub_restarts_and_numbering_continues() {
     assert_eq!(s, sorted, "each reading stored once, in order");
     assert!(agent.logs.contains("connected to the hub"));
 }
+
+/// Nice values of the hub's threads, by thread name (`/proc/PID/task/*/stat`, field 19).
+fn thread_nice(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        out.push((
+            stat[open + 1..close].to_string(),
+            fields[16].parse().unwrap(),
+        ));
+    }
+    out
+}
+
+/// The thread committing telemetry runs at `storage.telemetry_writer_nice` (10 by default),
+/// the threads routing messages at the hub's own priority.
+#[test]
+fn the_telemetry_writer_thread_yields_to_routing() {
+    if postgres_backend().is_some() {
+        eprintln!("skipped: the telemetry writer thread is SQLite's; this run uses PostgreSQL");
+        return;
+    }
+    let mut hub = TestHub::start_new();
+    let niced = |hub: &TestHub| {
+        let threads = thread_nice(hub.pid());
+        let writer: Vec<i64> = threads
+            .iter()
+            .filter(|(name, _)| name == "telemetry-write")
+            .map(|(_, n)| *n)
+            .collect();
+        assert!(
+            threads
+                .iter()
+                .filter(|(name, _)| name.starts_with("tokio-rt"))
+                .all(|(_, n)| *n == 0),
+            "{threads:?}"
+        );
+        assert_eq!(writer.len(), 1, "{threads:?}");
+        writer[0]
+    };
+    assert_eq!(niced(&hub), 10);
+    hub.stop();
+    hub.configure("telemetry_writer_nice = 10", "telemetry_writer_nice = 0");
+    hub.start();
+    assert_eq!(niced(&hub), 0);
+}

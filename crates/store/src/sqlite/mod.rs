@@ -66,6 +66,12 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
     /// Connections in the pool (readers; writes are serialised by SQLite).
     pub max_connections: u32,
+    /// The telemetry writer thread's nice value (0 to 19; Linux only). Above 0, the
+    /// threads routing messages go first when both want the same core: a commit's work
+    /// (a step of a move is tens of ms of CPU after a burst) then no longer holds up
+    /// deliveries, and the writer still gets the core whenever the routing threads wait,
+    /// which they do when its queue is full.
+    pub writer_nice: i32,
 }
 
 impl SqliteOptions {
@@ -74,6 +80,7 @@ impl SqliteOptions {
             path: path.into(),
             synchronous: Synchronous::Full,
             max_connections: 4,
+            writer_nice: 0,
         }
     }
 }
@@ -121,8 +128,11 @@ impl SqliteStore {
             .connect_with(connect.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        let telemetry_writer =
-            telemetry_writer::TelemetryWriter::spawn(options.path.clone(), options.synchronous)?;
+        let telemetry_writer = telemetry_writer::TelemetryWriter::spawn(
+            options.path.clone(),
+            options.synchronous,
+            options.writer_nice,
+        )?;
         Ok(SqliteStore {
             pool,
             telemetry_writer,

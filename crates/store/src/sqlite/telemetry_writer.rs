@@ -104,7 +104,11 @@ enum Command {
 impl TelemetryWriter {
     /// Starts the thread. Its connection is opened by the first command, so `rampart`
     /// commands that only read never open it nor load the log's keys.
-    pub(crate) fn spawn(path: PathBuf, synchronous: Synchronous) -> Result<Self, StoreError> {
+    pub(crate) fn spawn(
+        path: PathBuf,
+        synchronous: Synchronous,
+        nice: i32,
+    ) -> Result<Self, StoreError> {
         let (commands, received) = mpsc::channel();
         let move_failures = Arc::new(AtomicU64::new(0));
         let thread = Thread {
@@ -117,7 +121,10 @@ impl TelemetryWriter {
         std::thread::Builder::new()
             // At most 15 bytes: the kernel's limit on a thread's name.
             .name("telemetry-write".into())
-            .spawn(move || thread.run(received))
+            .spawn(move || {
+                lower_priority(nice);
+                thread.run(received)
+            })
             .map_err(|e| {
                 StoreError::Config(format!("cannot start the telemetry writer thread: {e}"))
             })?;
@@ -158,6 +165,23 @@ impl TelemetryWriter {
             .send(command)
             .map_err(|_| StoreError::WriterStopped)
     }
+}
+
+/// Gives the calling thread the nice value `nice` (0 to 19): on Linux a thread has its own.
+/// Raising it needs no privilege; a failure (a sandbox refusing the call) leaves the
+/// thread as it was, which costs latency, not data, so it is logged and not fatal.
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    match rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice.min(19)) {
+        Ok(()) => tracing::debug!(nice, "telemetry writer thread runs at a lower priority"),
+        Err(e) => tracing::warn!(nice, error = %e,
+            "cannot lower the telemetry writer thread's priority; commits compete with routing for the CPU"),
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracing::debug!(nice, "thread priorities are set on Linux only");
 }
 
 /// The thread's state.

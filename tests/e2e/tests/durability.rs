@@ -14,22 +14,20 @@ fn telemetry_line(seq: u32) -> String {
     )
 }
 
-#[test]
-fn acknowledged_qos1_telemetry_survives_kill_9() {
-    let mut hub = TestHub::start_new();
-    let dev = hub.add_device("gw-a");
-    let n = 500;
-    // mosquitto_pub -l sends one message per line and exits after the last PUBACK.
+/// Publishes a reading for each of `seqs` on gw-a's telemetry topic at `qos` with
+/// `mosquitto_pub -l`, which sends one message per line and exits after the last one (at
+/// QoS 1: after its PUBACK).
+fn publish_telemetry(hub: &TestHub, dev: &Bundle, qos: &str, seqs: std::ops::RangeInclusive<u32>) {
     let mut child = Command::new("mosquitto_pub")
-        .args(hub.mosquitto_args(&dev))
-        .args(["-t", "devices/gw-a/telemetry", "-q", "1", "-l"])
+        .args(hub.mosquitto_args(dev))
+        .args(["-t", "devices/gw-a/telemetry", "-q", qos, "-l"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     {
         let mut stdin = child.stdin.take().unwrap();
-        for seq in 1..=n {
+        for seq in seqs {
             writeln!(stdin, "{}", telemetry_line(seq)).unwrap();
         }
     }
@@ -39,6 +37,14 @@ fn acknowledged_qos1_telemetry_survives_kill_9() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn acknowledged_qos1_telemetry_survives_kill_9() {
+    let mut hub = TestHub::start_new();
+    let dev = hub.add_device("gw-a");
+    let n = 500;
+    publish_telemetry(&hub, &dev, "1", 1..=n);
     // Every message was acknowledged. Kill the hub before it can do anything else.
     hub.kill9();
     hub.start();
@@ -89,27 +95,7 @@ fn qos0_telemetry_is_stored_after_the_commit_delay_and_at_a_graceful_stop() {
     let mut hub = TestHub::init();
     hub.start();
     let dev = hub.add_device("gw-a");
-    let publish = |hub: &TestHub, seqs: std::ops::RangeInclusive<u32>| {
-        let mut child = Command::new("mosquitto_pub")
-            .args(hub.mosquitto_args(&dev))
-            .args(["-t", "devices/gw-a/telemetry", "-q", "0", "-l"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            let mut stdin = child.stdin.take().unwrap();
-            for seq in seqs {
-                writeln!(stdin, "{}", telemetry_line(seq)).unwrap();
-            }
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let publish = |hub: &TestHub, seqs| publish_telemetry(hub, &dev, "0", seqs);
 
     // The default delay (50 ms): stored with nothing else happening.
     publish(&hub, 1..=300);

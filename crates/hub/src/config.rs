@@ -231,7 +231,7 @@ impl Default for StorageConfig {
             ingest_batch: 2000,
             ingest_queue: 65_536,
             qos0_commit_delay_ms: 50,
-            telemetry_writer_nice: 10,
+            telemetry_writer_nice: 19,
         }
     }
 }

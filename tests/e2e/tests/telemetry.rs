@@ -169,7 +169,7 @@ fn thread_nice(pid: u32) -> Vec<(String, i64)> {
     out
 }
 
-/// The thread committing telemetry runs at `storage.telemetry_writer_nice` (10 by default),
+/// The thread committing telemetry runs at `storage.telemetry_writer_nice` (19 by default),
 /// the threads routing messages at the hub's own priority.
 #[test]
 fn the_telemetry_writer_thread_yields_to_routing() {
@@ -195,9 +195,9 @@ fn the_telemetry_writer_thread_yields_to_routing() {
         assert_eq!(writer.len(), 1, "{threads:?}");
         writer[0]
     };
-    assert_eq!(niced(&hub), 10);
+    assert_eq!(niced(&hub), 19);
     hub.stop();
-    hub.configure("telemetry_writer_nice = 10", "telemetry_writer_nice = 0");
+    hub.configure("telemetry_writer_nice = 19", "telemetry_writer_nice = 0");
     hub.start();
     assert_eq!(niced(&hub), 0);
 }

@@ -112,6 +112,9 @@ impl HubHooks {
         let docs = TelemetryMessage::parse_many(payload)
             .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?;
         let single = docs.len() == 1;
+        let acknowledged = qos != QoS::AtMostOnce;
+        let storage_failed =
+            |e: StoreError| Refusal::new(RefusalReason::StorageFailed, e.to_string());
         let mut tickets = Vec::with_capacity(docs.len());
         for msg in &docs {
             // Each stored row keeps its own document, also when it came in a batch.
@@ -122,18 +125,16 @@ impl HubHooks {
                     .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?
             };
             let row = telemetry_row(device_id, msg, body);
-            let storage_failed =
-                |e: StoreError| Refusal::new(RefusalReason::StorageFailed, e.to_string());
-            if qos == QoS::AtMostOnce {
+            if acknowledged {
+                tickets.push(self.ingest.submit(row).await.map_err(storage_failed)?);
+            } else {
                 self.ingest
                     .submit_unacknowledged(row)
                     .await
                     .map_err(storage_failed)?;
-            } else {
-                tickets.push(self.ingest.submit(row).await.map_err(storage_failed)?);
             }
         }
-        if qos == QoS::AtMostOnce {
+        if !acknowledged {
             return Ok(None);
         }
         Ok(Some(Box::pin(async move {

@@ -144,12 +144,7 @@ impl Batcher {
             return false;
         };
         let mut waited = take(first, rows, waiters);
-        while rows.len() < self.max_batch {
-            match self.rx.try_recv() {
-                Ok(job) => waited |= take(job, rows, waiters),
-                Err(_) => break,
-            }
-        }
+        waited |= self.drain(rows, waiters);
         if waited || rows.len() >= self.max_batch || self.linger.is_zero() {
             return true;
         }
@@ -166,14 +161,21 @@ impl Batcher {
                 },
                 () = &mut linger => break,
             }
-            while !waited && rows.len() < self.max_batch {
-                match self.rx.try_recv() {
-                    Ok(job) => waited |= take(job, rows, waiters),
-                    Err(_) => break,
-                }
-            }
+            waited |= self.drain(rows, waiters);
         }
         true
+    }
+
+    /// Adds the jobs already queued, up to a full batch; whether somebody waits for one.
+    fn drain(&mut self, rows: &mut Vec<TelemetryRow>, waiters: &mut Vec<Waiter>) -> bool {
+        let mut waited = false;
+        while rows.len() < self.max_batch {
+            match self.rx.try_recv() {
+                Ok(job) => waited |= take(job, rows, waiters),
+                Err(_) => break,
+            }
+        }
+        waited
     }
 }
 

@@ -427,7 +427,8 @@ telemetry_writer_nice = {wn}
 listen = "{ml}"
 
 [audit]
-# How often the hub runs the identity audit (`rampart audit` runs it on demand).
+# How often the hub runs the identity audit (`rampart audit` runs it on demand). The first
+# run comes one interval after the start, at most 60 s, after the reconnections.
 interval = "{ai}"
 # Warn about device certificates expiring within this time, or older than the maximum age.
 certificate_expiry_warning = "{cew}"

@@ -550,23 +550,61 @@ async fn scheduled_update_refresh(live: Arc<Live>) {
     }
 }
 
-/// Runs the identity audit every `audit.interval` and reports what it finds.
+/// The longest the first scheduled audit waits after the hub starts.
+///
+/// A restart is followed by every device reconnecting at once, and the audit reads the whole
+/// registry on the hub's core: with 10,000 devices, a run at start took a third of the
+/// CPU that a 2,000-device connect storm had (about 100 µs more per connection,
+/// docs/benchmarks.md). Waiting a minute lets the reconnections go first.
+pub(crate) const FIRST_AUDIT_DELAY: Duration = Duration::from_secs(60);
+
+/// When the first scheduled audit runs, after the start: one interval, at most
+/// [`FIRST_AUDIT_DELAY`].
+pub(crate) fn first_audit_delay(interval: Duration) -> Duration {
+    interval.min(FIRST_AUDIT_DELAY)
+}
+
+/// Runs the identity audit every `audit.interval`, the first time
+/// [`first_audit_delay`] after the start, and reports what it finds.
 async fn scheduled_audit(live: Arc<Live>, counts: Arc<AuditCounts>) {
     let Ok(interval) = live.cfg.audit_interval() else {
         return;
     };
-    let mut tick = tokio::time::interval(interval);
+    let first = tokio::time::Instant::now() + first_audit_delay(interval);
+    let mut tick = tokio::time::interval_at(first, interval);
     loop {
         tick.tick().await;
         let connected = live.broker.connected_identities();
         match audit::run(&live.dir, &live.cfg, &*live.store, Some(&connected)).await {
             Ok(findings) => {
                 counts.set(&findings);
+                tracing::info!(
+                    findings = findings.len(),
+                    identities_connected = connected.len(),
+                    "scheduled audit done"
+                );
                 for f in &findings {
                     tracing::warn!(check = %f.check, severity = ?f.severity, subject = %f.subject, message = %f.message, hint = %f.hint, "audit finding");
                 }
             }
             Err(e) => tracing::error!(error = %e, "audit failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_audit_waits_one_interval_but_at_most_a_minute() {
+        assert_eq!(
+            first_audit_delay(Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            first_audit_delay(Duration::from_secs(24 * 3600)),
+            FIRST_AUDIT_DELAY
+        );
     }
 }

@@ -166,3 +166,35 @@ fn the_hub_runs_the_audit_on_a_schedule_and_exports_the_counts() {
     );
     assert!(hub.logs.contains("audit finding"));
 }
+
+/// A restart is followed by every device reconnecting at once, and the audit reads the whole
+/// registry on the hub's core: the first scheduled run waits one interval (at most a minute)
+/// rather than running at the start.
+#[test]
+fn the_first_scheduled_audit_waits_one_interval_after_the_start() {
+    let mut hub = TestHub::init();
+    hub.configure("interval = \"24h\"", "interval = \"3s\"");
+    hub.start();
+    assert!(
+        hub.logs
+            .wait_for(&["scheduled audit done"], Duration::from_secs(20)),
+        "{}",
+        hub.logs.text()
+    );
+    let logged_at = |needle: &str| {
+        let line = hub
+            .logs
+            .all()
+            .into_iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the log"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let ts = v["timestamp"].as_str().unwrap().to_owned();
+        time::OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let waited = logged_at("scheduled audit done") - logged_at("hub started");
+    assert!(
+        waited >= time::Duration::milliseconds(2_500) && waited < time::Duration::seconds(15),
+        "the first audit ran {waited} after the start; expected one interval (3 s)"
+    );
+}

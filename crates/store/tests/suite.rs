@@ -1285,3 +1285,51 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
     side.close().await;
     s.close().await;
 }
+
+/// SQLite copies the WAL into the database every 10,000 pages, not at its default of 1,000:
+/// a page that several commits change in between is copied once (docs/storage.md). The WAL
+/// file keeps the largest size it reached, so it shows where the checkpoints happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_wal_is_checkpointed_every_ten_thousand_pages() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rampart.db");
+    let mut options = SqliteOptions::new(&path);
+    // No fsync per commit: only the WAL's size is looked at.
+    options.synchronous = Synchronous::Normal;
+    let s = SqliteStore::open(&options).await.unwrap();
+    let wal_frames = || {
+        let wal = dir.path().join("rampart.db-wal");
+        std::fs::metadata(wal).map_or(0, |m| m.len()) / (4096 + 24)
+    };
+    let mut seq = 0;
+    let mut write = async |n: u64| {
+        for _ in 0..n {
+            let batch: Vec<TelemetryRow> = (0..2_000)
+                .map(|i| row(&format!("gw-{}", i % 100), seq + i / 100))
+                .collect();
+            seq += 20;
+            s.insert_telemetry(&batch).await.unwrap();
+        }
+    };
+    // Past SQLite's default, within a bound on the rows written.
+    let mut written = 0;
+    while wal_frames() < 2_000 && written < 100 {
+        write(1).await;
+        written += 1;
+    }
+    let frames = wal_frames();
+    assert!(
+        frames >= 2_000,
+        "the WAL stayed at {frames} pages after {written} commits of 2,000 readings: checkpointed early"
+    );
+    // Then as many commits again as make 15,000 pages in all: the WAL was copied and
+    // started over on the way, never growing far past 10,000 pages.
+    let per_commit = frames.div_ceil(written).max(1);
+    write(15_000u64.div_ceil(per_commit).saturating_sub(written)).await;
+    let frames = wal_frames();
+    assert!(
+        frames < 11_000,
+        "the WAL grew to {frames} pages: no checkpoint at 10,000"
+    );
+    s.close().await;
+}

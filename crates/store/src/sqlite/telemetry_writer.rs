@@ -297,6 +297,7 @@ impl Writer {
         // the file again (about 4,000 reads a second at that rate). The cache stays warm
         // because no other connection writes these tables.
         conn.pragma_update(None, "cache_size", -16_384)?;
+        conn.pragma_update(None, "wal_autocheckpoint", super::WAL_AUTOCHECKPOINT_PAGES)?;
         // Room for the append statement of every row count and the few others.
         conn.set_prepared_statement_cache_capacity(INSERT_ROWS + 8);
         // A move that the last process did not finish starts again with the next commit: its

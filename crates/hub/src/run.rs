@@ -553,8 +553,8 @@ async fn scheduled_update_refresh(live: Arc<Live>) {
 /// The longest the first scheduled audit waits after the hub starts.
 ///
 /// A restart is followed by every device reconnecting at once, and the audit reads the whole
-/// registry on the hub's core: with 10,000 devices, a run at start took a third of the
-/// CPU that a 2,000-device connect storm had (about 100 µs more per connection,
+/// registry on the hub's core: with 10,000 devices, a run at start added about a third to
+/// the hub's CPU per connection in a 2,000-connection storm (450–490 µs against 310–360,
 /// docs/benchmarks.md). Waiting a minute lets the reconnections go first.
 pub(crate) const FIRST_AUDIT_DELAY: Duration = Duration::from_secs(60);
 

@@ -31,7 +31,10 @@ pub use error::StoreError;
 pub use ingest::{IngestQueue, IngestStats, Ticket};
 pub use model::*;
 pub use postgres::{PgOptions, PgStore, check_schema};
-pub use sqlite::{MOVE_STEP_ROWS, SqliteOptions, SqliteStore, Synchronous, TELEMETRY_LOG_ROWS};
+pub use sqlite::{
+    DIRECT_ROWS_PER_DEVICE, MOVE_STEP_ROWS, SqliteOptions, SqliteStore, Synchronous,
+    TELEMETRY_LOG_ROWS,
+};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;

@@ -977,12 +977,15 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
     let devices = ["gw-a", "gw-b", "gw-c"];
     let per_device = (TELEMETRY_LOG_ROWS / devices.len() + 200) as i64;
-    // Interleaved as a hub receives them, 512 rows per commit.
+    // Interleaved as a hub receives them from many devices, a few rows of each per commit:
+    // 30 rows per commit, 10 of each device, so that commits go to the log (a commit with
+    // 16 rows or more per device writes straight into the table).
     let all: Vec<TelemetryRow> = (1..=per_device)
         .flat_map(|seq| devices.map(|d| row(d, seq)))
         .collect();
     let mut new = 0;
-    for batch in all.chunks(512) {
+    assert!(10 < DIRECT_ROWS_PER_DEVICE);
+    for batch in all.chunks(30) {
         new += s.insert_telemetry(batch).await.unwrap();
     }
     assert_eq!(new, all.len() as u64);
@@ -1031,8 +1034,8 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
         }
     };
 
-    // The log passed its bound at the 32nd commit: a move began, and the commits since each
-    // copied a step of its rows. None is deleted from the log yet, so the copied rows are in
+    // The log passed its bound 20 commits before the end: a move began, and the commits since
+    // each copied a step of its rows. None is deleted from the log yet, so the copied rows are in
     // both tables, and reads and the view still see every reading once.
     let copied = table().await;
     assert!(
@@ -1141,24 +1144,28 @@ async fn sqlite_a_closed_store_refuses_telemetry_and_its_successor_knows_the_log
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("rampart.db");
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
-    let first: Vec<TelemetryRow> = (1..=100).map(|seq| row("gw-a", seq)).collect();
+    // Twenty devices, so that no commit holds enough rows per device to skip the log.
+    let device = |seq: i64| format!("gw-{:02}", seq % 20);
+    let first: Vec<TelemetryRow> = (1..=100).map(|seq| row(&device(seq), seq)).collect();
     assert_eq!(s.insert_telemetry(&first).await.unwrap(), 100);
     s.close().await;
-    let refused = s.insert_telemetry(&[row("gw-a", 101)]).await;
+    let refused = s.insert_telemetry(&[row("gw-00", 101)]).await;
     assert!(matches!(refused, Err(StoreError::Closed)), "{refused:?}");
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
     // 50..=100 are in the log; 101..=250 are new: 150 rows, three statements (64, 64, 22).
-    let next: Vec<TelemetryRow> = (50..=250).map(|seq| row("gw-a", seq)).collect();
+    let next: Vec<TelemetryRow> = (50..=250).map(|seq| row(&device(seq), seq)).collect();
     assert_eq!(s.insert_telemetry(&next).await.unwrap(), 150);
     assert_eq!(s.insert_telemetry(&next).await.unwrap(), 0);
     // The rowids the writer recorded are the rows': the move takes exactly these 250.
     assert_eq!(s.compact_telemetry().await.unwrap(), 250);
-    let read = s
-        .telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 1_000)
-        .await
-        .unwrap();
-    let seqs: Vec<i64> = read.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, (1..=250).collect::<Vec<_>>());
+    for d in 0..20 {
+        let read = s
+            .telemetry(&device(d), OffsetDateTime::UNIX_EPOCH, 1_000)
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = read.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=250).filter(|q| q % 20 == d).collect::<Vec<_>>());
+    }
     assert_eq!(s.insert_telemetry(&first).await.unwrap(), 0);
     s.close().await;
 }
@@ -1248,7 +1255,9 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
     let all: Vec<TelemetryRow> = (1..=(TELEMETRY_LOG_ROWS as i64 + 1_000))
         .map(|seq| row("gw-a", seq))
         .collect();
-    for batch in all.chunks(512) {
+    // Commits of one device's rows, too few to go straight to the table: to the log.
+    let chunk = DIRECT_ROWS_PER_DEVICE - 1;
+    for batch in all.chunks(chunk) {
         // Past the bound every commit tries a step, and each fails; the batch is stored.
         assert_eq!(s.insert_telemetry(batch).await.unwrap(), batch.len() as u64);
     }
@@ -1256,10 +1265,9 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
     assert_eq!(count("FROM telemetry_log").await, all.len());
     // Each commit past the bound tried a step, and each failure is counted for the metrics.
     let failures = s.telemetry_upkeep_failures();
-    assert_eq!(
-        failures,
-        (all.len() - TELEMETRY_LOG_ROWS).div_ceil(512) as u64
-    );
+    // (Commits that start with fewer rows in the log than the bound try none.)
+    let past_bound = all.len().div_ceil(chunk) - TELEMETRY_LOG_ROWS.div_ceil(chunk);
+    assert_eq!(failures, past_bound as u64);
     assert_eq!(count("FROM telemetry_readings").await, all.len());
     let read = s
         .telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 100_000)
@@ -1331,5 +1339,72 @@ async fn sqlite_the_wal_is_checkpointed_every_ten_thousand_pages() {
         frames < 11_000,
         "the WAL grew to {frames} pages: no checkpoint at 10,000"
     );
+    s.close().await;
+}
+
+/// A commit holding many rows of each device writes them straight into `telemetry`: its
+/// pages then fill as a move's would, without the log's copy. Re-sent readings are still
+/// recognised — in a dense commit, in a sparse one, and after a reopen — and readings in the
+/// log, in the table and in both kinds of commit are each read once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rampart.db");
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    let side = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let side = side.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {sql}")))
+                .fetch_one(&side)
+                .await
+                .unwrap();
+            n as usize
+        }
+    };
+    let dense = |seqs: std::ops::RangeInclusive<i64>| -> Vec<TelemetryRow> {
+        seqs.flat_map(|seq| ["gw-a", "gw-b"].map(|d| row(d, seq)))
+            .collect()
+    };
+    // 20 rows of each of two devices: straight into the table.
+    assert!(20 >= DIRECT_ROWS_PER_DEVICE);
+    assert_eq!(s.insert_telemetry(&dense(1..=20)).await.unwrap(), 40);
+    assert_eq!(count("FROM telemetry_log").await, 0);
+    assert_eq!(count("FROM telemetry").await, 40);
+    // Re-sent whole, or one reading alone: not new.
+    assert_eq!(s.insert_telemetry(&dense(1..=20)).await.unwrap(), 0);
+    assert_eq!(s.insert_telemetry(&[row("gw-a", 20)]).await.unwrap(), 0);
+    // A sparse commit goes to the log.
+    assert_eq!(s.insert_telemetry(&[row("gw-a", 21)]).await.unwrap(), 1);
+    assert_eq!(count("FROM telemetry_log").await, 1);
+    // A dense commit holding that logged reading again stores only the others.
+    let mut next = dense(22..=41);
+    next.push(row("gw-a", 21));
+    assert_eq!(s.insert_telemetry(&next).await.unwrap(), 40);
+    assert_eq!(count("FROM telemetry_log").await, 1);
+    assert_eq!(count("FROM telemetry").await, 80);
+    assert_eq!(count("FROM telemetry_readings").await, 81);
+    let seqs = |rows: Vec<TelemetryRow>| rows.iter().map(|r| r.seq).collect::<Vec<_>>();
+    let read = |d: &'static str| {
+        let s = s.clone();
+        async move {
+            s.telemetry(d, OffsetDateTime::UNIX_EPOCH, 1_000)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(seqs(read("gw-a").await), (1..=41).collect::<Vec<_>>());
+    let b: Vec<i64> = (1..=20).chain(22..=41).collect();
+    assert_eq!(seqs(read("gw-b").await), b);
+    s.close().await;
+
+    // A new writer knows neither bound: it looks them up.
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    assert_eq!(s.insert_telemetry(&dense(22..=41)).await.unwrap(), 0);
+    assert_eq!(s.insert_telemetry(&[row("gw-b", 5)]).await.unwrap(), 0);
+    assert_eq!(count("FROM telemetry_readings").await, 81);
+    side.close().await;
     s.close().await;
 }

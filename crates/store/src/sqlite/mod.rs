@@ -23,7 +23,7 @@ mod rollouts;
 mod telemetry;
 mod telemetry_writer;
 
-pub use telemetry_writer::{MOVE_STEP_ROWS, TELEMETRY_LOG_ROWS};
+pub use telemetry_writer::{DIRECT_ROWS_PER_DEVICE, MOVE_STEP_ROWS, TELEMETRY_LOG_ROWS};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -1223,6 +1223,15 @@ async fn sqlite_connect_lookups_run_side_by_side_see_each_commit_and_stop_at_clo
     assert!(matches!(refused, Err(StoreError::Closed)), "{refused:?}");
 }
 
+/// `SELECT count(*) {from}` on a connection of the test's own, beside the store's.
+async fn count_rows(side: sqlx::SqlitePool, from: &'static str) -> usize {
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {from}")))
+        .fetch_one(&side)
+        .await
+        .unwrap();
+    n as usize
+}
+
 /// A step of a move that fails does not take its commit's readings with it: they are stored
 /// and acknowledged, the move waits in the log, and the next commit after the cause is gone
 /// moves on.
@@ -1234,16 +1243,7 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
     let side = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
-    let count = |sql: &'static str| {
-        let side = side.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {sql}")))
-                .fetch_one(&side)
-                .await
-                .unwrap();
-            n as usize
-        }
-    };
+    let count = |sql: &'static str| count_rows(side.clone(), sql);
     // Every copy into the table fails, as a full disk or a corrupt page would make it.
     sqlx::query(
         "CREATE TRIGGER refuse_copy BEFORE INSERT ON telemetry \
@@ -1354,16 +1354,7 @@ async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
     let side = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
-    let count = |sql: &'static str| {
-        let side = side.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {sql}")))
-                .fetch_one(&side)
-                .await
-                .unwrap();
-            n as usize
-        }
-    };
+    let count = |sql: &'static str| count_rows(side.clone(), sql);
     let dense = |seqs: std::ops::RangeInclusive<i64>| -> Vec<TelemetryRow> {
         seqs.flat_map(|seq| ["gw-a", "gw-b"].map(|d| row(d, seq)))
             .collect()

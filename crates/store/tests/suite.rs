@@ -992,15 +992,10 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     let count = |sql: &'static str| {
         let path = path.clone();
         async move {
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-                .await
-                .unwrap();
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {sql}")))
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            let pool = side_pool(&path).await;
+            let n = count_rows(pool.clone(), sql).await;
             pool.close().await;
-            n as usize
+            n
         }
     };
     let table = || count("FROM telemetry");
@@ -1223,6 +1218,13 @@ async fn sqlite_connect_lookups_run_side_by_side_see_each_commit_and_stop_at_clo
     assert!(matches!(refused, Err(StoreError::Closed)), "{refused:?}");
 }
 
+/// A pool of the test's own on the store's database file, beside the store's connections.
+async fn side_pool(path: &std::path::Path) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap()
+}
+
 /// `SELECT count(*) {from}` on a connection of the test's own, beside the store's.
 async fn count_rows(side: sqlx::SqlitePool, from: &'static str) -> usize {
     let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {from}")))
@@ -1240,9 +1242,7 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("rampart.db");
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
-    let side = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
+    let side = side_pool(&path).await;
     let count = |sql: &'static str| count_rows(side.clone(), sql);
     // Every copy into the table fails, as a full disk or a corrupt page would make it.
     sqlx::query(
@@ -1351,9 +1351,7 @@ async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("rampart.db");
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
-    let side = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
+    let side = side_pool(&path).await;
     let count = |sql: &'static str| count_rows(side.clone(), sql);
     let dense = |seqs: std::ops::RangeInclusive<i64>| -> Vec<TelemetryRow> {
         seqs.flat_map(|seq| ["gw-a", "gw-b"].map(|d| row(d, seq)))

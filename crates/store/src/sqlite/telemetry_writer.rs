@@ -241,20 +241,20 @@ impl Thread {
 struct Writer {
     conn: Connection,
     logged: Logged,
-    append_sql: AppendSql,
+    append_sql: InsertSql,
     /// The same into `telemetry`, for batches dense enough to skip the log.
-    direct_sql: AppendSql,
+    direct_sql: InsertSql,
     /// The thread's count, shared with the handle.
     move_failures: Arc<AtomicU64>,
 }
 
 /// The text of the insert statement into one table for each row count up to
 /// [`INSERT_ROWS`], built once: the statement cache is looked up by text.
-struct AppendSql(Vec<String>);
+struct InsertSql(Vec<String>);
 
-impl AppendSql {
-    fn new(table: &str) -> AppendSql {
-        AppendSql(
+impl InsertSql {
+    fn new(table: &str) -> InsertSql {
+        InsertSql(
             (0..=INSERT_ROWS)
                 .map(|n| {
                     let mut sql = format!("INSERT INTO {table} ({COLUMNS}) VALUES ");
@@ -326,8 +326,8 @@ impl Writer {
         Ok(Writer {
             conn,
             logged,
-            append_sql: AppendSql::new("telemetry_log"),
-            direct_sql: AppendSql::new("telemetry"),
+            append_sql: InsertSql::new("telemetry_log"),
+            direct_sql: InsertSql::new("telemetry"),
             move_failures: Arc::clone(move_failures),
         })
     }
@@ -413,7 +413,7 @@ impl Writer {
         let sql = if direct { &*direct_sql } else { &*append_sql };
         let mut appended = Vec::with_capacity(fresh.len());
         for chunk in fresh.chunks(INSERT_ROWS) {
-            let mut append = tx.prepare_cached(sql.get(chunk.len()))?;
+            let mut insert = tx.prepare_cached(sql.get(chunk.len()))?;
             let mut at = 0;
             for r in chunk {
                 let alarms = to_json(&r.alarms, "telemetry")?;
@@ -435,10 +435,10 @@ impl Writer {
                 ];
                 for v in values {
                     at += 1;
-                    append.raw_bind_parameter(at, v)?;
+                    insert.raw_bind_parameter(at, v)?;
                 }
             }
-            append.raw_execute()?;
+            insert.raw_execute()?;
             if direct {
                 continue;
             }
@@ -457,9 +457,7 @@ impl Writer {
             // Rows now in `telemetry`: their devices' bounds must cover them, or a reading
             // re-sent later would skip the lookup and be stored twice.
             for r in &fresh {
-                if let Some(max) = logged.table_max.get_mut(r.device_id.as_str()) {
-                    *max = Some(max.map_or(r.seq, |x| x.max(r.seq)));
-                }
+                raise_bound(&mut logged.table_max, &r.device_id, r.seq);
             }
         }
         if let Some(step) = step {
@@ -562,6 +560,14 @@ struct Logged {
     table_max: HashMap<Arc<str>, Option<i64>, Hasher>,
 }
 
+/// Raises `device_id`'s bound in [`Logged::table_max`] to cover `seq`, now in `telemetry` (a
+/// device without a bound gets it read from the table at its next write).
+fn raise_bound(table_max: &mut HashMap<Arc<str>, Option<i64>, Hasher>, device_id: &str, seq: i64) {
+    if let Some(max) = table_max.get_mut(device_id) {
+        *max = Some(max.map_or(seq, |x| x.max(seq)));
+    }
+}
+
 /// A move: every row of the log up to `last_rowid`, copied in key order, then deleted.
 #[derive(Debug)]
 struct Move {
@@ -630,9 +636,7 @@ impl Logged {
             Step::Copied(n) => {
                 let end = m.rows.len().min(m.copied.saturating_add(n));
                 for r in &m.rows[m.copied..end] {
-                    if let Some(max) = self.table_max.get_mut(&r.device_id) {
-                        *max = Some(max.map_or(r.seq, |x| x.max(r.seq)));
-                    }
+                    raise_bound(&mut self.table_max, &r.device_id, r.seq);
                 }
                 m.copied = end;
                 0

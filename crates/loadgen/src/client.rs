@@ -17,6 +17,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::LoadError;
+use crate::trust::ServerTrust;
 
 /// Largest packet the generator accepts from a broker.
 const MAX_PACKET: usize = 1 << 20;
@@ -75,29 +76,22 @@ fn err(kind: ErrorKind, detail: impl ToString) -> ConnError {
     }
 }
 
-/// A TLS client configuration for one identity, trusting `ca_pem`.
+/// A TLS client configuration for one identity, authenticating the broker with `trust`.
 pub fn tls_config(
-    ca_pem: &str,
+    trust: &Arc<ServerTrust>,
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<Arc<ClientConfig>, LoadError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let c = c.map_err(|e| LoadError::Tls(format!("CA certificate: {e}")))?;
-        roots
-            .add(c)
-            .map_err(|e| LoadError::Tls(format!("CA certificate: {e}")))?;
-    }
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| LoadError::Tls(format!("client certificate: {e}")))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| LoadError::Tls(format!("client key: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let config = ClientConfig::builder_with_provider(trust.provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| LoadError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(trust.clone())
         .with_client_auth_cert(chain, key)
         .map_err(|e| LoadError::Tls(e.to_string()))?;
     Ok(Arc::new(config))

@@ -151,7 +151,8 @@ mod tests {
         let served = fleet.clone();
         tokio::spawn(async move { serve(listener, &served).await });
         let d = &fleet.devices[0];
-        let good = tls_config(&fleet.ca_pem, &d.cert_pem, &d.key_pem).unwrap();
+        let trust = crate::trust::ServerTrust::from_pem(&fleet.ca_pem).unwrap();
+        let good = tls_config(&trust, &d.cert_pem, &d.key_pem).unwrap();
         for protocol in [Protocol::V311, Protocol::V5] {
             match connect(port, good.clone(), protocol).await.unwrap() {
                 Packet::ConnAck(a) => assert_eq!(a.code, 0),
@@ -161,7 +162,7 @@ mod tests {
         let other = Fleet::issue(1).unwrap();
         let o = &other.devices[0];
         // Trusts the server (the first fleet's CA), presents a certificate of another CA.
-        let bad = tls_config(&fleet.ca_pem, &o.cert_pem, &o.key_pem).unwrap();
+        let bad = tls_config(&trust, &o.cert_pem, &o.key_pem).unwrap();
         let refused = connect(port, bad, Protocol::V311).await;
         assert!(refused.is_err(), "{refused:?}");
     }

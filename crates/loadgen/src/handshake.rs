@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::LoadError;
 use crate::client::tls_config;
 use crate::fleet::Fleet;
+use crate::trust::ServerTrust;
 
 /// Handshakes completed and their server-side cost.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -70,13 +71,13 @@ pub fn server_rate(
     max: u64,
 ) -> Result<HandshakeRate, LoadError> {
     let server = server_config(fleet)?;
+    let trust = ServerTrust::from_pem(&fleet.ca_pem)?;
     let clients = fleet
         .devices
         .iter()
         .take(16)
         .map(|d| {
-            let mut config =
-                Arc::unwrap_or_clone(tls_config(&fleet.ca_pem, &d.cert_pem, &d.key_pem)?);
+            let mut config = Arc::unwrap_or_clone(tls_config(&trust, &d.cert_pem, &d.key_pem)?);
             config.resumption = Resumption::disabled();
             Ok(Arc::new(config))
         })

@@ -14,7 +14,10 @@
 //! - `scenario`: what to run (devices, protocol, QoS, payload, rate, pattern, bounds) and the
 //!   run itself.
 //! - `stats`: latency percentiles and `/proc` sampling.
+//! - `trust`: how the devices authenticate the broker (WebPKI, with the chain last accepted
+//!   reused for a minute; the handshake signature is checked every time).
 //! - `handshake`: the in-memory rustls handshake rate, the reference for connection rates.
+//! - `floor`: the floor acceptor, mutual TLS and CONNACK and nothing else.
 //!
 //! Every loop is bounded in count and time, and targets are loopback addresses only.
 
@@ -24,6 +27,7 @@ pub mod floor;
 pub mod handshake;
 pub mod scenario;
 pub mod stats;
+pub mod trust;
 
 /// Why a run could not start or finish.
 #[derive(Debug, thiserror::Error)]

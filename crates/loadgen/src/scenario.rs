@@ -33,6 +33,7 @@ use crate::LoadError;
 use crate::client::{self, Conn, ConnError, ErrorKind, Target};
 use crate::fleet::Fleet;
 use crate::stats::{self, Latency, ProcSample};
+use crate::trust::ServerTrust;
 
 /// How fast devices publish.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -318,7 +319,7 @@ fn device_of(topic: &str) -> Option<usize> {
 /// Runs the scenario with `fleet`'s identities.
 pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
     sc.check(fleet)?;
-    let server_ca = sc.server_ca_pem.as_deref().unwrap_or(&fleet.ca_pem);
+    let trust = ServerTrust::from_pem(sc.server_ca_pem.as_deref().unwrap_or(&fleet.ca_pem))?;
     let ring = match sc.rate {
         Rate::Max { window } => (usize::from(window) * 4).next_power_of_two().max(256),
         Rate::PerDevice(r) => ((r * 4.0) as usize).next_power_of_two().clamp(256, 16_384),
@@ -354,7 +355,7 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
     // The other side first, so nothing is published before it listens.
     let other = if publishing {
         let tls = client::tls_config(
-            server_ca,
+            &trust,
             &fleet.subscriber.cert_pem,
             &fleet.subscriber.key_pem,
         )?;
@@ -384,7 +385,7 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
     };
 
     // Devices connect.
-    let conns = connect_all(fleet, server_ca, sc, &mut report.connect).await;
+    let conns = connect_all(fleet, &trust, sc, &mut report.connect).await;
     let after_connect = sc.target_pid.and_then(stats::sample);
     if let Some(idle) = sc.idle {
         // Let the broker settle its buffers before reading its memory.
@@ -584,14 +585,20 @@ async fn subscribe(conn: &mut Conn, filter: &str, qos: QoS) -> Result<(), ConnEr
 
 async fn connect_all(
     fleet: &Fleet,
-    server_ca: &str,
+    trust: &Arc<ServerTrust>,
     sc: &Scenario,
     rep: &mut ConnectReport,
 ) -> Vec<(usize, Conn)> {
+    // The devices' TLS configurations before the clock starts: parsing keys is the
+    // generator's setup, not part of the broker's connection rate.
+    let configs: Vec<_> = fleet.devices[..sc.devices]
+        .iter()
+        .map(|d| client::tls_config(trust, &d.cert_pem, &d.key_pem))
+        .collect();
     let sem = Arc::new(Semaphore::new(sc.connect_concurrency.max(1)));
     let mut set = tokio::task::JoinSet::new();
     let start = Instant::now();
-    for i in 0..sc.devices {
+    for (i, config) in configs.into_iter().enumerate() {
         if let Some(rate) = sc.connect_rate {
             let due = start + Duration::from_secs_f64(i as f64 / rate.max(0.001));
             tokio::time::sleep_until(due.into()).await;
@@ -600,7 +607,7 @@ async fn connect_all(
             break;
         };
         let d = &fleet.devices[i];
-        let tls = match client::tls_config(server_ca, &d.cert_pem, &d.key_pem) {
+        let tls = match config {
             Ok(t) => t,
             Err(e) => {
                 rep.errors

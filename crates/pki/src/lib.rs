@@ -12,6 +12,7 @@
 //! device. Extended key usages keep server and client certificates apart as well.
 
 mod authority;
+pub mod crl;
 mod csr;
 mod error;
 pub mod files;
@@ -23,6 +24,7 @@ pub mod token;
 pub use authority::{
     Authority, IssuedCert, IssuedCrl, RevocationReason, RevokedEntry, Validity, random_hex,
 };
+pub use crl::{CrlError, VerifiedCrl};
 pub use csr::{CheckedCsr, create_csr};
 pub use error::PkiError;
 pub use id::{MAX_DEVICE_ID_LEN, validate_device_id};

@@ -11,7 +11,7 @@ use rampart_mqtt::{Connect, ConnectProperties, Packet, Protocol, decode_packet, 
 use rustls::ClientConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -188,11 +188,6 @@ async fn connect_inner(
         .await
         .map_err(|e| err(ErrorKind::Tcp, e))?;
     tcp.set_nodelay(true).map_err(|e| err(ErrorKind::Tcp, e))?;
-    let stream = TlsConnector::from(tls)
-        .connect(target.server_name.clone(), tcp)
-        .await
-        .map_err(|e| err(ErrorKind::Tls, e))?;
-    let (half, mut writer) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(256);
     encode_packet(
         &Packet::Connect(Box::new(Connect {
@@ -208,10 +203,18 @@ async fn connect_inner(
         protocol,
         &mut buf,
     );
-    writer
-        .write_all(&buf)
+    // CONNECT is handed to rustls before the handshake: it holds it until its keys allow
+    // application data and sends it with the client's Finished, in the same write. The broker
+    // then reads both at once, as it would from any client that does not wait a round trip.
+    let mut queued = Ok(());
+    let stream = TlsConnector::from(tls)
+        .connect_with(target.server_name.clone(), tcp, |c| {
+            queued = std::io::Write::write_all(&mut c.writer(), &buf);
+        })
         .await
         .map_err(|e| err(ErrorKind::Tls, e))?;
+    queued.map_err(|e| err(ErrorKind::Tls, format!("CONNECT not queued: {e}")))?;
+    let (half, writer) = tokio::io::split(stream);
     let mut reader = Reader {
         half,
         buf: BytesMut::with_capacity(16 * 1024),

@@ -4,7 +4,6 @@
 //! `commands/`, and the work itself in the `rampart-hub` crate.
 
 mod commands;
-mod log_output;
 
 /// mimalloc instead of glibc's allocator: the hub allocates and frees small buffers for every
 /// message (packets, rows, wake-ups), and glibc's malloc and free were about 8% of its CPU at
@@ -513,8 +512,6 @@ impl From<rampart_store::StoreError> for CliError {
     }
 }
 
-/// Sets up logging to standard error, batched (`log_output`); a panic's message is preceded
-/// by every line logged before it.
 fn init_logging(json: bool, verbose: u8, quiet_default: bool) {
     let default = match (verbose, quiet_default) {
         (0, true) => "warn",
@@ -524,22 +521,15 @@ fn init_logging(json: bool, verbose: u8, quiet_default: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let out = log_output::BatchedStderr::start();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(out.clone())
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
-    log_output::install(&out);
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        log_output::flush();
-        previous(info);
-    }));
 }
 
 #[tokio::main]
@@ -717,7 +707,6 @@ async fn main() -> ExitCode {
             .await
         }
     };
-    log_output::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

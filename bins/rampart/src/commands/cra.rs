@@ -701,7 +701,7 @@ async fn report_cmd(cmd: ReportCommand) -> Result<(), CliError> {
                 }
             }
             if !warnings.is_empty() {
-                crate::log_output::exit(1);
+                std::process::exit(1);
             }
             Ok(())
         }

@@ -368,7 +368,7 @@ pub async fn vuln(cmd: VulnCommand) -> Result<(), CliError> {
                 );
             }
             if open_vulns > 0 || !report.not_evaluated.is_empty() {
-                crate::log_output::exit(1);
+                std::process::exit(1);
             }
             Ok(())
         }

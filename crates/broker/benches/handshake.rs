@@ -54,7 +54,8 @@ fn run(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> Duration {
             if !wire.is_empty() {
                 let t = Instant::now();
                 s.read_tls(&mut Cursor::new(&wire)).expect("server read");
-                s.process_new_packets().expect("the server accepts the device");
+                s.process_new_packets()
+                    .expect("the server accepts the device");
                 server_time += t.elapsed();
             }
             wire.clear();
@@ -71,7 +72,10 @@ fn run(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> Duration {
                 break;
             }
         }
-        assert!(!c.is_handshaking() && !s.is_handshaking(), "handshake incomplete");
+        assert!(
+            !c.is_handshaking() && !s.is_handshaking(),
+            "handshake incomplete"
+        );
     }
     server_time
 }
@@ -139,14 +143,13 @@ fn main() {
     let client = {
         let mut roots = RootCertStore::empty();
         roots.add(der(root.cert_pem())).expect("root");
-        let mut c = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![der(&dev_cert.pem)], key(&dev_key))
-        .expect("client certificate");
+        let mut c =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("TLS 1.3")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![der(&dev_cert.pem)], key(&dev_key))
+                .expect("client certificate");
         c.resumption = rustls::client::Resumption::disabled();
         Arc::new(c)
     };

@@ -417,9 +417,9 @@ ingest_queue = {iq}
 # many ms for more (fewer commits, less CPU per row). A crash loses at most this much more
 # QoS 0 telemetry than the rows in flight. 0 commits at once.
 qos0_commit_delay_ms = {qd}
-# SQLite, Linux: the nice value (0-19) of the thread committing telemetry. Above 0, routing
-# messages goes first when both share a core, so a burst of commit work does not delay
-# deliveries; 0 treats them alike.
+# SQLite, Linux: the nice value (0-19) of the threads committing telemetry and syncing it
+# to disk. Above 0, routing messages goes first when they share a core, so a burst of commit
+# work does not delay deliveries; 0 treats them alike.
 telemetry_writer_nice = {wn}
 
 [metrics]

@@ -13,6 +13,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the SQLite telemetry writer's thread has stopped (it panicked; see the log above)")]
     WriterStopped,
+    #[error("committed, but not yet durable: {0}")]
+    Sync(String),
     #[error("the store has been closed")]
     Closed,
     #[error("database migration failed: {0}")]

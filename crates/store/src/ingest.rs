@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Store, StoreError, TelemetryRow};
+use crate::{Durable, Store, StoreError, TelemetryRow};
 
 struct Job {
     row: TelemetryRow,
@@ -39,7 +39,7 @@ pub struct IngestStats {
     pub inserted: AtomicU64,
     /// Transactions committed.
     pub batches: AtomicU64,
-    /// Rows whose batch failed to commit.
+    /// Rows whose batch failed to commit or to become durable.
     pub failed: AtomicU64,
     /// The store's failed upkeep steps (`TelemetryStore::telemetry_upkeep_failures`), as of
     /// the last batch.
@@ -196,32 +196,71 @@ fn take(job: Job, rows: &mut Vec<TelemetryRow>, waiters: &mut Vec<Waiter>) -> bo
 async fn writer(store: Arc<dyn Store>, mut batch: Batcher, stats: Arc<IngestStats>) {
     let mut rows = Vec::with_capacity(batch.max_batch);
     let mut waiters = Vec::with_capacity(batch.max_batch);
+    // The batch whose sync runs while the next one commits (see below).
+    let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
     while batch.next(&mut rows, &mut waiters).await {
-        let n = rows.len() as u64;
-        let outcome = store.insert_telemetry(&rows).await;
-        let result = match outcome {
-            Ok(inserted) => {
-                stats.committed.fetch_add(n, Ordering::Relaxed);
-                stats.inserted.fetch_add(inserted, Ordering::Relaxed);
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                let unacknowledged = rows.len() - waiters.len();
-                tracing::error!(rows = n, unacknowledged, error = %e,
-                    "telemetry batch failed to commit; the publishers waiting for it get no \
-                     PUBACK and will resend; the rows sent at QoS 0 are lost");
-                stats.failed.fetch_add(n, Ordering::Relaxed);
-                Err(Arc::new(e))
-            }
-        };
-        stats
-            .upkeep_failures
-            .store(store.telemetry_upkeep_failures(), Ordering::Relaxed);
-        for w in waiters.drain(..) {
-            // A submitter that went away (connection closed) no longer needs the answer.
-            let _ = w.send(result.clone());
-        }
+        let n = rows.len();
+        let committed = store.commit_telemetry(&rows).await;
         rows.clear();
+        // At most one batch waits for its sync while the next commits.
+        if let Some(previous) = syncing.take() {
+            let _ = previous.await;
+        }
+        let answer = answer(
+            committed,
+            n,
+            std::mem::take(&mut waiters),
+            Arc::clone(&store),
+            Arc::clone(&stats),
+        );
+        // The next batch commits during this one's sync only when the writer is behind: as
+        // many rows wait as this batch held. Otherwise the rows that arrive during the sync
+        // join the next batch, and the commit that would have taken them early is saved.
+        if batch.rx.len() >= n {
+            syncing = Some(tokio::spawn(answer));
+        } else {
+            answer.await;
+        }
+    }
+    if let Some(previous) = syncing {
+        let _ = previous.await;
+    }
+}
+
+/// Waits until a committed batch is durable and answers its waiters with the outcome.
+async fn answer(
+    committed: Result<(u64, Durable), StoreError>,
+    n: usize,
+    waiters: Vec<Waiter>,
+    store: Arc<dyn Store>,
+    stats: Arc<IngestStats>,
+) {
+    let outcome = match committed {
+        Ok((inserted, durable)) => durable.await.map(|()| inserted),
+        Err(e) => Err(e),
+    };
+    let n = n as u64;
+    let result = match outcome {
+        Ok(inserted) => {
+            stats.committed.fetch_add(n, Ordering::Relaxed);
+            stats.inserted.fetch_add(inserted, Ordering::Relaxed);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            let unacknowledged = n - waiters.len() as u64;
+            tracing::error!(rows = n, unacknowledged, error = %e,
+                "telemetry batch not stored durably; the publishers waiting for it get no \
+                 PUBACK and will resend; the rows sent at QoS 0 may be lost");
+            stats.failed.fetch_add(n, Ordering::Relaxed);
+            Err(Arc::new(e))
+        }
+    };
+    stats
+        .upkeep_failures
+        .store(store.telemetry_upkeep_failures(), Ordering::Relaxed);
+    for w in waiters {
+        // A submitter that went away (connection closed) no longer needs the answer.
+        let _ = w.send(result.clone());
     }
 }

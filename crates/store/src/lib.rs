@@ -130,7 +130,20 @@ pub trait TelemetryStore: Send + Sync {
     fn telemetry_upkeep_failures(&self) -> u64 {
         0
     }
+    /// Stores rows as [`insert_telemetry`](Self::insert_telemetry) does, but returns once
+    /// they are committed, with the number of new rows and a future that resolves once they
+    /// are durable. The caller may commit the next batch meanwhile: SQLite's writer syncs
+    /// its WAL on a thread of its own and commits the next batch during the sync. A backend
+    /// whose commit is durable when it returns (the default) gives a future already done.
+    async fn commit_telemetry(&self, rows: &[TelemetryRow]) -> Result<(u64, Durable), StoreError> {
+        let inserted = self.insert_telemetry(rows).await?;
+        Ok((inserted, Box::pin(std::future::ready(Ok(())))))
+    }
 }
+
+/// Resolves once a committed batch of telemetry is durable (or its sync failed).
+pub type Durable =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
 
 /// Retained MQTT messages.
 #[async_trait]

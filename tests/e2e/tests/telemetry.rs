@@ -169,8 +169,9 @@ fn thread_nice(pid: u32) -> Vec<(String, i64)> {
     out
 }
 
-/// The thread committing telemetry runs at `storage.telemetry_writer_nice` (19 by default),
-/// the threads routing messages at the hub's own priority.
+/// The threads committing telemetry and syncing its WAL run at
+/// `storage.telemetry_writer_nice` (19 by default), the threads routing messages at the
+/// hub's own priority.
 #[test]
 fn the_telemetry_writer_thread_yields_to_routing() {
     if postgres_backend().is_some() {
@@ -180,9 +181,9 @@ fn the_telemetry_writer_thread_yields_to_routing() {
     let mut hub = TestHub::start_new();
     let niced = |hub: &TestHub| {
         let threads = thread_nice(hub.pid());
-        let writer: Vec<i64> = threads
+        let writer: Vec<i64> = ["telemetry-write", "telemetry-sync"]
             .iter()
-            .filter(|(name, _)| name == "telemetry-write")
+            .flat_map(|t| threads.iter().filter(move |(name, _)| name == t))
             .map(|(_, n)| *n)
             .collect();
         assert!(
@@ -192,7 +193,8 @@ fn the_telemetry_writer_thread_yields_to_routing() {
                 .all(|(_, n)| *n == 0),
             "{threads:?}"
         );
-        assert_eq!(writer.len(), 1, "{threads:?}");
+        assert_eq!(writer.len(), 2, "{threads:?}");
+        assert_eq!(writer[0], writer[1], "{threads:?}");
         writer[0]
     };
     assert_eq!(niced(&hub), 19);

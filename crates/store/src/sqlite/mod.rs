@@ -1,8 +1,9 @@
 //! The embedded SQLite backend.
 //!
 //! WAL journal, one writer at a time (SQLite's rule; `BEGIN IMMEDIATE` takes the lock), and a
-//! configurable `synchronous` level: `full` (the default) fsyncs the WAL on every commit, so a
-//! reading acknowledged to a device survives a power cut; `normal` survives a crash of the hub
+//! configurable `synchronous` level: `full` (the default) syncs the WAL after every commit
+//! before answering it (telemetry: on a thread of its own, `wal_sync`), so a reading
+//! acknowledged to a device survives a power cut; `normal` survives a crash of the hub
 //! process but may lose the last commits on power loss.
 //!
 //! One file per storage trait: `registry`, `telemetry`, `retained`, `policies`, `pki`,
@@ -22,6 +23,7 @@ mod retained;
 mod rollouts;
 mod telemetry;
 mod telemetry_writer;
+mod wal_sync;
 
 pub use telemetry_writer::{DIRECT_ROWS_PER_DEVICE, MOVE_STEP_ROWS, TELEMETRY_LOG_ROWS};
 

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use super::SqliteStore;
 use crate::model::to_ms;
 use crate::rows;
-use crate::{StoreError, TelemetryRow, TelemetryStore};
+use crate::{Durable, StoreError, TelemetryRow, TelemetryStore};
 
 /// The table's columns, in the order of both tables and of `rows::telemetry`.
 const COLUMNS: &str = "device_id, seq, ts, received_at, voltage_v, current_a, soc_pct, \
@@ -24,6 +24,12 @@ impl SqliteStore {
 #[async_trait]
 impl TelemetryStore for SqliteStore {
     async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
+        let (inserted, durable) = self.commit_telemetry(rows).await?;
+        durable.await?;
+        Ok(inserted)
+    }
+
+    async fn commit_telemetry(&self, rows: &[TelemetryRow]) -> Result<(u64, Durable), StoreError> {
         // The thread owns what it writes; a copy of a batch costs far less than its commit.
         self.telemetry_writer.insert(rows.to_vec()).await
     }

@@ -84,7 +84,8 @@ pub struct RunArgs {
     /// Messages per second per device, or "max": as fast as the broker acknowledges.
     #[arg(long, default_value = "1")]
     pub rate: String,
-    /// Messages in flight per device at --rate max with QoS 1.
+    /// Messages in flight per device at --rate max with QoS 1 (at most; more are sent once a
+    /// quarter of them are acknowledged, several per write).
     #[arg(long, default_value_t = 64)]
     pub window: u16,
     /// fan-in (devices → one subscriber) or fan-out (one publisher → each device).

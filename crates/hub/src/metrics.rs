@@ -197,7 +197,7 @@ const DEFS: [Def; METRIC_COUNT] = [
     Def {
         name: "rampart_telemetry_rows_failed_total",
         kind: "counter",
-        help: "Telemetry rows whose transaction failed (not acknowledged).",
+        help: "Telemetry rows whose transaction failed or could not be synced to disk (not acknowledged).",
     },
     Def {
         name: "rampart_telemetry_upkeep_failures_total",

@@ -16,6 +16,9 @@
 //! frames into the database and the database before the WAL is reused, so a frame that a
 //! restarted WAL overwrites was already durable in the database file.
 //!
+//! A failed sync is final: every later commit is answered as not durable until the hub
+//! restarts (`run` says why).
+//!
 //! The WAL is opened by path for each sync, not held open: SQLite deletes and re-creates the
 //! file when its last connection closes and another opens, and a held descriptor would then
 //! sync a file nobody reads. When there is no WAL file, its frames were checkpointed and the
@@ -40,8 +43,8 @@ type Pending = oneshot::Sender<Result<(), StoreError>>;
 pub(crate) struct SyncCounters {
     /// Syncs done; one covers every commit answered since the last.
     pub(crate) syncs: AtomicU64,
-    /// Syncs that failed: their commits were answered with an error (no PUBACK; the device
-    /// sends the reading again, and the next sync covers it).
+    /// Syncs that failed (at most one: after a failure every commit is refused, no PUBACK,
+    /// until the hub restarts).
     pub(crate) failures: AtomicU64,
 }
 
@@ -109,30 +112,32 @@ impl Files {
 }
 
 fn run(files: &Files, received: &mpsc::Receiver<Pending>, counters: &SyncCounters) {
+    // Once a sync has failed, no later one is trusted: Linux may mark the pages whose
+    // write-back failed clean, so the next fsync can succeed without them on disk (the
+    // "fsyncgate" lesson PostgreSQL drew, which stops the server). A reading re-sent after
+    // its lost PUBACK is found already stored and would be acknowledged on that next sync.
+    // So every later commit is refused as not durable, until the hub restarts.
+    let mut failed: Option<String> = None;
     while let Ok(first) = received.recv() {
         // Every commit answered so far rides on one sync: they are all in the file already.
         let mut waiting = vec![first];
         waiting.extend(received.try_iter());
-        let synced = files.sync();
-        counters.syncs.fetch_add(1, Ordering::Relaxed);
-        match synced {
-            Ok(()) => {
-                for done in waiting {
-                    // A submitter that went away no longer needs the answer.
-                    let _ = done.send(Ok(()));
-                }
-            }
-            Err(e) => {
+        if failed.is_none() {
+            counters.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = files.sync() {
                 counters.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(wal = %files.wal.display(), error = %e, commits = waiting.len(),
-                    "cannot sync the telemetry WAL to disk; its commits are not acknowledged, and the devices will send those readings again");
-                for done in waiting {
-                    let _ = done.send(Err(StoreError::Sync(format!(
-                        "syncing {}: {e}",
-                        files.wal.display()
-                    ))));
-                }
+                    "cannot sync the telemetry WAL to disk; telemetry is no longer acknowledged (the devices keep it and send it again) until the hub is restarted with the disk fixed");
+                failed = Some(format!("syncing {}: {e}", files.wal.display()));
             }
+        }
+        let outcome = match &failed {
+            None => Ok(()),
+            Some(why) => Err(why),
+        };
+        for done in waiting {
+            // A submitter that went away no longer needs the answer.
+            let _ = done.send(outcome.map_err(|why| StoreError::Sync(why.clone())));
         }
     }
 }
@@ -183,5 +188,17 @@ mod tests {
         let e = answer.blocking_recv().unwrap().unwrap_err();
         assert!(matches!(e, StoreError::Sync(_)), "{e}");
         assert_eq!(counters.failures.load(Ordering::Relaxed), 1);
+
+        // The database back: a failed sync is not forgotten, later commits stay refused.
+        std::fs::write(&db, b"x").unwrap();
+        let (done, answer) = oneshot::channel();
+        syncer.answer_when_synced(done);
+        let e = answer.blocking_recv().unwrap().unwrap_err();
+        assert!(e.to_string().contains("not yet durable"), "{e}");
+        assert_eq!(
+            counters.syncs.load(Ordering::Relaxed),
+            2,
+            "no sync is tried again"
+        );
     }
 }

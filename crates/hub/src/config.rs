@@ -212,6 +212,9 @@ pub struct StorageConfig {
     /// Connections each hub process keeps to PostgreSQL.
     pub postgres_max_connections: u32,
     pub ingest_batch: usize,
+    /// Most rows in a transaction that holds only QoS 0 telemetry (nobody's PUBACK waits);
+    /// `ingest_batch` if that is larger.
+    pub qos0_ingest_batch: usize,
     pub ingest_queue: usize,
     /// How long a commit holding only QoS 0 telemetry may wait for more rows, in ms.
     pub qos0_commit_delay_ms: u64,
@@ -229,6 +232,7 @@ impl Default for StorageConfig {
             postgres_schema: "rampart".into(),
             postgres_max_connections: 16,
             ingest_batch: 2000,
+            qos0_ingest_batch: 8000,
             ingest_queue: 65_536,
             qos0_commit_delay_ms: 50,
             telemetry_writer_nice: 19,
@@ -417,6 +421,9 @@ ingest_queue = {iq}
 # many ms for more (fewer commits, less CPU per row). A crash loses at most this much more
 # QoS 0 telemetry than the rows in flight. 0 commits at once.
 qos0_commit_delay_ms = {qd}
+# Most rows in a commit holding only QoS 0 telemetry (ingest_batch if that is larger): no
+# PUBACK waits on it, and larger commits cost less CPU per row.
+qos0_ingest_batch = {qb}
 # SQLite, Linux: the nice value (0-19) of the threads committing telemetry and syncing it
 # to disk. Above 0, routing messages goes first when they share a core, so a burst of commit
 # work does not delay deliveries; 0 treats them alike.
@@ -515,6 +522,7 @@ queue = {cq}
         pgmax = d.storage.postgres_max_connections,
         ib = d.storage.ingest_batch,
         qd = d.storage.qos0_commit_delay_ms,
+        qb = d.storage.qos0_ingest_batch,
         wn = d.storage.telemetry_writer_nice,
         iq = d.storage.ingest_queue,
         ml = d.metrics.listen,
@@ -697,6 +705,13 @@ impl HubConfig {
             1,
             100_000,
         )?;
+        within(
+            "storage.qos0_ingest_batch",
+            self.storage.qos0_ingest_batch,
+            1,
+            100_000,
+        )?;
+
         within(
             "storage.ingest_queue",
             self.storage.ingest_queue,
@@ -900,6 +915,10 @@ mod tests {
                 "storage.synchronous",
             ),
             ("[storage]\nbackend = \"oracle\"", "storage.backend"),
+            (
+                "[storage]\nqos0_ingest_batch = 0",
+                "storage.qos0_ingest_batch = 0 is out of range",
+            ),
             (
                 "[storage]\nqos0_commit_delay_ms = 5000",
                 "storage.qos0_commit_delay_ms = 5000 is out of range",

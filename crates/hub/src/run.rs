@@ -8,7 +8,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use rampart_broker::Broker;
 use rampart_store::{
-    AuditEntry, IngestQueue, PgOptions, PgStore, SqliteOptions, SqliteStore, Store,
+    AuditEntry, Batching, IngestQueue, PgOptions, PgStore, SqliteOptions, SqliteStore, Store,
 };
 use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpSocket};
@@ -149,8 +149,11 @@ impl Hub {
         let ingest = IngestQueue::spawn(
             store.clone(),
             cfg.storage.ingest_queue,
-            cfg.storage.ingest_batch,
-            Duration::from_millis(cfg.storage.qos0_commit_delay_ms),
+            Batching {
+                max_rows: cfg.storage.ingest_batch,
+                max_unacknowledged_rows: cfg.storage.qos0_ingest_batch,
+                linger: Duration::from_millis(cfg.storage.qos0_commit_delay_ms),
+            },
         );
         let seen = Arc::new(SeenBatcher::default());
         let ca = Arc::new(dir.device_ca(&cfg)?);

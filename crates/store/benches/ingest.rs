@@ -30,7 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rampart_store::{
-    IngestQueue, PgOptions, PgStore, SqliteOptions, SqliteStore, Store, Synchronous, TelemetryRow,
+    Batching, IngestQueue, PgOptions, PgStore, SqliteOptions, SqliteStore, Store, Synchronous,
+    TelemetryRow,
 };
 use time::OffsetDateTime;
 
@@ -117,7 +118,7 @@ async fn open(dir: &std::path::Path, name: &str, sync: Synchronous) -> SqliteSto
 }
 
 async fn hub_path(store: Arc<dyn Store>, rows: Vec<TelemetryRow>) -> Rate {
-    let queue = IngestQueue::spawn(store.clone(), 65_536, BATCH, Duration::ZERO);
+    let queue = IngestQueue::spawn(store.clone(), 65_536, Batching::immediate(BATCH));
     let mut per_device: Vec<Vec<TelemetryRow>> = (0..DEVICES).map(|_| Vec::new()).collect();
     for (i, r) in rows.into_iter().enumerate() {
         per_device[i % DEVICES].push(r);

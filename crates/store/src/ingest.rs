@@ -10,6 +10,12 @@
 //! unless it fills or a row somebody waits for arrives. At a steady QoS 0 rate a commit with
 //! few rows costs about as much as one with many (the fsync, the WAL's partly filled pages),
 //! so this trades a stated delay on rows with no durability promise for fewer commits.
+//!
+//! Such a batch may also grow larger than one with a waiter ([`Batching`]): nobody's PUBACK
+//! waits on its commit, so a longer commit delays no one, and each device's rows fill more of
+//! its pages per commit. A batch with a waiter stays at the smaller bound, because with QoS 1
+//! the batch is also the devices' in-flight window: one commit holding most of it leaves the
+//! devices nothing to send until it is durable.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -75,23 +81,42 @@ impl Future for Ticket {
     }
 }
 
+/// How the writer forms its transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Most rows in a transaction that holds a row somebody waits for (a QoS 1 PUBACK).
+    pub max_rows: usize,
+    /// Most rows in a transaction that holds only rows nobody waits for (QoS 0); at least
+    /// `max_rows` is used.
+    pub max_unacknowledged_rows: usize,
+    /// How long a batch of rows nobody waits for may wait for more (zero: commit at once).
+    pub linger: Duration,
+}
+
+impl Batching {
+    /// At most `max_rows` rows per transaction, whoever waits; every batch commits at once.
+    pub fn immediate(max_rows: usize) -> Batching {
+        Batching {
+            max_rows,
+            max_unacknowledged_rows: max_rows,
+            linger: Duration::ZERO,
+        }
+    }
+}
+
 impl IngestQueue {
     /// Starts the writer task. `capacity` bounds the rows waiting for a commit (submitters wait
-    /// when it is full: back-pressure instead of unbounded memory); `max_batch` bounds one
-    /// transaction; `linger` is how long a batch of rows nobody waits for may wait for more
-    /// (zero: commit at once).
-    pub fn spawn(
-        store: Arc<dyn Store>,
-        capacity: usize,
-        max_batch: usize,
-        linger: Duration,
-    ) -> IngestQueue {
+    /// when it is full: back-pressure instead of unbounded memory); `batching` bounds each
+    /// transaction and says how long rows nobody waits for may wait for company.
+    pub fn spawn(store: Arc<dyn Store>, capacity: usize, batching: Batching) -> IngestQueue {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stats = Arc::new(IngestStats::default());
+        let max_batch = batching.max_rows.max(1);
         let batch = Batcher {
             rx,
-            max_batch: max_batch.max(1),
-            linger,
+            max_batch,
+            max_unacknowledged: batching.max_unacknowledged_rows.max(max_batch),
+            linger: batching.linger,
         };
         tokio::spawn(writer(store, batch, stats.clone()));
         IngestQueue { tx, stats }
@@ -132,7 +157,10 @@ impl IngestQueue {
 /// Takes the next batch off the queue.
 struct Batcher {
     rx: mpsc::Receiver<Job>,
+    /// The bound of a batch with a waiter.
     max_batch: usize,
+    /// The bound of a batch without (≥ `max_batch`).
+    max_unacknowledged: usize,
     linger: Duration,
 }
 
@@ -143,58 +171,59 @@ impl Batcher {
         let Some(first) = self.rx.recv().await else {
             return false;
         };
-        let mut waited = take(first, rows, waiters);
-        waited |= self.drain(rows, waiters);
-        if waited || rows.len() >= self.max_batch || self.linger.is_zero() {
+        take(first, rows, waiters);
+        self.drain(rows, waiters);
+        if !waiters.is_empty() || rows.len() >= self.max_unacknowledged || self.linger.is_zero() {
             return true;
         }
         // Nobody waits for these rows: let the batch grow until it is full, a row somebody
         // waits for arrives, or the linger ends.
         let linger = tokio::time::sleep(self.linger);
         tokio::pin!(linger);
-        while !waited && rows.len() < self.max_batch {
+        while waiters.is_empty() && rows.len() < self.max_unacknowledged {
             tokio::select! {
                 biased;
                 job = self.rx.recv() => match job {
-                    Some(job) => waited |= take(job, rows, waiters),
+                    Some(job) => take(job, rows, waiters),
                     None => break,
                 },
                 () = &mut linger => break,
             }
-            waited |= self.drain(rows, waiters);
+            self.drain(rows, waiters);
         }
         true
     }
 
-    /// Adds the jobs already queued, up to a full batch; whether somebody waits for one.
-    fn drain(&mut self, rows: &mut Vec<TelemetryRow>, waiters: &mut Vec<Waiter>) -> bool {
-        let mut waited = false;
-        while rows.len() < self.max_batch {
+    /// Adds the jobs already queued, up to a full batch: `max_unacknowledged` rows while
+    /// nobody waits for one of them, `max_batch` once somebody does.
+    fn drain(&mut self, rows: &mut Vec<TelemetryRow>, waiters: &mut Vec<Waiter>) {
+        loop {
+            let bound = if waiters.is_empty() {
+                self.max_unacknowledged
+            } else {
+                self.max_batch
+            };
+            if rows.len() >= bound {
+                break;
+            }
             match self.rx.try_recv() {
-                Ok(job) => waited |= take(job, rows, waiters),
+                Ok(job) => take(job, rows, waiters),
                 Err(_) => break,
             }
         }
-        waited
     }
 }
 
 type Waiter = oneshot::Sender<Result<(), Arc<StoreError>>>;
 
-/// Adds a job to the batch; whether somebody waits for it.
-fn take(job: Job, rows: &mut Vec<TelemetryRow>, waiters: &mut Vec<Waiter>) -> bool {
+/// Adds a job to the batch, and its waiter if it has one.
+fn take(job: Job, rows: &mut Vec<TelemetryRow>, waiters: &mut Vec<Waiter>) {
     rows.push(job.row);
-    match job.done {
-        Some(done) => {
-            waiters.push(done);
-            true
-        }
-        None => false,
-    }
+    waiters.extend(job.done);
 }
 
 async fn writer(store: Arc<dyn Store>, mut batch: Batcher, stats: Arc<IngestStats>) {
-    let mut rows = Vec::with_capacity(batch.max_batch);
+    let mut rows = Vec::with_capacity(batch.max_unacknowledged);
     let mut waiters = Vec::with_capacity(batch.max_batch);
     // The batch whose sync runs while the next one commits (see below).
     let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
@@ -262,5 +291,86 @@ async fn answer(
     for w in waiters {
         // A submitter that went away (connection closed) no longer needs the answer.
         let _ = w.send(result.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+
+    fn row(seq: i64) -> TelemetryRow {
+        TelemetryRow {
+            device_id: "gw-1".into(),
+            seq,
+            ts: OffsetDateTime::UNIX_EPOCH,
+            received_at: OffsetDateTime::UNIX_EPOCH,
+            voltage_v: None,
+            current_a: None,
+            soc_pct: None,
+            soh_pct: None,
+            temp_min_c: None,
+            temp_max_c: None,
+            cell_min_v: None,
+            cell_max_v: None,
+            alarms: Vec::new(),
+            body: "{}".into(),
+        }
+    }
+
+    /// A batcher over a queue already holding `jobs` (true: somebody waits for that row),
+    /// bounded at 4 rows with a waiter and 16 without; the sizes of the batches it takes.
+    async fn batches(jobs: &[bool]) -> Vec<(usize, usize)> {
+        let (tx, rx) = mpsc::channel(1024);
+        let mut kept = Vec::new();
+        for (seq, &waited) in (1..).zip(jobs) {
+            let done = waited.then(|| {
+                let (done, answer) = oneshot::channel();
+                kept.push(answer);
+                done
+            });
+            tx.try_send(Job {
+                row: row(seq),
+                done,
+            })
+            .expect("room");
+        }
+        drop(tx);
+        let mut batch = Batcher {
+            rx,
+            max_batch: 4,
+            max_unacknowledged: 16,
+            linger: Duration::ZERO,
+        };
+        let (mut rows, mut waiters, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+        while batch.next(&mut rows, &mut waiters).await {
+            sizes.push((rows.len(), waiters.len()));
+            rows.clear();
+            waiters.clear();
+        }
+        sizes
+    }
+
+    #[tokio::test]
+    async fn rows_nobody_waits_for_fill_the_larger_bound() {
+        assert_eq!(batches(&[false; 20]).await, vec![(16, 0), (4, 0)]);
+    }
+
+    #[tokio::test]
+    async fn rows_somebody_waits_for_keep_the_smaller_bound() {
+        assert_eq!(batches(&[true; 10]).await, vec![(4, 4), (4, 4), (2, 2)]);
+    }
+
+    /// Once a row with a waiter joins, the batch stops at the smaller bound, or at once if it
+    /// already holds more: its PUBACK does not wait for a commit of the larger size to fill.
+    #[tokio::test]
+    async fn a_waiter_joining_ends_the_batch_at_the_smaller_bound() {
+        let mut jobs = vec![false; 2];
+        jobs.extend([true; 6]);
+        assert_eq!(batches(&jobs).await, vec![(4, 2), (4, 4)]);
+        let mut jobs = vec![false; 6];
+        jobs.push(true);
+        jobs.extend([false; 12]);
+        assert_eq!(batches(&jobs).await, vec![(7, 1), (12, 0)]);
     }
 }

@@ -28,7 +28,7 @@ mod rows;
 mod sqlite;
 
 pub use error::StoreError;
-pub use ingest::{IngestQueue, IngestStats, Ticket};
+pub use ingest::{Batching, IngestQueue, IngestStats, Ticket};
 pub use model::*;
 pub use postgres::{PgOptions, PgStore, check_schema};
 pub use sqlite::{

@@ -27,7 +27,7 @@
 //! of one device since a time) for each.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rampart_store::{
     Batching, IngestQueue, PgOptions, PgStore, SqliteOptions, SqliteStore, Store, Synchronous,

@@ -12,10 +12,20 @@ use serde_json::Value;
 
 #[test]
 fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
+    let err = refused(
+        Command::new(bin("rampart"))
+            .args(["bench", "compare", "--rounds", "0"])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("--rounds") && err.contains("1..=9"), "{err}");
     let out = ok(Command::new(bin("rampart"))
         .args([
             "bench",
             "compare",
+            // Two rounds: each figure must be the median round's (the lower of two).
+            "--rounds",
+            "2",
             "--duration",
             "1s",
             "--devices",
@@ -77,6 +87,34 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
         "7 phases × 2 brokers, and the floor's storm"
     );
     assert!(runs.contains_key("floor_storm"), "{out}");
+    // Every throughput phase and storm ran twice per broker, and its report is the round
+    // with the lower figure; idle connections were measured once.
+    assert_eq!(v["rounds"], 2, "{out}");
+    let rounds = v["round_values"].as_object().unwrap();
+    assert_eq!(
+        rounds.len(),
+        13,
+        "6 phases × 2 brokers, and the floor's storm: {out}"
+    );
+    for (name, values) in rounds {
+        let values: Vec<f64> = values
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(values.len(), 2, "{name}: {values:?}");
+        let run = &runs[name];
+        let kept = if name.ends_with("saturation") {
+            run["received_per_s"].as_f64()
+        } else if name.ends_with("storm") {
+            run["connect"]["per_s"].as_f64()
+        } else {
+            run["target"]["cpu_us_per_msg"].as_f64()
+        }
+        .unwrap();
+        assert_eq!(kept, values[0].min(values[1]), "{name}: {values:?} {run}");
+    }
     for (name, run) in runs {
         assert_eq!(
             run["connect"]["connected"], run["connect"]["attempted"],

@@ -51,6 +51,12 @@ pub struct CompareArgs {
     /// "" for none.
     #[arg(long, default_value = "10000")]
     pub rates: Rates,
+    /// Rounds of each throughput phase and connection storm, the brokers taking turns; each
+    /// figure takes the median round. A shared machine's speed drifts by a fifth within
+    /// minutes (BENCHMARKS.md): taking turns spreads the drift over both brokers, and the
+    /// median drops a round caught in a slow moment. Idle connections are measured once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub rounds: u32,
     /// Keep the working directory (configurations, logs, the fleet) for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -429,7 +435,12 @@ struct Comparison {
     /// The floor acceptor's connections per second of its CPU in the same storm: TCP, the
     /// mutual-TLS handshake and CONNECT/CONNACK, nothing else (`rampart bench floor`).
     floor_connections_per_cpu_s: f64,
-    /// Every run's full report.
+    /// Rounds of each throughput phase and storm (`--rounds`).
+    rounds: u32,
+    /// Each phase's figure in every round, in the order run: delivered msgs/s at
+    /// saturation, broker CPU µs per message at a fixed rate, connections/s in a storm.
+    round_values: BTreeMap<String, Vec<f64>>,
+    /// Every phase's full report: with several rounds, the median round's.
     runs: BTreeMap<String, Report>,
     notes: Vec<String>,
 }
@@ -509,14 +520,52 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         ]
     };
     let mut runs: BTreeMap<String, Report> = BTreeMap::new();
+    let mut round_values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let both = [Broker::Mosquitto, Broker::Rampart];
     let blocking = |b: &Bench, broker: Broker, a: Vec<String>| b.phase(broker, &conf(broker), &a);
-    for qos in [0u8, 1] {
-        for b in both {
-            eprintln!("saturation, QoS {qos}, {} ...", b.name());
-            let r = blocking(&bench, b, common(qos, "max".into()))?;
-            runs.insert(format!("{}_qos{qos}_saturation", b.name()), r);
+    let rounds = args.rounds.max(1);
+    // One phase against each of `brokers`, `rounds` times, the brokers taking turns; each
+    // broker's median round by `key` goes into `runs` as "{broker}_{what}", and every
+    // round's `key` into `round_values`.
+    let mut alternate = |brokers: &[Broker],
+                         what: &str,
+                         label: &str,
+                         a: Vec<String>,
+                         key: fn(&Report) -> f64,
+                         runs: &mut BTreeMap<String, Report>|
+     -> Result<(), CliError> {
+        let mut got: Vec<Vec<Report>> = brokers.iter().map(|_| Vec::new()).collect();
+        for round in 1..=rounds {
+            for (b, reports) in brokers.iter().zip(&mut got) {
+                if rounds > 1 {
+                    eprintln!("{label}, {} (round {round} of {rounds}) ...", b.name());
+                } else {
+                    eprintln!("{label}, {} ...", b.name());
+                }
+                reports.push(blocking(&bench, *b, a.clone())?);
+            }
         }
+        for (b, mut reports) in brokers.iter().zip(got) {
+            let name = format!("{}_{what}", b.name());
+            round_values.insert(name.clone(), reports.iter().map(key).collect());
+            reports.sort_by(|x, y| key(x).total_cmp(&key(y)));
+            // `rounds` ≥ 1, so the middle report exists: the lower middle one when even.
+            let median = reports.swap_remove((reports.len() - 1) / 2);
+            runs.insert(name, median);
+        }
+        Ok(())
+    };
+    let delivered: fn(&Report) -> f64 = |r| r.received_per_s;
+    let cpu_per_msg: fn(&Report) -> f64 = |r| r.target.as_ref().map_or(0.0, |t| t.cpu_us_per_msg);
+    for qos in [0u8, 1] {
+        alternate(
+            &both,
+            &format!("qos{qos}_saturation"),
+            &format!("saturation, QoS {qos}"),
+            common(qos, "max".into()),
+            delivered,
+            &mut runs,
+        )?;
     }
     fn saturation(runs: &BTreeMap<String, Report>, b: Broker, qos: u8) -> f64 {
         runs.get(&format!("{}_qos{qos}_saturation", b.name()))
@@ -545,36 +594,36 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         .map(|&total| (1u8, f64::from(total), format!("qos1_at_{total}")));
     for (qos, total, what) in fixed.into_iter().chain(asked) {
         let per_device = (total / args.devices as f64).max(0.1);
-        for b in both {
-            eprintln!("fixed rate {total:.0}/s, QoS {qos}, {} ...", b.name());
-            let r = blocking(&bench, b, common(qos, format!("{per_device:.3}")))?;
-            runs.insert(format!("{}_{what}", b.name()), r);
-        }
+        alternate(
+            &both,
+            &what,
+            &format!("fixed rate {total:.0}/s, QoS {qos}"),
+            common(qos, format!("{per_device:.3}")),
+            cpu_per_msg,
+            &mut runs,
+        )?;
     }
     eprintln!("rustls handshakes in memory ...");
     handshake_rates.push(reference(&fleet).await?);
-    for b in [Broker::Mosquitto, Broker::Rampart, Broker::Floor] {
-        eprintln!(
-            "connection storm, {} connections, {} ...",
-            args.storm,
-            b.name()
-        );
-        let r = blocking(
-            &bench,
-            b,
-            vec![
-                "--devices".into(),
-                args.storm.to_string(),
-                "--connect-concurrency".into(),
-                "256".into(),
-                "--idle".into(),
-                "2s".into(),
-            ],
-        )?;
-        runs.insert(format!("{}_storm", b.name()), r);
-        if b == Broker::Floor {
-            continue;
-        }
+    let connections_per_s: fn(&Report) -> f64 = |r| r.connect.per_s;
+    alternate(
+        &[Broker::Mosquitto, Broker::Rampart, Broker::Floor],
+        "storm",
+        &format!("connection storm, {} connections", args.storm),
+        vec![
+            "--devices".into(),
+            args.storm.to_string(),
+            "--connect-concurrency".into(),
+            "256".into(),
+            "--idle".into(),
+            "2s".into(),
+        ],
+        connections_per_s,
+        &mut runs,
+    )?;
+    eprintln!("rustls handshakes in memory ...");
+    handshake_rates.push(reference(&fleet).await?);
+    for b in both {
         eprintln!("{} idle connections, {} ...", args.connections, b.name());
         let r = blocking(
             &bench,
@@ -590,8 +639,6 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         )?;
         runs.insert(format!("{}_idle", b.name()), r);
     }
-    eprintln!("rustls handshakes in memory ...");
-    handshake_rates.push(reference(&fleet).await?);
     handshake_rates.sort_by(f64::total_cmp);
     // Three rates, sorted: the middle one.
     let handshake_per_s = handshake_rates[1];
@@ -789,6 +836,8 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         rustls_server_handshakes_per_s_measured: handshake_rates,
         connections_per_s_vs_rustls: vs_rustls,
         floor_connections_per_cpu_s: floor,
+        rounds,
+        round_values,
         runs,
         notes,
     };
@@ -807,8 +856,15 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         cmp.date
     );
     println!(
-        "{} devices → 1 subscriber, {}-byte payloads, {:.0} s per phase\n",
-        cmp.devices, cmp.payload_bytes, secs
+        "{} devices → 1 subscriber, {}-byte payloads, {:.0} s per phase{}\n",
+        cmp.devices,
+        cmp.payload_bytes,
+        secs,
+        if rounds > 1 {
+            format!("; each figure the median of {rounds} rounds, the brokers taking turns")
+        } else {
+            String::new()
+        }
     );
     println!(
         "{:22} {:>14} {:>14} {:>8}  UNIT (better)",
@@ -839,6 +895,13 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
             .copied()
             .unwrap_or_default()
     );
+    if rounds > 1 {
+        println!("\nrounds (delivered msgs/s, CPU µs/msg or connections/s, in the order run):");
+        for (k, v) in &cmp.round_values {
+            let v: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+            println!("  {k:32} {}", v.join(", "));
+        }
+    }
     for n in &cmp.notes {
         println!("note: {n}");
     }

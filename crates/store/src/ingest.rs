@@ -295,17 +295,19 @@ async fn answer(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use time::OffsetDateTime;
 
-    fn row(seq: i64) -> TelemetryRow {
+    /// A reading of one device, taken now; the store's other unit tests use it too.
+    pub(crate) fn row(seq: i64) -> TelemetryRow {
+        let now = OffsetDateTime::now_utc();
         TelemetryRow {
-            device_id: "gw-1".into(),
+            device_id: "dev-1".into(),
             seq,
-            ts: OffsetDateTime::UNIX_EPOCH,
-            received_at: OffsetDateTime::UNIX_EPOCH,
-            voltage_v: None,
+            ts: now,
+            received_at: now,
+            voltage_v: Some(52.0),
             current_a: None,
             soc_pct: None,
             soh_pct: None,
@@ -313,8 +315,8 @@ mod tests {
             temp_max_c: None,
             cell_min_v: None,
             cell_max_v: None,
-            alarms: Vec::new(),
-            body: "{}".into(),
+            alarms: vec![],
+            body: format!("{{\"seq\":{seq}}}"),
         }
     }
 

@@ -714,27 +714,8 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::super::{SqliteOptions, SqliteStore, Synchronous};
-    use crate::{TelemetryRow, TelemetryStore};
-
-    fn row(seq: i64) -> TelemetryRow {
-        let now = OffsetDateTime::now_utc();
-        TelemetryRow {
-            device_id: "dev-1".into(),
-            seq,
-            ts: now,
-            received_at: now,
-            voltage_v: Some(52.0),
-            current_a: None,
-            soc_pct: None,
-            soh_pct: None,
-            temp_min_c: None,
-            temp_max_c: None,
-            cell_min_v: None,
-            cell_max_v: None,
-            alarms: vec![],
-            body: format!("{{\"seq\":{seq}}}"),
-        }
-    }
+    use crate::TelemetryStore;
+    use crate::ingest::tests::row;
 
     async fn open(dir: &tempfile::TempDir, synchronous: Synchronous) -> SqliteStore {
         let mut options = SqliteOptions::new(dir.path().join("t.db"));

@@ -10,6 +10,15 @@ use rampart_e2e::release::{ok, refused};
 use rampart_e2e::{TestHub, bin, free_port, wait_until};
 use serde_json::Value;
 
+/// A JSON array of numbers.
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 #[test]
 fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
     let err = refused(
@@ -67,12 +76,7 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
     }
     assert!(v["rustls_server_handshakes_per_s"].as_f64().unwrap() > 100.0);
     // The reference is the median of three measurements, sorted.
-    let measured: Vec<f64> = v["rustls_server_handshakes_per_s_measured"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_f64().unwrap())
-        .collect();
+    let measured = floats(&v["rustls_server_handshakes_per_s_measured"]);
     assert_eq!(measured.len(), 3, "{out}");
     assert!(measured.is_sorted(), "{measured:?}");
     assert_eq!(
@@ -97,12 +101,7 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
         "6 phases × 2 brokers, and the floor's storm: {out}"
     );
     for (name, values) in rounds {
-        let values: Vec<f64> = values
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let values = floats(values);
         assert_eq!(values.len(), 2, "{name}: {values:?}");
         let run = &runs[name];
         let kept = if name.ends_with("saturation") {

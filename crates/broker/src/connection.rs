@@ -693,7 +693,7 @@ impl Conn {
     fn resend_inflight(&mut self) {
         let st = self.session.state.lock();
         let now = Instant::now();
-        for (pid, d) in &st.inflight {
+        for (pid, d) in st.inflight.iter() {
             let props = properties_for(self.protocol, d, now);
             encode_delivery(
                 &mut self.wbuf,
@@ -756,7 +756,7 @@ impl Conn {
                     props.as_ref(),
                 );
                 if let Some(pid) = pid {
-                    st.inflight.push_back((pid, d));
+                    st.inflight.push_back(pid, d);
                 }
                 delivered += 1;
             }
@@ -837,8 +837,7 @@ impl Conn {
             Packet::Publish(p) => self.handle_publish(p).await,
             Packet::PubAck(a) => {
                 let mut st = self.session.state.lock();
-                if let Some(pos) = st.inflight.iter().position(|(pid, _)| *pid == a.packet_id) {
-                    st.inflight.remove(pos);
+                if st.inflight.remove(a.packet_id) {
                     self.window_open = true;
                 }
                 Ok(())

@@ -9,16 +9,17 @@
 //! for.
 //!
 //! Layout: `connection` (one client's state machine), `broker` (shared state and routing),
-//! `router` (subscription trie, retained messages), `session` and `mailbox` (per-client state
-//! and bounded queues), `handover` (persistent sessions parked with and resumed from the other
-//! nodes of a cluster), `tls` (rustls configuration, handshake error mapping), `refusal` and
-//! `metrics` (what the operator sees).
+//! `router` (subscription trie, retained messages), `session`, `inflight` and `mailbox`
+//! (per-client state, unacknowledged deliveries, bounded queues), `handover` (persistent
+//! sessions parked with and resumed from the other nodes of a cluster), `tls` (rustls
+//! configuration, handshake error mapping), `refusal` and `metrics` (what the operator sees).
 
 mod broker;
 mod config;
 mod connection;
 mod handover;
 mod hooks;
+mod inflight;
 mod mailbox;
 mod message;
 mod metrics;

@@ -2,7 +2,7 @@
 //! queued and unacknowledged messages — and the control handle of the connection currently
 //! attached to it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -12,7 +12,8 @@ use rampart_mqtt::{Protocol, SubscriptionOptions};
 use rampart_policy::Identity;
 use tokio::sync::{Notify, watch};
 
-use crate::mailbox::{Delivery, Mailbox};
+use crate::inflight::Inflight;
+use crate::mailbox::Mailbox;
 
 /// A request to the connection task from outside (admin action, takeover, shutdown).
 #[derive(Debug, Clone)]
@@ -85,7 +86,7 @@ pub(crate) struct SessionState {
     pub protocol: Protocol,
     pub subscriptions: HashMap<String, SubscriptionOptions>,
     /// QoS 1 messages sent and not yet acknowledged, in send order.
-    pub inflight: VecDeque<(u16, Delivery)>,
+    pub inflight: Inflight,
     pub next_packet_id: u16,
     /// Session Expiry Interval after the connection closes.
     pub expiry: Duration,
@@ -107,7 +108,7 @@ impl SessionState {
                 self.next_packet_id = 1;
             }
             let id = self.next_packet_id;
-            if !self.inflight.iter().any(|(p, _)| *p == id) {
+            if !self.inflight.contains(id) {
                 return id;
             }
         }
@@ -140,7 +141,7 @@ impl Session {
                 identity,
                 protocol,
                 subscriptions: HashMap::new(),
-                inflight: VecDeque::new(),
+                inflight: Inflight::default(),
                 next_packet_id: 0,
                 expiry: Duration::ZERO,
                 connection: None,

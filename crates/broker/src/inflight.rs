@@ -153,9 +153,9 @@ mod tests {
             x ^= x >> 17;
             x ^= x << 5;
             let send = if step < 20_000 {
-                x % 3 != 0
+                !x.is_multiple_of(3)
             } else {
-                x % 3 == 0
+                x.is_multiple_of(3)
             };
             if send && f.len() < 1024 {
                 loop {
@@ -168,7 +168,7 @@ mod tests {
             } else if f.len() > 0 {
                 // Mostly the oldest, sometimes one further back (a client may acknowledge
                 // out of order).
-                let idx = if x % 5 == 0 {
+                let idx = if x.is_multiple_of(5) {
                     (x as usize / 7) % f.len()
                 } else {
                     0

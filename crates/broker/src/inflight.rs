@@ -39,7 +39,7 @@ impl Inflight {
     /// Whether an in-flight message holds `id`.
     pub(crate) fn contains(&self, id: u16) -> bool {
         match &self.used {
-            Some(bits) => bits[usize::from(id / 64)] & (1 << (id % 64)) != 0,
+            Some(bits) => bits[usize::from(id / 64)] & bit(id) != 0,
             None => self.queue.iter().any(|(p, _)| *p == id),
         }
     }
@@ -81,13 +81,17 @@ impl Inflight {
     }
 }
 
+/// `id`'s bit within its word of [`IdBits`].
+fn bit(id: u16) -> u64 {
+    1 << (id % 64)
+}
+
 fn set(bits: &mut IdBits, id: u16, on: bool) {
     let word = &mut bits[usize::from(id / 64)];
-    let bit = 1u64 << (id % 64);
     if on {
-        *word |= bit;
+        *word |= bit(id);
     } else {
-        *word &= !bit;
+        *word &= !bit(id);
     }
 }
 

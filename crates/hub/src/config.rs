@@ -711,7 +711,6 @@ impl HubConfig {
             1,
             100_000,
         )?;
-
         within(
             "storage.ingest_queue",
             self.storage.ingest_queue,

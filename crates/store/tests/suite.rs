@@ -396,15 +396,12 @@ async fn group_commit_resolves_every_ticket_and_survives_reopen(db: &Db) {
 /// takes them along at once; the linger's end commits them alone; closing the queue commits
 /// what it holds.
 async fn rows_nobody_waits_for_linger_until_a_waited_row_the_linger_or_close(db: &Db) {
-    fn lingering(max_rows: usize, linger: std::time::Duration) -> Batching {
-        Batching {
-            max_rows,
-            max_unacknowledged_rows: max_rows,
-            linger,
-        }
-    }
     use std::sync::atomic::Ordering::Relaxed;
     use std::time::Duration as Wait;
+    let lingering = |linger: Wait| Batching {
+        linger,
+        ..Batching::immediate(256)
+    };
     let s = db.open().await;
     let committed_within = |stats: Arc<IngestStats>, n: u64, within: Wait| async move {
         let deadline = tokio::time::Instant::now() + within;
@@ -415,7 +412,7 @@ async fn rows_nobody_waits_for_linger_until_a_waited_row_the_linger_or_close(db:
     };
 
     // A long linger: ten rows nobody waits for stay queued...
-    let q = IngestQueue::spawn(s.clone(), 1024, lingering(256, Wait::from_secs(600)));
+    let q = IngestQueue::spawn(s.clone(), 1024, lingering(Wait::from_secs(600)));
     for i in 1..=10 {
         q.submit_unacknowledged(row("gw-q0", i)).await.unwrap();
     }
@@ -435,7 +432,7 @@ async fn rows_nobody_waits_for_linger_until_a_waited_row_the_linger_or_close(db:
     assert_eq!(q.stats().batches.load(Relaxed), 1);
 
     // A short linger commits rows nobody waits for on its own.
-    let q = IngestQueue::spawn(s.clone(), 1024, lingering(256, Wait::from_millis(50)));
+    let q = IngestQueue::spawn(s.clone(), 1024, lingering(Wait::from_millis(50)));
     for i in 11..=15 {
         q.submit_unacknowledged(row("gw-q0", i)).await.unwrap();
     }
@@ -445,7 +442,7 @@ async fn rows_nobody_waits_for_linger_until_a_waited_row_the_linger_or_close(db:
     );
 
     // Closing the queue (the hub stopping) commits what lingers.
-    let q = IngestQueue::spawn(s.clone(), 1024, lingering(256, Wait::from_secs(600)));
+    let q = IngestQueue::spawn(s.clone(), 1024, lingering(Wait::from_secs(600)));
     for i in 16..=18 {
         q.submit_unacknowledged(row("gw-q0", i)).await.unwrap();
     }

@@ -299,14 +299,14 @@ pub(crate) mod tests {
     use super::*;
     use time::OffsetDateTime;
 
-    /// A reading of one device, taken now; the store's other unit tests use it too.
+    /// A reading of one device, taken `seq` seconds after a fixed instant (so a row built
+    /// again is the same reading re-sent); the store's other unit tests use it too.
     pub(crate) fn row(seq: i64) -> TelemetryRow {
-        let now = OffsetDateTime::now_utc();
         TelemetryRow {
             device_id: "dev-1".into(),
             seq,
-            ts: now,
-            received_at: now,
+            ts: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_790_000_000 + seq),
+            received_at: OffsetDateTime::now_utc(),
             voltage_v: Some(52.0),
             current_a: None,
             soc_pct: None,

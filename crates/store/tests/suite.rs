@@ -139,13 +139,14 @@ fn device(id: &str, serial: &str) -> NewIdentity {
     NewIdentity::device(id, cert(serial), "cli")
 }
 
+/// A reading: `seq` and when it was taken are one-to-one, so a reading built again from the
+/// same seq is the same reading re-sent (the key is device, ts and seq).
 fn row(device: &str, seq: i64) -> TelemetryRow {
-    let now = OffsetDateTime::now_utc();
     TelemetryRow {
         device_id: device.into(),
         seq,
-        ts: now - Duration::seconds(100 - seq),
-        received_at: now,
+        ts: OffsetDateTime::UNIX_EPOCH + Duration::seconds(1_790_000_000 + seq),
+        received_at: OffsetDateTime::now_utc(),
         voltage_v: Some(52.0 + seq as f64 / 10.0),
         current_a: Some(-3.5),
         soc_pct: Some(80.0),
@@ -311,6 +312,26 @@ async fn telemetry_is_deduplicated_and_queried_by_time(db: &Db) {
     assert_eq!(
         newest.iter().map(|r| r.seq).collect::<Vec<_>>(),
         vec![8, 9, 10]
+    );
+    // A reading is its device, when it was taken and its seq: a device whose seq started
+    // over (its agent's state lost) sends seq 3 again, taken later. That is a new reading,
+    // stored and read in time order, not a re-send dropped as a duplicate.
+    let mut again = row("gw-1", 3);
+    again.ts = rows[9].ts + Duration::seconds(60);
+    assert_eq!(
+        s.insert_telemetry(&[again.clone()])
+            .await
+            .expect("seq again"),
+        1
+    );
+    assert_eq!(s.insert_telemetry(&[again]).await.expect("re-sent"), 0);
+    let newest = s
+        .telemetry("gw-1", OffsetDateTime::UNIX_EPOCH, 2)
+        .await
+        .expect("limit");
+    assert_eq!(
+        newest.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![10, 3]
     );
     assert!(
         s.telemetry("gw-2", OffsetDateTime::UNIX_EPOCH, 10)

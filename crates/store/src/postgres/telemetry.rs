@@ -18,7 +18,7 @@ const INSERT: &str = "INSERT INTO telemetry (device_id, seq, ts, received_at, vo
      SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::float8[], \
      $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[], \
      $12::float8[], $13::text[], $14::text[]) \
-     ON CONFLICT (device_id, seq) DO NOTHING";
+     ON CONFLICT (device_id, ts, seq) DO NOTHING";
 
 /// The fast path: `COPY` of the batch (PostgreSQL's bulk load, about 1.4× the rows/s of the
 /// `UNNEST` insert here). COPY has no `ON CONFLICT`: a batch holding a reading that is
@@ -126,12 +126,14 @@ impl TelemetryStore for PgStore {
         }
         // In key order, as on SQLite: a batch touches each index page once, and two nodes
         // inserting overlapping batches take their row locks in the same order (no deadlock).
+        // The key is (device_id, ts, seq), ts in milliseconds as stored (migration 0008).
+        let key = |r: &TelemetryRow| (to_ms(r.ts), r.seq);
         let mut sorted: Vec<&TelemetryRow> = rows.iter().collect();
-        sorted.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
-        // A batch that repeats a (device, seq) inside itself would fail COPY every time.
+        sorted.sort_by(|a, b| (&a.device_id, key(a)).cmp(&(&b.device_id, key(b))));
+        // A batch that repeats a key inside itself would fail COPY every time.
         let unique = sorted
             .windows(2)
-            .all(|w| (&w[0].device_id, w[0].seq) != (&w[1].device_id, w[1].seq));
+            .all(|w| (&w[0].device_id, key(w[0])) != (&w[1].device_id, key(w[1])));
         if unique && let Some(n) = self.copy_telemetry(&sorted).await? {
             return Ok(n);
         }

@@ -1,12 +1,15 @@
 //! The SQLite telemetry writer: one thread, one connection, every telemetry write.
 //!
-//! `telemetry` is keyed by `(device_id, seq)` and indexed by `(device_id, ts)`: a device's
-//! readings sit together, which is what reads want. Writing into it directly is what group
-//! commits do not want: a batch holding one reading from each of 64 devices changes a leaf
-//! page of both B-trees per device, and SQLite writes every changed page whole to its WAL
-//! (then again to the database at the checkpoint). Measured on the hub at 10,000 readings/s
-//! from 100 devices: 64 rows per commit, about 8 KiB of pages written per 230-byte row, and
-//! 43 µs of CPU per row in SQLite's thread, most of it in the kernel's page writes.
+//! `telemetry` is keyed by `(device_id, ts, seq)` (migration 0008; until then by
+//! `(device_id, seq)` with an index on `(device_id, ts)` beside it, a second B-tree every row
+//! was written into): a device's readings sit together in time order, which is what reads
+//! want, and a document re-sent after a lost PUBACK carries the same key. Writing into it
+//! directly is what group commits do not want: a batch holding one reading from each of 64
+//! devices changes a leaf page per device, and SQLite writes every changed page whole to its
+//! WAL (then again to the database at the checkpoint). Measured on the hub at 10,000
+//! readings/s from 100 devices, with the two B-trees: 64 rows per commit, about 8 KiB of
+//! pages written per 230-byte row, and 43 µs of CPU per row in SQLite's thread, most of it
+//! in the kernel's page writes.
 //!
 //! So a commit appends to `telemetry_log` (no key: rows go to the table's right edge, a
 //! batch fills a few adjacent pages), and once [`TELEMETRY_LOG_ROWS`] rows have been appended
@@ -26,7 +29,7 @@
 //!
 //! Nor is a reading stored twice: before appending, the writer drops rows whose key the log
 //! holds (a set kept in memory, loaded when the connection opens) or `telemetry` holds (looked
-//! up in the same transaction, only for readings at or below the highest seq `telemetry` may
+//! up in the same transaction, only for readings at or below the latest ts `telemetry` may
 //! hold for their device: a bound kept in memory, so new readings cost no lookup). Only the
 //! hub process writes telemetry, through this thread, so the set and the bounds follow the
 //! tables.
@@ -362,11 +365,11 @@ impl Writer {
         let mut logged = Logged::default();
         {
             let mut keys =
-                conn.prepare("SELECT rowid, device_id, seq FROM telemetry_log ORDER BY rowid")?;
+                conn.prepare("SELECT rowid, device_id, ts, seq FROM telemetry_log ORDER BY rowid")?;
             let mut rows = keys.query([])?;
             while let Some(r) = rows.next()? {
                 let device_id: String = r.get(1)?;
-                logged.insert(r.get(0)?, &device_id, r.get(2)?);
+                logged.insert(r.get(0)?, &device_id, (r.get(2)?, r.get(3)?));
             }
         }
         Ok(Writer {
@@ -386,13 +389,14 @@ impl Writer {
             direct_sql,
             move_failures,
         } = self;
-        // In key order, each key once.
-        let mut fresh: Vec<&TelemetryRow> = rows
+        // In key order, each key once; each row with its key's (ts, seq).
+        let mut fresh: Vec<(Key, &TelemetryRow)> = rows
             .iter()
-            .filter(|r| !logged.contains(&r.device_id, r.seq))
+            .map(|r| ((to_ms(r.ts), r.seq), r))
+            .filter(|(k, r)| !logged.contains(&r.device_id, *k))
             .collect();
-        fresh.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
-        fresh.dedup_by(|a, b| a.device_id == b.device_id && a.seq == b.seq);
+        fresh.sort_by(|(a, x), (b, y)| (&x.device_id, a).cmp(&(&y.device_id, b)));
+        fresh.dedup_by(|(a, x), (b, y)| x.device_id == y.device_id && a == b);
         if fresh.is_empty() {
             return Ok(0);
         }
@@ -417,11 +421,11 @@ impl Writer {
         }
         // Keys `telemetry` already holds: a reading re-sent after a lost PUBACK. Only a
         // reading at or below its device's bound can be one; a device not seen before gets
-        // its bound read first.
+        // its bound read first (the end of its range of the key).
         {
             let mut highest =
-                tx.prepare_cached("SELECT MAX(seq) FROM telemetry WHERE device_id = ?1")?;
-            for r in &fresh {
+                tx.prepare_cached("SELECT MAX(ts) FROM telemetry WHERE device_id = ?1")?;
+            for (_, r) in &fresh {
                 if !logged.table_max.contains_key(r.device_id.as_str()) {
                     let max: Option<i64> = highest.query_row([&r.device_id], |row| row.get(0))?;
                     logged
@@ -430,19 +434,20 @@ impl Writer {
                 }
             }
         }
-        let maybe_stored = |r: &TelemetryRow| {
+        let maybe_stored = |(ts, _): Key, r: &TelemetryRow| {
             logged
                 .table_max
                 .get(r.device_id.as_str())
-                .is_none_or(|max| max.is_some_and(|m| r.seq <= m))
+                .is_none_or(|max| max.is_some_and(|m| ts <= m))
         };
-        if fresh.iter().any(|r| maybe_stored(r)) {
-            let mut held =
-                tx.prepare_cached("SELECT 1 FROM telemetry WHERE device_id = ?1 AND seq = ?2")?;
+        if fresh.iter().any(|(k, r)| maybe_stored(*k, r)) {
+            let mut held = tx.prepare_cached(
+                "SELECT 1 FROM telemetry WHERE device_id = ?1 AND ts = ?2 AND seq = ?3",
+            )?;
             let mut kept = Vec::with_capacity(fresh.len());
-            for r in fresh {
-                if !maybe_stored(r) || !held.exists((&r.device_id, r.seq))? {
-                    kept.push(r);
+            for (k, r) in fresh {
+                if !maybe_stored(k, r) || !held.exists((&r.device_id, k.0, k.1))? {
+                    kept.push((k, r));
                 }
             }
             fresh = kept;
@@ -453,7 +458,7 @@ impl Writer {
         // `fresh` is in key order: each device's rows are together.
         let devices = 1 + fresh
             .windows(2)
-            .filter(|w| w[0].device_id != w[1].device_id)
+            .filter(|w| w[0].1.device_id != w[1].1.device_id)
             .count();
         let direct = fresh.len() >= DIRECT_ROWS_PER_DEVICE * devices;
         let sql = if direct { &*direct_sql } else { &*append_sql };
@@ -461,12 +466,12 @@ impl Writer {
         for chunk in fresh.chunks(INSERT_ROWS) {
             let mut insert = tx.prepare_cached(sql.get(chunk.len()))?;
             let mut at = 0;
-            for r in chunk {
+            for ((ts, _), r) in chunk {
                 let alarms = to_json(&r.alarms, "telemetry")?;
                 let values: [&dyn rusqlite::ToSql; 14] = [
                     &r.device_id,
                     &r.seq,
-                    &to_ms(r.ts),
+                    ts,
                     &to_ms(r.received_at),
                     &r.voltage_v,
                     &r.current_a,
@@ -493,17 +498,17 @@ impl Writer {
             // row the largest rowid plus one, in the order of the VALUES list (it would pick
             // at random only past rowid 2^63 - 1).
             let first = last - (chunk.len() as i64 - 1);
-            appended.extend(chunk.iter().zip(first..).map(|(r, id)| (id, *r)));
+            appended.extend(chunk.iter().zip(first..).map(|((k, r), id)| (id, *k, *r)));
         }
         tx.commit()?;
-        for (rowid, r) in appended {
-            logged.insert(rowid, &r.device_id, r.seq);
+        for (rowid, k, r) in appended {
+            logged.insert(rowid, &r.device_id, k);
         }
         if direct {
             // Rows now in `telemetry`: their devices' bounds must cover them, or a reading
             // re-sent later would skip the lookup and be stored twice.
-            for r in &fresh {
-                raise_bound(&mut logged.table_max, &r.device_id, r.seq);
+            for ((ts, _), r) in &fresh {
+                raise_bound(&mut logged.table_max, &r.device_id, *ts);
             }
         }
         if let Some(step) = step {
@@ -562,7 +567,7 @@ fn move_step(
         conn.prepare_cached(&format!(
             "INSERT INTO telemetry ({COLUMNS}) SELECT {COLUMNS} FROM json_each(?1) AS j \
              CROSS JOIN telemetry_log AS l ON l.rowid = j.value \
-             WHERE true ON CONFLICT (device_id, seq) DO NOTHING"
+             WHERE true ON CONFLICT (device_id, ts, seq) DO NOTHING"
         ))?
         .execute([ids])?;
         return Ok(Some(Step::Copied(rows.len())));
@@ -577,40 +582,43 @@ fn move_step(
     Ok(Some(Step::Deleted(below)))
 }
 
+/// A reading's key after its device: `(ts, seq)`, ts in milliseconds as stored.
+type Key = (i64, i64);
+
 /// A row of the log: its key and where it is.
 #[derive(Debug)]
 struct LogRow {
     rowid: i64,
     /// Shared with [`Logged::by_device`]'s key: one allocation per device, not per row.
     device_id: Arc<str>,
-    seq: i64,
+    key: Key,
 }
 
 /// The hasher of the writer's key sets: every reading is looked up and inserted once, and
 /// with std's SipHash that hashing was a visible share of the writer's CPU at saturation.
-/// foldhash is seeded at random per map, so a device cannot pick seqs that collide.
+/// foldhash is seeded at random per map, so a device cannot pick keys that collide.
 type Hasher = foldhash::fast::RandomState;
 
 /// The log's rows and the move under way.
 #[derive(Debug, Default)]
 struct Logged {
     /// The keys of every row in `telemetry_log`, by device.
-    by_device: HashMap<Arc<str>, HashSet<i64, Hasher>, Hasher>,
+    by_device: HashMap<Arc<str>, HashSet<Key, Hasher>, Hasher>,
     /// Rows appended since the last move began, in rowid order.
     fresh: Vec<LogRow>,
     moving: Option<Move>,
-    /// For each device seen, a bound on the seqs `telemetry` holds for it (`None`: none):
-    /// a reading above it cannot be there, so the lookup for re-sent readings is skipped.
+    /// For each device seen, a bound on the ts `telemetry` holds for it (`None`: none): a
+    /// reading taken later cannot be there, so the lookup for re-sent readings is skipped.
     /// Read from the table the first time a device's reading is written, raised by moves;
     /// deleting rows leaves it an upper bound.
     table_max: HashMap<Arc<str>, Option<i64>, Hasher>,
 }
 
-/// Raises `device_id`'s bound in [`Logged::table_max`] to cover `seq`, now in `telemetry` (a
+/// Raises `device_id`'s bound in [`Logged::table_max`] to cover `ts`, now in `telemetry` (a
 /// device without a bound gets it read from the table at its next write).
-fn raise_bound(table_max: &mut HashMap<Arc<str>, Option<i64>, Hasher>, device_id: &str, seq: i64) {
+fn raise_bound(table_max: &mut HashMap<Arc<str>, Option<i64>, Hasher>, device_id: &str, ts: i64) {
     if let Some(max) = table_max.get_mut(device_id) {
-        *max = Some(max.map_or(seq, |x| x.max(seq)));
+        *max = Some(max.map_or(ts, |x| x.max(ts)));
     }
 }
 
@@ -634,13 +642,13 @@ enum Step {
 }
 
 impl Logged {
-    fn contains(&self, device_id: &str, seq: i64) -> bool {
+    fn contains(&self, device_id: &str, key: Key) -> bool {
         self.by_device
             .get(device_id)
-            .is_some_and(|s| s.contains(&seq))
+            .is_some_and(|s| s.contains(&key))
     }
 
-    fn insert(&mut self, rowid: i64, device_id: &str, seq: i64) {
+    fn insert(&mut self, rowid: i64, device_id: &str, key: Key) {
         let device_id = match self.by_device.get_key_value(device_id) {
             Some((id, _)) => id.clone(),
             None => Arc::from(device_id),
@@ -648,11 +656,11 @@ impl Logged {
         self.by_device
             .entry(device_id.clone())
             .or_default()
-            .insert(seq);
+            .insert(key);
         self.fresh.push(LogRow {
             rowid,
             device_id,
-            seq,
+            key,
         });
     }
 
@@ -664,7 +672,7 @@ impl Logged {
         }
         let mut rows = std::mem::take(&mut self.fresh);
         let (first, last) = (rows[0].rowid, rows[rows.len() - 1].rowid);
-        rows.sort_unstable_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
+        rows.sort_unstable_by(|a, b| (&a.device_id, a.key).cmp(&(&b.device_id, b.key)));
         self.moving = Some(Move {
             rows,
             copied: 0,
@@ -682,7 +690,7 @@ impl Logged {
             Step::Copied(n) => {
                 let end = m.rows.len().min(m.copied.saturating_add(n));
                 for r in &m.rows[m.copied..end] {
-                    raise_bound(&mut self.table_max, &r.device_id, r.seq);
+                    raise_bound(&mut self.table_max, &r.device_id, r.key.0);
                 }
                 m.copied = end;
                 0
@@ -696,9 +704,9 @@ impl Logged {
                     return 0;
                 };
                 for r in &m.rows {
-                    if let Some(seqs) = self.by_device.get_mut(&r.device_id) {
-                        seqs.remove(&r.seq);
-                        if seqs.is_empty() {
+                    if let Some(keys) = self.by_device.get_mut(&r.device_id) {
+                        keys.remove(&r.key);
+                        if keys.is_empty() {
                             self.by_device.remove(&r.device_id);
                         }
                     }

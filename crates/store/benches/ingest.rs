@@ -21,10 +21,11 @@
 //! the hub path through `PgStore` (one `INSERT ... SELECT FROM UNNEST` per batch), against
 //! `COPY ... FROM STDIN` of the same rows, 2,000 per transaction in key order — the fastest
 //! way PostgreSQL has to load rows, so the ratio is conservative. Each side gets a fresh
-//! schema. Then the telemetry layout: the same 100,000 rows COPYed into three layouts —
-//! the (device_id, ts) B-tree the migration creates, a BRIN index on ts, and the primary key
-//! alone — with the load rate and the latency of the hub's query (the newest 100 readings
-//! of one device since a time) for each.
+//! schema. Then the telemetry layout: the same 100,000 rows COPYed into four layouts — the
+//! (device_id, ts, seq) key migration 0008 creates, and the (device_id, seq) key before it
+//! with the (device_id, ts) B-tree it had, with a BRIN index on ts, and alone — with the
+//! load rate and the latency of the hub's query (the newest 100 readings of one device since
+//! a time) for each.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -350,34 +351,37 @@ async fn postgres(url: &str) {
         "\nPostgreSQL telemetry layout ({ROWS} rows, {DEVICES} devices): load by COPY, then the newest 100 readings of a device since a time"
     );
     println!(
-        "{:34} {:>12} {:>14} {:>12}",
+        "{:36} {:>12} {:>14} {:>12}",
         "layout", "rows/s", "query mean µs", "index KiB"
     );
-    let layouts = [
+    const SEQ_KEY: &str = "ALTER TABLE layout ADD PRIMARY KEY (device_id, seq)";
+    let layouts: [(&str, &[&str]); 4] = [
         (
-            "B-tree (device_id, ts) [migration]",
-            "CREATE INDEX ON layout (device_id, ts)",
+            "key (device_id, ts, seq) [0008]",
+            &["ALTER TABLE layout ADD PRIMARY KEY (device_id, ts, seq)"],
         ),
-        ("BRIN (ts)", "CREATE INDEX ON layout USING brin (ts)"),
-        ("primary key only", ""),
+        (
+            "key (device_id, seq) + B-tree (ts)",
+            &[SEQ_KEY, "CREATE INDEX ON layout (device_id, ts)"],
+        ),
+        (
+            "key (device_id, seq) + BRIN (ts)",
+            &[SEQ_KEY, "CREATE INDEX ON layout USING brin (ts)"],
+        ),
+        ("key (device_id, seq) only", &[SEQ_KEY]),
     ];
-    for (name, index) in layouts {
+    for (name, statements) in layouts {
         let s = pg_open(url, &format!("bench_layout_{tag}")).await;
-        sqlx::query("CREATE TABLE layout (LIKE telemetry INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)")
+        // The columns alone: the layout brings its own key and indexes.
+        sqlx::query("CREATE TABLE layout (LIKE telemetry INCLUDING DEFAULTS)")
             .execute(s.pool())
             .await
             .expect("create");
-        // LIKE copied the migration's (device_id, ts) index too: keep only the primary key,
-        // then add the layout's own.
-        sqlx::query("DROP INDEX IF EXISTS layout_device_id_ts_idx")
-            .execute(s.pool())
-            .await
-            .expect("drop index");
-        if !index.is_empty() {
-            sqlx::query(sqlx::AssertSqlSafe(index.to_string()))
+        for sql in statements {
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
                 .execute(s.pool())
                 .await
-                .expect("index");
+                .expect("layout");
         }
         let data = rows();
         let rate = copy_rows(&s, "layout", &data).await;
@@ -408,7 +412,7 @@ async fn postgres(url: &str) {
             .await
             .expect("size");
         println!(
-            "{name:34} {rate:>12.0} {mean:>14.0} {:>12}",
+            "{name:36} {rate:>12.0} {mean:>14.0} {:>12}",
             index_bytes / 1024
         );
         drop_schema(&s).await;

@@ -468,13 +468,27 @@ impl Shared {
                 continue;
             }
             if check_receive {
-                let identity = sub.session.state.lock().identity.clone();
-                if !self
-                    .authorizer
-                    .authorize(&identity, Action::Receive, &msg.topic)
-                    .is_allowed()
-                {
-                    continue;
+                // An allow this session already got for the topic, at this epoch and on this
+                // connection, stands (`answers`); otherwise ask, outside the session's lock.
+                let epoch = self.authorizer.epoch();
+                let asked = {
+                    let st = sub.session.state.lock();
+                    (!st.receive_answers.allows(epoch, st.generation, &msg.topic))
+                        .then(|| (st.identity.clone(), st.generation))
+                };
+                if let Some((identity, generation)) = asked {
+                    if !self
+                        .authorizer
+                        .authorize(&identity, Action::Receive, &msg.topic)
+                        .is_allowed()
+                    {
+                        continue;
+                    }
+                    let mut st = sub.session.state.lock();
+                    // Kept for the connection it was asked for only.
+                    if st.generation == generation {
+                        st.receive_answers.allowed(epoch, generation, &msg.topic);
+                    }
                 }
             }
             let qos = delivery_qos(msg.qos, sub.options.qos);

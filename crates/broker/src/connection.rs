@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::answers::PublishAnswer;
 use crate::broker::Shared;
 use crate::hooks::{ConnectRequest, Durable, PeerCertificate};
 use crate::mailbox::Delivery;
@@ -273,6 +274,7 @@ async fn open(
         client_max_packet,
         window_open: true,
         scratch: Vec::new(),
+        publish_answer: PublishAnswer::default(),
     };
     Some((conn, connect.will))
 }
@@ -507,6 +509,8 @@ struct Conn {
     client_max_packet: usize,
     window_open: bool,
     scratch: Vec<Delivery>,
+    /// The last publish allowed, reused while the authorizer's epoch stands (`answers`).
+    publish_answer: PublishAnswer,
 }
 
 /// The MQTT 5 properties to send with a delivery now (none for MQTT 3.1.1).
@@ -960,12 +964,18 @@ impl Conn {
             });
             return Ok(());
         }
-        if let Decision::Deny(why) =
-            self.shared
-                .authorizer
-                .authorize(&self.identity, Action::Publish, &p.topic)
-        {
-            return self.refuse_publish(&p, Refusal::new(RefusalReason::PublishDenied, why));
+        // The epoch is read before asking: an answer given after a change is kept as of
+        // the epoch before it, and asked again next time.
+        let epoch = self.shared.authorizer.epoch();
+        if !self.publish_answer.allows(epoch, &p.topic) {
+            if let Decision::Deny(why) =
+                self.shared
+                    .authorizer
+                    .authorize(&self.identity, Action::Publish, &p.topic)
+            {
+                return self.refuse_publish(&p, Refusal::new(RefusalReason::PublishDenied, why));
+            }
+            self.publish_answer.allowed(epoch, &p.topic);
         }
         let durable = match self.shared.hooks.on_publish(&self.identity, &p).await {
             Ok(d) => d,

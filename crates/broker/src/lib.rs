@@ -10,10 +10,12 @@
 //!
 //! Layout: `connection` (one client's state machine), `broker` (shared state and routing),
 //! `router` (subscription trie, retained messages), `session`, `inflight` and `mailbox`
-//! (per-client state, unacknowledged deliveries, bounded queues), `handover` (persistent
+//! (per-client state, unacknowledged deliveries, bounded queues), `answers` (authorization
+//! answers reused while the authorizer's epoch stands), `handover` (persistent
 //! sessions parked with and resumed from the other nodes of a cluster), `tls` (rustls
 //! configuration, handshake error mapping), `refusal` and `metrics` (what the operator sees).
 
+mod answers;
 mod broker;
 mod config;
 mod connection;

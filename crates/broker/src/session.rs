@@ -12,6 +12,7 @@ use rampart_mqtt::{Protocol, SubscriptionOptions};
 use rampart_policy::Identity;
 use tokio::sync::{Notify, watch};
 
+use crate::answers::ReceiveAnswers;
 use crate::inflight::Inflight;
 use crate::mailbox::Mailbox;
 
@@ -97,6 +98,9 @@ pub(crate) struct SessionState {
     pub ended: bool,
     /// The cluster has a record of it (announced or resumed): its end is told to the peers.
     pub recorded: bool,
+    /// Topics it was allowed to receive, for its current connection (`generation`) and the
+    /// authorizer's current epoch (`answers`).
+    pub receive_answers: ReceiveAnswers,
 }
 
 impl SessionState {
@@ -148,6 +152,7 @@ impl Session {
                 generation: 0,
                 ended: false,
                 recorded: false,
+                receive_answers: ReceiveAnswers::default(),
             }),
             parked: AtomicBool::new(false),
         })

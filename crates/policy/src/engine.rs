@@ -5,13 +5,16 @@
 //! it resolves once the statements that apply — rendering every variable — and caches the
 //! result per (identity, client id, certificate); any change to policies, attachments or a
 //! device's facts invalidates the cache, so the next packet of a live session is judged by
-//! the new rules without a reconnect.
+//! the new rules without a reconnect. Each such change also advances the engine's epoch
+//! ([`Authorizer::epoch`]), which is how the broker knows that the answers it keeps per
+//! session are still good.
 //!
 //! Evaluation: an explicit deny that matches wins; otherwise an allow that matches allows;
 //! otherwise the answer is deny.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use rampart_mqtt::topic;
@@ -118,6 +121,9 @@ pub struct PolicyEngine {
     set: RwLock<Arc<PolicySet>>,
     facts: RwLock<HashMap<String, Facts>>,
     cache: RwLock<HashMap<CacheKey, Arc<ResolvedSet>>>,
+    /// Advanced by every change, while the cache's write lock is held (so a resolution begun
+    /// before a change never lands in the cache after it).
+    epoch: AtomicU64,
 }
 
 impl PolicyEngine {
@@ -126,22 +132,27 @@ impl PolicyEngine {
             set: RwLock::new(Arc::new(set)),
             facts: RwLock::new(facts),
             cache: RwLock::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         }
     }
 
     /// Replaces policies and attachments; applies to live sessions at their next packet.
     pub fn replace_policies(&self, set: PolicySet) {
+        let mut cache = self.cache.write();
         *self.set.write() = Arc::new(set);
-        self.cache.write().clear();
+        cache.clear();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Sets (or, with `None`, removes) the facts of one device.
     pub fn set_facts(&self, device_id: &str, facts: Option<Facts>) {
+        let mut cache = self.cache.write();
         match facts {
             Some(f) => self.facts.write().insert(device_id.to_owned(), f),
             None => self.facts.write().remove(device_id),
         };
-        self.cache.write().retain(|k, _| &*k.id != device_id);
+        cache.retain(|k, _| &*k.id != device_id);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The facts of a device, if known.
@@ -166,6 +177,7 @@ impl PolicyEngine {
         if let Some(r) = self.cache.read().get(&key) {
             return r.clone();
         }
+        let epoch = self.epoch.load(Ordering::Acquire);
         let set = self.set.read().clone();
         let facts = self.facts(&identity.id).unwrap_or_default();
         let bindings = Bindings {
@@ -198,7 +210,12 @@ impl PolicyEngine {
             }
         }
         let resolved = Arc::new(ResolvedSet { statements });
-        self.cache.write().insert(key, resolved.clone());
+        let mut cache = self.cache.write();
+        // Resolved from what a change made since may have replaced: used for this answer
+        // only (the answer is as of before the change), never cached.
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            cache.insert(key, resolved.clone());
+        }
         resolved
     }
 }
@@ -255,6 +272,10 @@ fn matches(action: Action, pattern: &str, resource: &str, effect: Effect) -> boo
 }
 
 impl Authorizer for PolicyEngine {
+    fn epoch(&self) -> Option<u64> {
+        Some(self.epoch.load(Ordering::Acquire))
+    }
+
     fn authorize(&self, identity: &Identity, action: Action, resource: &str) -> Decision {
         let set = self.resolve(identity);
         let bit = action.bit();
@@ -430,6 +451,37 @@ resources = ["devices/+/secret"]
             PolicyDocument::parse(PolicyDocument::fleet_default_text()).unwrap(),
         );
         e.replace_policies(set);
+        assert!(!allowed(&e, &a, Action::Publish, "devices/a/telemetry"));
+    }
+
+    /// The epoch moves with every change that can change an answer, and only then: the
+    /// broker reuses answers while it stays.
+    #[test]
+    fn the_epoch_moves_with_every_change_and_answers_follow_it() {
+        let e = engine(
+            &[PolicyDocument::fleet_default_text()],
+            &[("fleet-default", "fleet")],
+        );
+        let a = identity(IdentityKind::Device, "a");
+        let start = e.epoch().expect("the engine has an epoch");
+        assert!(allowed(&e, &a, Action::Publish, "devices/a/telemetry"));
+        assert_eq!(e.epoch(), Some(start), "answering changes nothing");
+        e.set_facts(
+            "a",
+            Some(Facts {
+                quarantined: true,
+                ..Facts::default()
+            }),
+        );
+        let quarantined = e.epoch().expect("epoch");
+        assert!(quarantined > start);
+        assert!(!allowed(&e, &a, Action::Publish, "devices/a/telemetry"));
+        e.set_facts("a", None);
+        assert!(e.epoch().expect("epoch") > quarantined);
+        assert!(allowed(&e, &a, Action::Publish, "devices/a/telemetry"));
+        let before = e.epoch().expect("epoch");
+        e.replace_policies(PolicySet::default());
+        assert!(e.epoch().expect("epoch") > before);
         assert!(!allowed(&e, &a, Action::Publish, "devices/a/telemetry"));
     }
 

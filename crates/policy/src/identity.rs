@@ -100,4 +100,12 @@ pub trait Authorizer: Send + Sync + 'static {
     fn checks_receive(&self) -> bool {
         true
     }
+
+    /// A number that changes whenever any answer may change (for the policy engine: a change
+    /// of policies, attachments or a device's facts). While it is unchanged, the same
+    /// question gets the same answer, so a caller may reuse an answer it got after reading
+    /// the epoch. `None` (the default): answers must not be reused.
+    fn epoch(&self) -> Option<u64> {
+        None
+    }
 }

@@ -25,6 +25,12 @@ pub enum StoreError {
     Corrupt { table: &'static str, why: String },
     #[error("the ingest queue is closed (the hub is shutting down)")]
     IngestClosed,
+    /// The SQLite telemetry writer found a table holding a reading its checks said was new:
+    /// something else wrote telemetry (only the hub's writer may). The commit is undone.
+    #[error(
+        "telemetry commit undone: {expected} readings checked as new, {stored} stored; another process writes telemetry into this database"
+    )]
+    TelemetryOutOfStep { expected: usize, stored: usize },
     #[error("{what} {id:?} is used up: {why}")]
     Exhausted {
         what: &'static str,

@@ -1422,3 +1422,46 @@ async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
     side.close().await;
     s.close().await;
 }
+
+/// The SQLite writer's inserts ignore conflicts (no statement journal) and check instead that
+/// every reading it found new was stored. A reading written into `telemetry` behind its back
+/// (only the hub's writer may write telemetry) makes the commit fail whole, with an error
+/// that says so, rather than be counted as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_reading_written_behind_the_writers_back_fails_the_commit_whole() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rampart.db");
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    let side = side_pool(&path).await;
+    let dense = |seqs: std::ops::RangeInclusive<i64>| -> Vec<TelemetryRow> {
+        seqs.flat_map(|seq| ["gw-a", "gw-b"].map(|d| row(d, seq)))
+            .collect()
+    };
+    const { assert!(20 >= DIRECT_ROWS_PER_DEVICE) };
+    assert_eq!(s.insert_telemetry(&dense(1..=20)).await.unwrap(), 40);
+    // gw-a's reading 21, as `row` makes it (taken a second after 20), by another connection.
+    sqlx::query(
+        "INSERT INTO telemetry SELECT device_id, 21, ts + 1000, received_at, voltage_v, \
+         current_a, soc_pct, soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, \
+         body FROM telemetry WHERE device_id = 'gw-a' AND seq = 20",
+    )
+    .execute(&side)
+    .await
+    .unwrap();
+    let err = s
+        .insert_telemetry(&dense(21..=40))
+        .await
+        .expect_err("a reading the writer took for new was already there");
+    assert!(
+        matches!(err, StoreError::TelemetryOutOfStep { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("another process writes telemetry"),
+        "{err}"
+    );
+    // Nothing of the batch was stored: the 40, and the one written beside.
+    assert_eq!(count_rows(side.clone(), "FROM telemetry").await, 41);
+    side.close().await;
+    s.close().await;
+}

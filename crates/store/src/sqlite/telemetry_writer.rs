@@ -308,6 +308,13 @@ struct Writer {
 
 /// The text of the insert statement into one table for each row count up to
 /// [`INSERT_ROWS`], built once: the statement cache is looked up by text.
+///
+/// `OR IGNORE`, though the writer has already dropped every row either table holds: a
+/// statement writing many rows that could stop half-way (on a key or NOT NULL conflict)
+/// keeps a statement journal of every page it changes, to undo itself; one that ignores
+/// conflicts cannot stop half-way and keeps none. Measured on 2,048-row commits of 64-row
+/// statements, about 0.4 µs less CPU per row. That no row was ignored is checked instead
+/// ([`StoreError::TelemetryOutOfStep`]).
 struct InsertSql(Vec<String>);
 
 impl InsertSql {
@@ -315,7 +322,7 @@ impl InsertSql {
         InsertSql(
             (0..=INSERT_ROWS)
                 .map(|n| {
-                    let mut sql = format!("INSERT INTO {table} ({COLUMNS}) VALUES ");
+                    let mut sql = format!("INSERT OR IGNORE INTO {table} ({COLUMNS}) VALUES ");
                     for i in 0..n {
                         if i > 0 {
                             sql.push(',');
@@ -489,7 +496,14 @@ impl Writer {
                     insert.raw_bind_parameter(at, v)?;
                 }
             }
-            insert.raw_execute()?;
+            let stored = insert.raw_execute()?;
+            if stored != chunk.len() {
+                // Dropping `tx` undoes the commit.
+                return Err(StoreError::TelemetryOutOfStep {
+                    expected: chunk.len(),
+                    stored,
+                });
+            }
             if direct {
                 continue;
             }
@@ -552,9 +566,9 @@ fn move_step(
         // The rowids as one JSON array, in key order: a single parameter, looked up row by
         // row and inserted in the array's order, so each device's rows land on its pages
         // together. CROSS JOIN keeps the array the outer loop, so no sort is needed (an
-        // ORDER BY sorted rows already in order). The order only matters for speed. `WHERE
-        // true` keeps SQLite's parser from reading ON CONFLICT as a join's ON; the conflict
-        // clause fires only when a restart copies again what a move had copied.
+        // ORDER BY sorted rows already in order). The order only matters for speed. `OR
+        // IGNORE` skips keys a restart copies again (a move it had not finished) and, as in
+        // [`InsertSql`], spares the statement its journal.
         let mut ids = String::with_capacity(rows.len() * 8 + 2);
         ids.push('[');
         for (i, r) in rows.iter().enumerate() {
@@ -565,9 +579,8 @@ fn move_step(
         }
         ids.push(']');
         conn.prepare_cached(&format!(
-            "INSERT INTO telemetry ({COLUMNS}) SELECT {COLUMNS} FROM json_each(?1) AS j \
-             CROSS JOIN telemetry_log AS l ON l.rowid = j.value \
-             WHERE true ON CONFLICT (device_id, ts, seq) DO NOTHING"
+            "INSERT OR IGNORE INTO telemetry ({COLUMNS}) SELECT {COLUMNS} \
+             FROM json_each(?1) AS j CROSS JOIN telemetry_log AS l ON l.rowid = j.value"
         ))?
         .execute([ids])?;
         return Ok(Some(Step::Copied(rows.len())));

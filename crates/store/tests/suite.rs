@@ -1259,6 +1259,13 @@ async fn count_rows(side: sqlx::SqlitePool, from: &'static str) -> usize {
     n as usize
 }
 
+/// Readings `seqs` of two devices, interleaved as a hub receives them: 20 or more of each
+/// make a commit dense enough to skip the log.
+fn dense(seqs: std::ops::RangeInclusive<i64>) -> Vec<TelemetryRow> {
+    seqs.flat_map(|seq| ["gw-a", "gw-b"].map(|d| row(d, seq)))
+        .collect()
+}
+
 /// A step of a move that fails does not take its commit's readings with it: they are stored
 /// and acknowledged, the move waits in the log, and the next commit after the cause is gone
 /// moves on.
@@ -1378,10 +1385,6 @@ async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
     let side = side_pool(&path).await;
     let count = |sql: &'static str| count_rows(side.clone(), sql);
-    let dense = |seqs: std::ops::RangeInclusive<i64>| -> Vec<TelemetryRow> {
-        seqs.flat_map(|seq| ["gw-a", "gw-b"].map(|d| row(d, seq)))
-            .collect()
-    };
     // 20 rows of each of two devices: straight into the table.
     const { assert!(20 >= DIRECT_ROWS_PER_DEVICE) };
     assert_eq!(s.insert_telemetry(&dense(1..=20)).await.unwrap(), 40);
@@ -1433,10 +1436,6 @@ async fn sqlite_a_reading_written_behind_the_writers_back_fails_the_commit_whole
     let path = dir.path().join("rampart.db");
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
     let side = side_pool(&path).await;
-    let dense = |seqs: std::ops::RangeInclusive<i64>| -> Vec<TelemetryRow> {
-        seqs.flat_map(|seq| ["gw-a", "gw-b"].map(|d| row(d, seq)))
-            .collect()
-    };
     const { assert!(20 >= DIRECT_ROWS_PER_DEVICE) };
     assert_eq!(s.insert_telemetry(&dense(1..=20)).await.unwrap(), 40);
     // gw-a's reading 21, as `row` makes it (taken a second after 20), by another connection.
@@ -1494,9 +1493,7 @@ async fn sqlite_readings_stored_before_migration_8_survive_it() {
         .await
         .unwrap();
     // Readings 1-30 of two devices in the table, 31-35 in the log, as the writer left them.
-    let rows: Vec<TelemetryRow> = (1..=35)
-        .flat_map(|seq| ["gw-a", "gw-b"].map(|d| row(d, seq)))
-        .collect();
+    let rows = dense(1..=35);
     for r in &rows {
         let table = if r.seq <= 30 {
             "telemetry"

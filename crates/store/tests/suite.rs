@@ -1472,18 +1472,7 @@ async fn sqlite_a_reading_written_behind_the_writers_back_fails_the_commit_whole
 async fn sqlite_readings_stored_before_migration_8_survive_it() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("rampart.db");
-    // The migrations up to 0007, applied by sqlx as the store applies them (so the store
-    // finds them recorded and applies 0008 only).
-    let before = dir.path().join("migrations");
-    std::fs::create_dir(&before).unwrap();
-    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
-    for entry in std::fs::read_dir(&all).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().into_string().unwrap();
-        if name.as_str() < "0008" {
-            std::fs::copy(entry.path(), before.join(&name)).unwrap();
-        }
-    }
+    let before = migrations_before(dir.path(), "sqlite", "0008");
     std::fs::File::create(&path).unwrap();
     let side = side_pool(&path).await;
     sqlx::migrate::Migrator::new(before.as_path())
@@ -1546,4 +1535,131 @@ async fn sqlite_readings_stored_before_migration_8_survive_it() {
     assert!(key.contains("PRIMARY KEY (device_id, ts, seq)"), "{key}");
     side.close().await;
     s.close().await;
+}
+
+/// A copy of one backend's migrations numbered below `first_left_out`, to be applied by sqlx
+/// as the store applies them (so the store then finds them recorded and applies only the
+/// rest): a database as an older release left it.
+fn migrations_before(
+    dir: &std::path::Path,
+    backend: &str,
+    first_left_out: &str,
+) -> std::path::PathBuf {
+    let before = dir.join(format!("migrations-{backend}"));
+    std::fs::create_dir(&before).unwrap();
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if name.as_str() < first_left_out {
+            std::fs::copy(entry.path(), before.join(&name)).unwrap();
+        }
+    }
+    before
+}
+
+/// Migration 0008 changes PostgreSQL's `telemetry` key to `(device_id, ts, seq)` and drops
+/// the `(device_id, ts)` index, on a table that holds readings: every reading stays, reads
+/// in time order and is recognised when re-sent, and a seq sent again with a new time is a
+/// new reading, as the new key means.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_readings_stored_before_migration_8_survive_it() {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use std::str::FromStr;
+    let Some(db) = Db::postgres("migration_8") else {
+        return;
+    };
+    let Db::Postgres { url, schema } = &db else {
+        unreachable!("Db::postgres makes a PostgreSQL database")
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let before = migrations_before(dir.path(), "postgres", "0008");
+    let base = PgConnectOptions::from_str(url).unwrap();
+    let side = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(base.clone())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .execute(&side)
+        .await
+        .unwrap();
+    side.close().await;
+    let side = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(base.options([("search_path", schema.as_str())]))
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .unwrap()
+        .run(&side)
+        .await
+        .unwrap();
+    let rows = dense(1..=35);
+    for r in &rows {
+        sqlx::query(
+            "INSERT INTO telemetry (device_id, seq, ts, received_at, voltage_v, body) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&r.device_id)
+        .bind(r.seq)
+        .bind((r.ts.unix_timestamp_nanos() / 1_000_000) as i64)
+        .bind((r.received_at.unix_timestamp_nanos() / 1_000_000) as i64)
+        .bind(r.voltage_v)
+        .bind(&r.body)
+        .execute(&side)
+        .await
+        .unwrap();
+    }
+
+    let s = db.open().await;
+    for d in ["gw-a", "gw-b"] {
+        let back = s
+            .telemetry(d, OffsetDateTime::UNIX_EPOCH, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            back.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (1..=35).collect::<Vec<_>>()
+        );
+        assert_eq!(back[9].body, row(d, 10).body);
+        assert_eq!(back[9].voltage_v, row(d, 10).voltage_v);
+    }
+    assert_eq!(s.insert_telemetry(&rows).await.unwrap(), 0);
+    let mut again = row("gw-a", 5);
+    again.ts = row("gw-a", 36).ts;
+    assert_eq!(s.insert_telemetry(&[again]).await.unwrap(), 1);
+    let seqs: Vec<i64> = s
+        .telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs.len(), 36);
+    assert_eq!(seqs[35], 5, "the seq sent again, last in time: {seqs:?}");
+    let key: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c \
+         JOIN pg_namespace n ON n.oid = c.connamespace \
+         WHERE n.nspname = $1 AND c.conname = 'telemetry_pkey'",
+    )
+    .bind(schema)
+    .fetch_one(&side)
+    .await
+    .unwrap();
+    assert_eq!(key, "PRIMARY KEY (device_id, ts, seq)");
+    let old_index: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname = 'telemetry_device_ts'",
+    )
+    .bind(schema)
+    .fetch_one(&side)
+    .await
+    .unwrap();
+    assert_eq!(old_index, 0);
+    side.close().await;
+    s.close().await;
+    db.finish().await;
 }

@@ -351,7 +351,7 @@ async fn postgres(url: &str) {
         "\nPostgreSQL telemetry layout ({ROWS} rows, {DEVICES} devices): load by COPY, then the newest 100 readings of a device since a time"
     );
     println!(
-        "{:36} {:>12} {:>14} {:>12}",
+        "{:46} {:>12} {:>14} {:>12}",
         "layout", "rows/s", "query mean µs", "index KiB"
     );
     const SEQ_KEY: &str = "ALTER TABLE layout ADD PRIMARY KEY (device_id, seq)";
@@ -361,7 +361,7 @@ async fn postgres(url: &str) {
             &["ALTER TABLE layout ADD PRIMARY KEY (device_id, ts, seq)"],
         ),
         (
-            "key (device_id, seq) + B-tree (ts)",
+            "key (device_id, seq) + B-tree (device_id, ts)",
             &[SEQ_KEY, "CREATE INDEX ON layout (device_id, ts)"],
         ),
         (
@@ -412,7 +412,7 @@ async fn postgres(url: &str) {
             .await
             .expect("size");
         println!(
-            "{name:36} {rate:>12.0} {mean:>14.0} {:>12}",
+            "{name:46} {rate:>12.0} {mean:>14.0} {:>12}",
             index_bytes / 1024
         );
         drop_schema(&s).await;

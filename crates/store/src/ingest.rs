@@ -229,8 +229,10 @@ async fn writer(store: Arc<dyn Store>, mut batch: Batcher, stats: Arc<IngestStat
     let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
     while batch.next(&mut rows, &mut waiters).await {
         let n = rows.len();
-        let committed = store.commit_telemetry(&rows).await;
-        rows.clear();
+        // The batch goes to the store whole; the next one starts in a vector as large as
+        // this one was, so that it seldom grows.
+        let full = std::mem::replace(&mut rows, Vec::with_capacity(n));
+        let committed = store.commit_telemetry(full).await;
         // At most one batch waits for its sync while the next commits.
         if let Some(previous) = syncing.take() {
             let _ = previous.await;

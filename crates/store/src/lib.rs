@@ -135,8 +135,14 @@ pub trait TelemetryStore: Send + Sync {
     /// are durable. The caller may commit the next batch meanwhile: SQLite's writer syncs
     /// its WAL on a thread of its own and commits the next batch during the sync. A backend
     /// whose commit is durable when it returns (the default) gives a future already done.
-    async fn commit_telemetry(&self, rows: &[TelemetryRow]) -> Result<(u64, Durable), StoreError> {
-        let inserted = self.insert_telemetry(rows).await?;
+    ///
+    /// The rows are given, not lent: a backend that writes on a thread of its own takes them
+    /// there without copying each reading's strings.
+    async fn commit_telemetry(
+        &self,
+        rows: Vec<TelemetryRow>,
+    ) -> Result<(u64, Durable), StoreError> {
+        let inserted = self.insert_telemetry(&rows).await?;
         Ok((inserted, Box::pin(std::future::ready(Ok(())))))
     }
 }

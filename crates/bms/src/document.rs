@@ -303,10 +303,10 @@ impl TelemetryMessage {
 
     /// Parses either one document (`{...}`) or a batch (`[{...}, ...]`, at most
     /// [`MAX_BATCH`]); every document of a batch must be valid.
-    pub fn parse_many(bytes: &[u8]) -> Result<Vec<TelemetryMessage>, ValidationError> {
+    pub fn parse_many(bytes: &[u8]) -> Result<Documents, ValidationError> {
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'[') {
-            return Self::parse(bytes).map(|m| vec![m]);
+            return Self::parse(bytes).map(Documents::One);
         }
         let docs: Vec<TelemetryMessage> =
             serde_json::from_slice(bytes).map_err(|e| ValidationError::Json(e.to_string()))?;
@@ -322,7 +322,7 @@ impl TelemetryMessage {
                 error: Box::new(e),
             })?;
         }
-        Ok(docs)
+        Ok(Documents::Batch(docs))
     }
 
     /// Checks version, ranges and sizes of what is present.
@@ -406,6 +406,26 @@ impl TelemetryMessage {
         let min = t.iter().map(|v| v.0).fold(f64::INFINITY, f64::min);
         let max = t.iter().map(|v| v.0).fold(f64::NEG_INFINITY, f64::max);
         Some((Celsius(min), Celsius(max)))
+    }
+}
+
+/// What one telemetry payload held: a document alone (the common case, kept without a
+/// vector of one; the hub parses one per message) or a batch of them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Documents {
+    /// `{...}`: its bytes are the document.
+    One(TelemetryMessage),
+    /// `[{...}, ...]`: each document is part of the payload.
+    Batch(Vec<TelemetryMessage>),
+}
+
+impl Documents {
+    /// The documents, in the order sent.
+    pub fn as_slice(&self) -> &[TelemetryMessage] {
+        match self {
+            Documents::One(m) => std::slice::from_ref(m),
+            Documents::Batch(v) => v,
+        }
     }
 }
 
@@ -713,12 +733,16 @@ mod tests {
         let b = serde_json::to_string(&TelemetryMessage::full(2, &reading())).expect("json");
         let batch = format!("[{a},{b}]");
         let docs = TelemetryMessage::parse_many(batch.as_bytes()).expect("batch");
-        assert_eq!(docs.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2]);
-        assert_eq!(
-            TelemetryMessage::parse_many(a.as_bytes())
-                .expect("one")
-                .len(),
-            1
+        assert!(matches!(docs, Documents::Batch(_)));
+        let seqs = docs.as_slice().iter().map(|d| d.seq).collect::<Vec<_>>();
+        assert_eq!(seqs, vec![1, 2]);
+        let one = TelemetryMessage::parse_many(a.as_bytes()).expect("one");
+        assert!(matches!(&one, Documents::One(m) if m.seq == 1), "{one:?}");
+        // A batch of one is still a batch: its document is not the payload's bytes.
+        let of_one = TelemetryMessage::parse_many(format!(" [{a}]").as_bytes()).expect("of one");
+        assert!(
+            matches!(&of_one, Documents::Batch(v) if v.len() == 1),
+            "{of_one:?}"
         );
         assert!(matches!(
             TelemetryMessage::parse_many(b"[]"),

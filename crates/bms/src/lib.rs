@@ -26,7 +26,7 @@ pub mod source;
 pub mod units;
 
 pub use document::{
-    Aggregate, DropReason, Event, EventMessage, Extremes, PackValues, TelemetryMessage,
+    Aggregate, Documents, DropReason, Event, EventMessage, Extremes, PackValues, TelemetryMessage,
     UpdateStage, ValidationError, Window,
 };
 pub use reading::{Alarm, Fets, Limits, Pack, Reading, Requests, SourceInfo};

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use rampart_bms::{EventMessage, TelemetryMessage};
+use rampart_bms::{Documents, EventMessage, TelemetryMessage};
 use rampart_broker::{ConnectRequest, Durable, Hooks, Refusal, RefusalReason};
 use rampart_mqtt::{Publish, QoS};
 use rampart_policy::{DEVICE_TOPIC_ROOT, Identity, IdentityKind};
@@ -72,6 +72,16 @@ fn telemetry_device(topic: &str) -> Option<&str> {
 }
 
 /// Builds the stored row from a validated telemetry document.
+/// A document's bytes as text. The JSON parser has read them whole, so they are UTF-8 and
+/// the check (much cheaper than a lossy conversion's scan) passes; the lossy conversion stays
+/// for what it would not.
+fn document_text(payload: &[u8]) -> String {
+    match std::str::from_utf8(payload) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(payload).into_owned(),
+    }
+}
+
 pub(crate) fn telemetry_row(device_id: &str, msg: &TelemetryMessage, body: String) -> TelemetryRow {
     let cells = msg.cell_range();
     let temps = msg.temperature_range();
@@ -111,22 +121,29 @@ impl HubHooks {
     ) -> Result<Option<Durable>, Refusal> {
         let docs = TelemetryMessage::parse_many(payload)
             .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?;
-        let single = docs.len() == 1;
+        let alone = matches!(docs, Documents::One(_));
         let acknowledged = qos != QoS::AtMostOnce;
         let storage_failed =
             |e: StoreError| Refusal::new(RefusalReason::StorageFailed, e.to_string());
-        let mut tickets = Vec::with_capacity(docs.len());
-        for msg in &docs {
+        // The first ticket apart: a message holds one document nearly always, and then no
+        // vector is allocated for it.
+        let (mut first, mut more) = (None, Vec::new());
+        for msg in docs.as_slice() {
             // Each stored row keeps its own document, also when it came in a batch.
-            let body = if single {
-                String::from_utf8_lossy(payload).into_owned()
+            let body = if alone {
+                document_text(payload)
             } else {
                 serde_json::to_string(msg)
                     .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?
             };
             let row = telemetry_row(device_id, msg, body);
             if acknowledged {
-                tickets.push(self.ingest.submit(row).await.map_err(storage_failed)?);
+                let ticket = self.ingest.submit(row).await.map_err(storage_failed)?;
+                if first.is_none() {
+                    first = Some(ticket);
+                } else {
+                    more.push(ticket);
+                }
             } else {
                 self.ingest
                     .submit_unacknowledged(row)
@@ -138,7 +155,7 @@ impl HubHooks {
             return Ok(None);
         }
         Ok(Some(Box::pin(async move {
-            for t in tickets {
+            for t in first.into_iter().chain(more) {
                 t.await.map_err(|e| e.to_string())?;
             }
             Ok(())

@@ -71,7 +71,6 @@ fn telemetry_device(topic: &str) -> Option<&str> {
     device_topic(topic, TELEMETRY_SUFFIX)
 }
 
-/// Builds the stored row from a validated telemetry document.
 /// A document's bytes as text. The JSON parser has read them whole, so they are UTF-8 and
 /// the check (much cheaper than a lossy conversion's scan) passes; the lossy conversion stays
 /// for what it would not.
@@ -82,6 +81,7 @@ fn document_text(payload: &[u8]) -> String {
     }
 }
 
+/// Builds the stored row from a validated telemetry document.
 pub(crate) fn telemetry_row(device_id: &str, msg: &TelemetryMessage, body: String) -> TelemetryRow {
     let cells = msg.cell_range();
     let temps = msg.temperature_range();

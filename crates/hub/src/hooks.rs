@@ -392,4 +392,13 @@ mod tests {
         assert_eq!(telemetry_device("devices/a/b/telemetry"), None);
         assert_eq!(telemetry_device("other/gw-1/telemetry"), None);
     }
+
+    /// A stored document is its bytes as sent when they are UTF-8 (every document the JSON
+    /// parser accepts), and never a refusal or a panic when they are not.
+    #[test]
+    fn a_document_is_stored_as_sent() {
+        let sent = "{\"v\":1,\"seq\":7,\"note\":\"Zelle \u{2192} 3,27 V\"}   ";
+        assert_eq!(document_text(sent.as_bytes()), sent);
+        assert_eq!(document_text(b"{\"a\":\"\xff\"}"), "{\"a\":\"\u{fffd}\"}");
+    }
 }

@@ -131,10 +131,15 @@ pub trait TelemetryStore: Send + Sync {
         0
     }
     /// Stores rows as [`insert_telemetry`](Self::insert_telemetry) does, but returns once
-    /// they are committed, with the number of new rows and a future that resolves once they
-    /// are durable. The caller may commit the next batch meanwhile: SQLite's writer syncs
-    /// its WAL on a thread of its own and commits the next batch during the sync. A backend
-    /// whose commit is durable when it returns (the default) gives a future already done.
+    /// they are written, with the number of new rows and a future that resolves once they
+    /// are committed and durable. The caller may write the next batch meanwhile: SQLite's
+    /// writer commits, then syncs its WAL on a thread of its own while it commits the next
+    /// batch; PostgreSQL's COPY leaves its transaction's COMMIT to the future, and the next
+    /// batch loads on another pooled connection. A backend whose commit is durable when it
+    /// returns (the default) gives a future already done.
+    ///
+    /// The future must be awaited before anyone is told the rows are stored: until it
+    /// resolves they may be invisible to readers, and dropping it may undo the batch.
     ///
     /// The rows are given, not lent: a backend that writes on a thread of its own takes them
     /// there without copying each reading's strings.

@@ -107,6 +107,7 @@ on_both_backends!(
     telemetry_fields_round_trip_exactly,
     registry_lifecycle,
     telemetry_is_deduplicated_and_queried_by_time,
+    a_reading_resent_while_its_first_commit_is_pending_is_stored_once,
     retained_messages_roundtrip,
     group_commit_resolves_every_ticket_and_survives_reopen,
     rows_nobody_waits_for_linger_until_a_waited_row_the_linger_or_close,
@@ -339,6 +340,43 @@ async fn telemetry_is_deduplicated_and_queried_by_time(db: &Db) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// The ingest writer writes its next batch while the previous one's commit is pending
+/// (`commit_telemetry`'s future). A reading in both — re-sent before its PUBACK, say — must
+/// be stored once, and neither batch may be lost or fail.
+async fn a_reading_resent_while_its_first_commit_is_pending_is_stored_once(db: &Db) {
+    let s = db.open().await;
+    let first: Vec<_> = (1..=10).map(|i| row("gw-1", i)).collect();
+    let (n, durable) = s.commit_telemetry(first).await.expect("first batch");
+    assert_eq!(n, 10);
+    // Readings 6-10 again, and 11-15 new.
+    let second: Vec<_> = (6..=15).map(|i| row("gw-1", i)).collect();
+    let writer = Arc::clone(&s);
+    let pending = tokio::spawn(async move {
+        let (n, durable) = writer.commit_telemetry(second).await?;
+        durable.await?;
+        Ok::<_, StoreError>(n)
+    });
+    if matches!(db, Db::Postgres { .. }) {
+        // PostgreSQL's first batch is uncommitted until its future runs: the second batch
+        // waits on its rows, however long, instead of storing them twice.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !pending.is_finished(),
+            "the second batch went ahead of an uncommitted first one"
+        );
+    }
+    durable.await.expect("first batch durable");
+    assert_eq!(pending.await.unwrap().expect("second batch"), 5);
+    let seqs: Vec<i64> = s
+        .telemetry("gw-1", OffsetDateTime::UNIX_EPOCH, 100)
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, (1..=15).collect::<Vec<_>>());
 }
 
 trait MsPrecision {

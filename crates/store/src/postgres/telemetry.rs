@@ -1,12 +1,13 @@
 //! Telemetry rows.
 
 use async_trait::async_trait;
+use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 
 use super::PgStore;
 use crate::model::to_ms;
 use crate::rows::{self, to_json};
-use crate::{StoreError, TelemetryRow, TelemetryStore};
+use crate::{Durable, StoreError, TelemetryRow, TelemetryStore};
 
 /// The insert that skips stored readings: one statement whatever the batch size. Each column travels as one array
 /// parameter and `UNNEST` turns the arrays back into rows, so the statement is prepared once
@@ -96,12 +97,17 @@ fn copy_text(rows: &[&TelemetryRow]) -> Result<String, StoreError> {
     Ok(out)
 }
 
+/// A batch's COPY, done in a transaction that is still open: committing it makes the rows
+/// visible and durable.
+type Copied = (u64, Transaction<'static, Postgres>);
+
 impl PgStore {
-    /// COPY of the batch as one statement (atomic); `Ok(None)` when a row is already stored.
-    async fn copy_telemetry(&self, sorted: &[&TelemetryRow]) -> Result<Option<u64>, StoreError> {
+    /// COPY of the batch in a transaction of its own, left open for the caller to commit;
+    /// `Ok(None)` when a row is already stored (the transaction is then rolled back).
+    async fn copy_telemetry(&self, sorted: &[&TelemetryRow]) -> Result<Option<Copied>, StoreError> {
         let text = copy_text(sorted)?;
-        let mut conn = self.pool.acquire().await?;
-        let mut copy = conn.copy_in_raw(COPY).await?;
+        let mut tx = self.pool.begin().await?;
+        let mut copy = tx.copy_in_raw(COPY).await?;
         let sent = copy.send(text.into_bytes()).await;
         let done = match sent {
             Ok(_) => copy.finish().await,
@@ -111,32 +117,16 @@ impl PgStore {
             }
         };
         match done {
-            Ok(n) => Ok(Some(n)),
+            Ok(n) => Ok(Some((n, tx))),
+            // Dropping the transaction rolls it back before its connection is used again.
             Err(e) if crate::error::is_unique_violation(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
-}
 
-#[async_trait]
-impl TelemetryStore for PgStore {
-    async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        // In key order, as on SQLite: a batch touches each index page once, and two nodes
-        // inserting overlapping batches take their row locks in the same order (no deadlock).
-        // The key is (device_id, ts, seq), ts in milliseconds as stored (migration 0008).
-        let key = |r: &TelemetryRow| (to_ms(r.ts), r.seq);
-        let mut sorted: Vec<&TelemetryRow> = rows.iter().collect();
-        sorted.sort_by(|a, b| (&a.device_id, key(a)).cmp(&(&b.device_id, key(b))));
-        // A batch that repeats a key inside itself would fail COPY every time.
-        let unique = sorted
-            .windows(2)
-            .all(|w| (&w[0].device_id, key(w[0])) != (&w[1].device_id, key(w[1])));
-        if unique && let Some(n) = self.copy_telemetry(&sorted).await? {
-            return Ok(n);
-        }
+    /// The batch through [`INSERT`], skipping readings already stored; committed and flushed
+    /// to the WAL when it returns (one statement is its own transaction).
+    async fn insert_skipping_stored(&self, sorted: Vec<&TelemetryRow>) -> Result<u64, StoreError> {
         let n = sorted.len();
         let mut device = Vec::with_capacity(n);
         let mut seq = Vec::with_capacity(n);
@@ -166,8 +156,6 @@ impl TelemetryStore for PgStore {
             cell_min,
             cell_max,
         ] = reals;
-        // One statement is its own transaction (as is the COPY): committed, and flushed to the
-        // WAL, when it returns.
         let done = sqlx::query(INSERT)
             .bind(device)
             .bind(seq)
@@ -186,6 +174,52 @@ impl TelemetryStore for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Stores a batch and returns the number of new rows with the future that commits them.
+    ///
+    /// The COPY path leaves its COMMIT (PostgreSQL's WAL flush, the wait that dominates a
+    /// small batch) to the returned future, so the ingest writer loads its next batch on
+    /// another pooled connection while this one's flush runs, as SQLite's writer commits
+    /// during its previous batch's sync. A reading sent again while its first copy is still
+    /// uncommitted makes the second COPY wait for the first transaction's outcome and then
+    /// fail as a duplicate; the batch then goes through [`INSERT`], which skips it.
+    async fn store_batch(&self, rows: &[TelemetryRow]) -> Result<(u64, Durable), StoreError> {
+        if rows.is_empty() {
+            return Ok((0, Box::pin(std::future::ready(Ok(())))));
+        }
+        // In key order, as on SQLite: a batch touches each index page once, and two nodes
+        // inserting overlapping batches take their row locks in the same order (no deadlock).
+        // The key is (device_id, ts, seq), ts in milliseconds as stored (migration 0008).
+        let key = |r: &TelemetryRow| (to_ms(r.ts), r.seq);
+        let mut sorted: Vec<&TelemetryRow> = rows.iter().collect();
+        sorted.sort_by(|a, b| (&a.device_id, key(a)).cmp(&(&b.device_id, key(b))));
+        // A batch that repeats a key inside itself would fail COPY every time.
+        let unique = sorted
+            .windows(2)
+            .all(|w| (&w[0].device_id, key(w[0])) != (&w[1].device_id, key(w[1])));
+        if unique && let Some((n, tx)) = self.copy_telemetry(&sorted).await? {
+            let commit = async move { tx.commit().await.map_err(StoreError::from) };
+            return Ok((n, Box::pin(commit)));
+        }
+        let n = self.insert_skipping_stored(sorted).await?;
+        Ok((n, Box::pin(std::future::ready(Ok(())))))
+    }
+}
+
+#[async_trait]
+impl TelemetryStore for PgStore {
+    async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
+        let (inserted, durable) = self.store_batch(rows).await?;
+        durable.await?;
+        Ok(inserted)
+    }
+
+    async fn commit_telemetry(
+        &self,
+        rows: Vec<TelemetryRow>,
+    ) -> Result<(u64, Durable), StoreError> {
+        self.store_batch(&rows).await
     }
 
     async fn telemetry(

@@ -1695,3 +1695,67 @@ async fn postgres_readings_stored_before_migration_8_survive_it() {
     s.close().await;
     db.finish().await;
 }
+
+/// PostgreSQL leaves a batch's COMMIT to the future `commit_telemetry` returns. When the
+/// session holding the open transaction ends before it commits (a server restart, a dropped
+/// connection), the future must report the failure, so that nobody is told the readings are
+/// stored (no PUBACK: the devices send them again). None of them is stored, and sent again
+/// they all are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_batch_whose_commit_fails_is_reported_and_stored_when_sent_again() {
+    use sqlx::postgres::PgPoolOptions;
+    let Some(db) = Db::postgres("commit_fails") else {
+        return;
+    };
+    let Db::Postgres { url, schema } = &db else {
+        unreachable!("Db::postgres makes a PostgreSQL database")
+    };
+    let s = db.open().await;
+    let batch: Vec<_> = (1..=10).map(|i| row("gw-1", i)).collect();
+    let (n, durable) = s.commit_telemetry(batch.clone()).await.expect("copied");
+    assert_eq!(n, 10);
+    // The session whose transaction holds the COPY: the one with a lock on this schema's
+    // table (other tests may have COPYs open in their own schemas).
+    let side = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks \
+         WHERE relation = to_regclass($1) AND mode = 'RowExclusiveLock' AND pid <> pg_backend_pid()",
+    )
+    .bind(format!("\"{schema}\".telemetry"))
+    .fetch_all(&side)
+    .await
+    .unwrap();
+    assert_eq!(
+        ended,
+        vec![true],
+        "one session held the batch's transaction"
+    );
+    let failed = durable
+        .await
+        .expect_err("a commit on an ended session must fail");
+    assert!(
+        matches!(failed, StoreError::Database(_)),
+        "unexpected error: {failed}"
+    );
+    assert!(
+        s.telemetry("gw-1", OffsetDateTime::UNIX_EPOCH, 100)
+            .await
+            .expect("query")
+            .is_empty(),
+        "readings of a batch that never committed were stored"
+    );
+    assert_eq!(s.insert_telemetry(&batch).await.expect("sent again"), 10);
+    assert_eq!(
+        s.telemetry("gw-1", OffsetDateTime::UNIX_EPOCH, 100)
+            .await
+            .expect("query")
+            .len(),
+        10
+    );
+    side.close().await;
+    db.finish().await;
+}

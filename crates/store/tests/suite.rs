@@ -77,6 +77,17 @@ impl Db {
     }
 }
 
+/// For a test only PostgreSQL has: its database, with the server's URL and the schema, or
+/// `None` (and a note) when no server is configured.
+fn postgres_only(test: &str) -> Option<(Db, String, String)> {
+    let db = Db::postgres(test)?;
+    let Db::Postgres { url, schema } = &db else {
+        unreachable!("Db::postgres makes a PostgreSQL database")
+    };
+    let (url, schema) = (url.clone(), schema.clone());
+    Some((db, url, schema))
+}
+
 /// Runs each named test on both backends.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -1612,15 +1623,12 @@ fn migrations_before(
 async fn postgres_readings_stored_before_migration_8_survive_it() {
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
     use std::str::FromStr;
-    let Some(db) = Db::postgres("migration_8") else {
+    let Some((db, url, schema)) = postgres_only("migration_8") else {
         return;
-    };
-    let Db::Postgres { url, schema } = &db else {
-        unreachable!("Db::postgres makes a PostgreSQL database")
     };
     let dir = tempfile::tempdir().expect("tmp");
     let before = migrations_before(dir.path(), "postgres", "0008");
-    let base = PgConnectOptions::from_str(url).unwrap();
+    let base = PgConnectOptions::from_str(&url).unwrap();
     let side = PgPoolOptions::new()
         .max_connections(1)
         .connect_with(base.clone())
@@ -1678,7 +1686,7 @@ async fn postgres_readings_stored_before_migration_8_survive_it() {
          JOIN pg_namespace n ON n.oid = c.connamespace \
          WHERE n.nspname = $1 AND c.conname = 'telemetry_pkey'",
     )
-    .bind(schema)
+    .bind(&schema)
     .fetch_one(&side)
     .await
     .unwrap();
@@ -1704,11 +1712,8 @@ async fn postgres_readings_stored_before_migration_8_survive_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_batch_whose_commit_fails_is_reported_and_stored_when_sent_again() {
     use sqlx::postgres::PgPoolOptions;
-    let Some(db) = Db::postgres("commit_fails") else {
+    let Some((db, url, schema)) = postgres_only("commit_fails") else {
         return;
-    };
-    let Db::Postgres { url, schema } = &db else {
-        unreachable!("Db::postgres makes a PostgreSQL database")
     };
     let s = db.open().await;
     let batch: Vec<_> = (1..=10).map(|i| row("gw-1", i)).collect();
@@ -1718,7 +1723,7 @@ async fn postgres_a_batch_whose_commit_fails_is_reported_and_stored_when_sent_ag
     // table (other tests may have COPYs open in their own schemas).
     let side = PgPoolOptions::new()
         .max_connections(1)
-        .connect(url)
+        .connect(&url)
         .await
         .unwrap();
     let ended: Vec<bool> = sqlx::query_scalar(

@@ -1375,21 +1375,25 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
     s.close().await;
 }
 
-/// SQLite copies the WAL into the database every 10,000 pages, not at its default of 1,000:
-/// a page that several commits change in between is copied once (docs/storage.md). The WAL
-/// file keeps the largest size it reached, so it shows where the checkpoints happened.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_the_wal_is_checkpointed_every_ten_thousand_pages() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("rampart.db");
+/// SQLite copies the WAL into the database once it holds 40 MiB, not at its default of
+/// 1,000 pages (4 MiB): a page that several commits change in between is copied once
+/// (docs/storage.md). The WAL file keeps the largest size it reached, so it shows where the
+/// checkpoints happened. `page_size` is the database's: a new one gets 8 KiB pages, and a
+/// database made with 4 KiB pages before keeps them and the same 40 MiB bound.
+async fn wal_is_checkpointed_at_40_mib(dir: &std::path::Path, page_size: u64) {
+    const MIB: u64 = 1024 * 1024;
+    let path = dir.join("rampart.db");
     let mut options = SqliteOptions::new(&path);
     // No fsync per commit: only the WAL's size is looked at.
     options.synchronous = Synchronous::Normal;
     let s = SqliteStore::open(&options).await.unwrap();
-    let wal_frames = || {
-        let wal = dir.path().join("rampart.db-wal");
-        std::fs::metadata(wal).map_or(0, |m| m.len()) / (4096 + 24)
-    };
+    let side = rusqlite::Connection::open(&path).unwrap();
+    let pages: i64 = side
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .unwrap();
+    assert_eq!(pages as u64, page_size, "the database's page size");
+    drop(side);
+    let wal_bytes = || std::fs::metadata(dir.join("rampart.db-wal")).map_or(0, |m| m.len());
     let mut seq = 0;
     let mut write = async |n: u64| {
         for _ in 0..n {
@@ -1402,25 +1406,45 @@ async fn sqlite_the_wal_is_checkpointed_every_ten_thousand_pages() {
     };
     // Past SQLite's default, within a bound on the rows written.
     let mut written = 0;
-    while wal_frames() < 2_000 && written < 100 {
+    while wal_bytes() < 8 * MIB && written < 100 {
         write(1).await;
         written += 1;
     }
-    let frames = wal_frames();
+    let bytes = wal_bytes();
     assert!(
-        frames >= 2_000,
-        "the WAL stayed at {frames} pages after {written} commits of 2,000 readings: checkpointed early"
+        bytes >= 8 * MIB,
+        "the WAL stayed at {bytes} bytes after {written} commits of 2,000 readings: checkpointed early"
     );
-    // Then as many commits again as make 15,000 pages in all: the WAL was copied and
-    // started over on the way, never growing far past 10,000 pages.
-    let per_commit = frames.div_ceil(written).max(1);
-    write(15_000u64.div_ceil(per_commit).saturating_sub(written)).await;
-    let frames = wal_frames();
+    // Then as many commits again as write 60 MiB in all: the WAL grew to 40 MiB, was copied
+    // and started over on the way, and never grew far past 40 MiB (a commit's frames, plus
+    // each frame's 24-byte header).
+    let per_commit = bytes.div_ceil(written).max(1);
+    write((60 * MIB).div_ceil(per_commit).saturating_sub(written)).await;
+    let bytes = wal_bytes();
     assert!(
-        frames < 11_000,
-        "the WAL grew to {frames} pages: no checkpoint at 10,000"
+        (36 * MIB..44 * MIB).contains(&bytes),
+        "the WAL reached {bytes} bytes at most: not checkpointed at 40 MiB"
     );
     s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_new_database_has_8_kib_pages_and_its_wal_is_checkpointed_at_40_mib() {
+    let dir = tempfile::tempdir().expect("tmp");
+    wal_is_checkpointed_at_40_mib(dir.path(), 8192).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_database_made_with_4_kib_pages_keeps_them_and_its_wal_is_checkpointed_at_40_mib()
+{
+    let dir = tempfile::tempdir().expect("tmp");
+    // A database whose first table was written with SQLite's default page size, as every
+    // database made before 8 KiB pages was.
+    let old = rusqlite::Connection::open(dir.path().join("rampart.db")).unwrap();
+    old.execute_batch("PRAGMA page_size = 4096; CREATE TABLE first (a); DROP TABLE first;")
+        .unwrap();
+    drop(old);
+    wal_is_checkpointed_at_40_mib(dir.path(), 4096).await;
 }
 
 /// A commit holding many rows of each device writes them straight into `telemetry`: its

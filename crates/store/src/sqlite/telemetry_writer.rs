@@ -364,7 +364,12 @@ impl Writer {
         // the file again (about 4,000 reads a second at that rate). The cache stays warm
         // because no other connection writes these tables.
         conn.pragma_update(None, "cache_size", -16_384)?;
-        conn.pragma_update(None, "wal_autocheckpoint", super::WAL_AUTOCHECKPOINT_PAGES)?;
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            super::autocheckpoint_pages(page_size),
+        )?;
         // Room for the insert statements of every row count, both tables, and the few others.
         conn.set_prepared_statement_cache_capacity(2 * INSERT_ROWS + 8);
         // A move that the last process did not finish starts again with the next commit: its

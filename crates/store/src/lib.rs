@@ -114,8 +114,13 @@ pub trait Registry: Send + Sync {
 #[async_trait]
 pub trait TelemetryStore: Send + Sync {
     /// Stores rows in one transaction; rows already stored (same device and seq) are skipped.
-    /// Returns the number of new rows.
-    async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError>;
+    /// Returns the number of new rows once they are durable: [`commit_telemetry`]
+    /// (Self::commit_telemetry), waited for.
+    async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
+        let (inserted, durable) = self.commit_telemetry(rows.to_vec()).await?;
+        durable.await?;
+        Ok(inserted)
+    }
     /// Telemetry of one device with `ts >= since`, oldest first, at most `limit` rows (the
     /// newest ones when there are more).
     async fn telemetry(
@@ -136,20 +141,15 @@ pub trait TelemetryStore: Send + Sync {
     /// writer commits, then syncs its WAL on a thread of its own while it commits the next
     /// batch; PostgreSQL's COPY leaves its transaction's COMMIT to the future, and the next
     /// batch loads on another pooled connection. A backend whose commit is durable when it
-    /// returns (the default) gives a future already done.
+    /// returns gives a future already done.
     ///
     /// The future must be awaited before anyone is told the rows are stored: until it
     /// resolves they may be invisible to readers, and dropping it may undo the batch.
     ///
     /// The rows are given, not lent: a backend that writes on a thread of its own takes them
     /// there without copying each reading's strings.
-    async fn commit_telemetry(
-        &self,
-        rows: Vec<TelemetryRow>,
-    ) -> Result<(u64, Durable), StoreError> {
-        let inserted = self.insert_telemetry(&rows).await?;
-        Ok((inserted, Box::pin(std::future::ready(Ok(())))))
-    }
+    async fn commit_telemetry(&self, rows: Vec<TelemetryRow>)
+    -> Result<(u64, Durable), StoreError>;
 }
 
 /// Resolves once a committed batch of telemetry is durable (or its sync failed).

@@ -209,12 +209,6 @@ impl PgStore {
 
 #[async_trait]
 impl TelemetryStore for PgStore {
-    async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
-        let (inserted, durable) = self.store_batch(rows).await?;
-        durable.await?;
-        Ok(inserted)
-    }
-
     async fn commit_telemetry(
         &self,
         rows: Vec<TelemetryRow>,

@@ -23,12 +23,6 @@ impl SqliteStore {
 
 #[async_trait]
 impl TelemetryStore for SqliteStore {
-    async fn insert_telemetry(&self, rows: &[TelemetryRow]) -> Result<u64, StoreError> {
-        let (inserted, durable) = self.commit_telemetry(rows.to_vec()).await?;
-        durable.await?;
-        Ok(inserted)
-    }
-
     async fn commit_telemetry(
         &self,
         rows: Vec<TelemetryRow>,

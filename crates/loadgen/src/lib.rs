@@ -17,7 +17,8 @@
 //! - `trust`: how the devices authenticate the broker (WebPKI, with the chain last accepted
 //!   reused for a minute; the handshake signature is checked every time).
 //! - `handshake`: the in-memory rustls handshake rate, the reference for connection rates.
-//! - `floor`: the floor acceptor, mutual TLS and CONNACK and nothing else.
+//! - `floor`: the floor under a broker's cost: mutual TLS, CONNACK, PUBACK and forwarding,
+//!   and nothing else.
 //!
 //! Every loop is bounded in count and time, and targets are loopback addresses only.
 

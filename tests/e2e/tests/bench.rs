@@ -70,6 +70,13 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
         "rss_per_connection_ratio",
         "qos1_cpu_per_msg_at_2000_ratio",
         "qos1_p99_latency_at_2000_ratio",
+        // The floor in the message phases: against Mosquitto, and the hub against it.
+        "qos0_msgs_per_s_floor_vs_mosquitto_ratio",
+        "qos1_msgs_per_s_floor_vs_mosquitto_ratio",
+        "qos0_cpu_per_msg_floor_vs_mosquitto_ratio",
+        "qos1_cpu_per_msg_floor_vs_mosquitto_ratio",
+        "qos0_cpu_per_msg_vs_floor_ratio",
+        "qos1_cpu_per_msg_vs_floor_ratio",
     ] {
         let x = v["ratios"][r].as_f64().unwrap_or(-1.0);
         assert!(x > 0.0, "{r} = {x}: {out}");
@@ -84,21 +91,42 @@ fn bench_compare_runs_both_brokers_and_reports_one_ratio_per_figure() {
         v["rustls_server_handshakes_per_s"].as_f64().unwrap()
     );
     assert!(v["floor_connections_per_cpu_s"].as_f64().unwrap() > 0.0);
+    let floor = v["floor_messages"].as_object().unwrap();
+    for k in [
+        "qos0_msgs_per_s",
+        "qos1_msgs_per_s",
+        "qos0_cpu_per_msg",
+        "qos1_cpu_per_msg",
+    ] {
+        let x = floor[k].as_f64().unwrap_or(-1.0);
+        assert!(x > 0.0, "floor {k} = {x}: {out}");
+    }
     let runs = v["runs"].as_object().unwrap();
     assert_eq!(
         runs.len(),
-        15,
-        "7 phases × 2 brokers, and the floor's storm"
+        19,
+        "7 phases × 2 brokers, and the floor's storm, saturations and fixed rates"
     );
-    assert!(runs.contains_key("floor_storm"), "{out}");
+    for phase in [
+        "storm",
+        "qos0_saturation",
+        "qos1_saturation",
+        "qos0_fixed",
+        "qos1_fixed",
+    ] {
+        assert!(
+            runs.contains_key(&format!("floor_{phase}")),
+            "{phase}: {out}"
+        );
+    }
     // Every throughput phase and storm ran twice per broker, and its report is the round
     // with the lower figure; idle connections were measured once.
     assert_eq!(v["rounds"], 2, "{out}");
     let rounds = v["round_values"].as_object().unwrap();
     assert_eq!(
         rounds.len(),
-        13,
-        "6 phases × 2 brokers, and the floor's storm: {out}"
+        17,
+        "6 phases × 2 brokers, and the floor's 5: {out}"
     );
     for (name, values) in rounds {
         let values = floats(values);

@@ -35,9 +35,10 @@ pub enum BenchCommand {
     /// pinned to one core with the generator on another, and print both figures and their
     /// ratios (BENCHMARKS.md).
     Compare(super::bench_compare::CompareArgs),
-    /// Serve the floor under a broker's cost per connection: accept mutual-TLS connections
-    /// from the fleet's devices, answer CONNECT with CONNACK and do nothing else, until
-    /// stopped. `bench compare` runs its connection storm against it too.
+    /// Serve the floor under a broker's cost: accept mutual-TLS connections from the fleet's
+    /// devices, answer CONNECT, SUBSCRIBE and QoS 1 PUBLISH, write each PUBLISH on to every
+    /// subscriber, and do nothing else (no authorization, topic matching or storage) until
+    /// stopped. `bench compare` runs its storm and message phases against it too.
     Floor {
         /// The fleet file from `rampart bench fleet` (its server certificate and CA).
         #[arg(long, value_name = "FILE")]

@@ -11,10 +11,14 @@
 //! Phases, each for both brokers: saturation at QoS 0 and QoS 1 (delivered messages/s and
 //! loss); a fixed rate both sustain at QoS 0 and QoS 1 (broker CPU per delivered message;
 //! the QoS 1 rate is half of Mosquitto's maximum, where latency is compared too); a
-//! connection storm (mTLS connections/s, also against the in-memory rustls handshake rate
-//! and against the floor acceptor of `rampart_loadgen::floor`, which does only the TCP, TLS
-//! and CONNECT/CONNACK work every broker does); idle connections held (resident memory per
-//! connection).
+//! connection storm (mTLS connections/s, also against the in-memory rustls handshake rate);
+//! idle connections held (resident memory per connection).
+//!
+//! The saturation, fixed-rate and storm phases also run against the floor of
+//! `rampart_loadgen::floor`: a server on the hub's own stack (tokio, rustls, the `mqtt` codec)
+//! that does only the TCP, TLS and MQTT framing work every broker does — CONNACK, PUBACK, each
+//! PUBLISH written on to the subscriber — and nothing a broker adds. Its figures say how much of
+//! a broker's cost the stack itself sets, and how much is the hub's own work.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,7 +98,7 @@ impl std::str::FromStr for Rates {
 enum Broker {
     Mosquitto,
     Rampart,
-    /// Not a broker: the connection-cost floor (`rampart bench floor`), storm phase only.
+    /// Not a broker: the floor (`rampart bench floor`) of the message and storm phases.
     Floor,
 }
 
@@ -435,6 +439,10 @@ struct Comparison {
     /// The floor acceptor's connections per second of its CPU in the same storm: TCP, the
     /// mutual-TLS handshake and CONNECT/CONNACK, nothing else (`rampart bench floor`).
     floor_connections_per_cpu_s: f64,
+    /// The floor's figures in the message phases (`rampart bench floor`: TLS, framing,
+    /// PUBACK and forwarding only): delivered msgs/s at saturation and CPU µs per delivered
+    /// message at the fixed rates, named as in `figures`.
+    floor_messages: BTreeMap<String, f64>,
     /// Rounds of each throughput phase and storm (`--rounds`).
     rounds: u32,
     /// Each phase's figure in every round, in the order run: delivered msgs/s at
@@ -522,6 +530,8 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
     let mut runs: BTreeMap<String, Report> = BTreeMap::new();
     let mut round_values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let both = [Broker::Mosquitto, Broker::Rampart];
+    // The message phases the floor runs too: saturation and the two fixed rates.
+    let with_floor = [Broker::Mosquitto, Broker::Rampart, Broker::Floor];
     let blocking = |b: &Bench, broker: Broker, a: Vec<String>| b.phase(broker, &conf(broker), &a);
     let rounds = args.rounds.max(1);
     // One phase against each of `brokers`, `rounds` times, the brokers taking turns; each
@@ -559,7 +569,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
     let cpu_per_msg: fn(&Report) -> f64 = |r| r.target.as_ref().map_or(0.0, |t| t.cpu_us_per_msg);
     for qos in [0u8, 1] {
         alternate(
-            &both,
+            &with_floor,
             &format!("qos{qos}_saturation"),
             &format!("saturation, QoS {qos}"),
             common(qos, "max".into()),
@@ -579,11 +589,13 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
             0u8,
             0.5 * sat(Broker::Mosquitto, 0).min(sat(Broker::Rampart, 0)),
             "qos0_fixed".to_owned(),
+            &with_floor[..],
         ),
         (
             1u8,
             (0.5 * sat(Broker::Mosquitto, 1)).min(0.9 * sat(Broker::Rampart, 1)),
             "qos1_fixed".to_owned(),
+            &with_floor[..],
         ),
     ];
     // Then the QoS 1 rates asked for with --rates.
@@ -591,11 +603,11 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         .rates
         .0
         .iter()
-        .map(|&total| (1u8, f64::from(total), format!("qos1_at_{total}")));
-    for (qos, total, what) in fixed.into_iter().chain(asked) {
+        .map(|&total| (1u8, f64::from(total), format!("qos1_at_{total}"), &both[..]));
+    for (qos, total, what, brokers) in fixed.into_iter().chain(asked) {
         let per_device = (total / args.devices as f64).max(0.1);
         alternate(
-            &both,
+            brokers,
             &what,
             &format!("fixed rate {total:.0}/s, QoS {qos}"),
             common(qos, format!("{per_device:.3}")),
@@ -794,6 +806,30 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         "connections_per_cpu_s_vs_floor_ratio".into(),
         per_cpu_s(r) / floor.max(1e-9),
     );
+    // The floor in the message phases: how far the stack alone is from Mosquitto, and how
+    // much the hub adds to it.
+    let f = Broker::Floor;
+    let mut floor_messages = BTreeMap::new();
+    for qos in [0u8, 1] {
+        let sat_key = format!("qos{qos}_msgs_per_s");
+        let cpu_key = format!("qos{qos}_cpu_per_msg");
+        let fixed = format!("qos{qos}_fixed");
+        let (fs, fc) = (sat(f, qos), cpu(f, &fixed));
+        ratios.insert(
+            format!("{sat_key}_floor_vs_mosquitto_ratio"),
+            fs / sat(m, qos).max(1e-9),
+        );
+        ratios.insert(
+            format!("{cpu_key}_floor_vs_mosquitto_ratio"),
+            fc / cpu(m, &fixed).max(1e-9),
+        );
+        ratios.insert(
+            format!("{cpu_key}_vs_floor_ratio"),
+            cpu(r, &fixed) / fc.max(1e-9),
+        );
+        floor_messages.insert(sat_key, fs);
+        floor_messages.insert(cpu_key, fc);
+    }
     let mut notes = Vec::new();
     if !pin {
         notes.push("not pinned: fewer than 2 cores or no taskset; figures share cores".into());
@@ -836,6 +872,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
         rustls_server_handshakes_per_s_measured: handshake_rates,
         connections_per_s_vs_rustls: vs_rustls,
         floor_connections_per_cpu_s: floor,
+        floor_messages,
         rounds,
         round_values,
         runs,
@@ -895,6 +932,17 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
             .copied()
             .unwrap_or_default()
     );
+    println!("floor (TLS, MQTT framing, PUBACK and forwarding only), ÷ Mosquitto and hub ÷ floor:");
+    for (k, v) in &cmp.floor_messages {
+        println!(
+            "  {k:20} {v:>12.2}   floor ÷ Mosquitto {:.2}   hub ÷ floor {:.2}",
+            cmp.ratios
+                .get(&format!("{k}_floor_vs_mosquitto_ratio"))
+                .copied()
+                .unwrap_or_default(),
+            cmp.figures.get(k).map_or(0.0, |fig| fig.rampart) / v.max(1e-9),
+        );
+    }
     if rounds > 1 {
         println!("\nrounds (delivered msgs/s, CPU µs/msg or connections/s, in the order run):");
         for (k, v) in &cmp.round_values {

@@ -74,6 +74,21 @@ struct Pending {
     next_id: u16,
 }
 
+impl Outbox {
+    fn new(protocol: Protocol, qos: QoS) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            protocol,
+            state: Mutex::new(Pending {
+                buf: BytesMut::new(),
+                queued: 0,
+                qos,
+                next_id: 0,
+            }),
+            ready: Notify::new(),
+        })
+    }
+}
+
 impl Relay {
     /// Writes `p` into every subscriber's pending buffer.
     fn forward(&self, p: &Publish) {
@@ -285,16 +300,7 @@ impl Session {
                         .map(|(_, o)| o.qos.min(QoS::AtLeastOnce) as u8)
                         .collect();
                     if self.subscribed.is_none() {
-                        let out = Arc::new(Outbox {
-                            protocol: self.protocol,
-                            state: Mutex::new(Pending {
-                                buf: BytesMut::new(),
-                                queued: 0,
-                                qos,
-                                next_id: 0,
-                            }),
-                            ready: Notify::new(),
-                        });
+                        let out = Outbox::new(self.protocol, qos);
                         relay.add(out.clone());
                         self.subscribed = Some(out);
                     }
@@ -539,16 +545,7 @@ mod tests {
     #[test]
     fn a_full_subscriber_queue_drops_and_counts() {
         let relay = Relay::default();
-        let out = Arc::new(Outbox {
-            protocol: Protocol::V311,
-            state: Mutex::new(Pending {
-                buf: BytesMut::new(),
-                queued: 0,
-                qos: QoS::AtMostOnce,
-                next_id: 0,
-            }),
-            ready: Notify::new(),
-        });
+        let out = Outbox::new(Protocol::V311, QoS::AtMostOnce);
         relay.add(out.clone());
         let Packet::Publish(p) = publish(QoS::AtLeastOnce, Some(1), b"x") else {
             unreachable!()

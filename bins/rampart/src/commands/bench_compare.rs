@@ -530,7 +530,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
     let mut runs: BTreeMap<String, Report> = BTreeMap::new();
     let mut round_values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let both = [Broker::Mosquitto, Broker::Rampart];
-    // The message phases the floor runs too: saturation and the two fixed rates.
+    // The phases the floor runs too: the saturations, the two fixed rates and the storm.
     let with_floor = [Broker::Mosquitto, Broker::Rampart, Broker::Floor];
     let blocking = |b: &Bench, broker: Broker, a: Vec<String>| b.phase(broker, &conf(broker), &a);
     let rounds = args.rounds.max(1);
@@ -619,7 +619,7 @@ pub async fn run(args: CompareArgs) -> Result<(), CliError> {
     handshake_rates.push(reference(&fleet).await?);
     let connections_per_s: fn(&Report) -> f64 = |r| r.connect.per_s;
     alternate(
-        &[Broker::Mosquitto, Broker::Rampart, Broker::Floor],
+        &with_floor,
         "storm",
         &format!("connection storm, {} connections", args.storm),
         vec![

@@ -263,17 +263,26 @@ fn status_shows_counters_and_clients_of_the_running_hub() {
         "{}",
         agent.logs.text()
     );
-    let out = hub.rampart(&["status", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(s["clients"][0]["client_id"], "gw-a");
-    assert_eq!(s["clients"][0]["connected"], true);
-    assert!(
+    let status = || {
+        let out = hub.rampart(&["status", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let committed = |s: &serde_json::Value| {
         s["metrics"]["values"]["rampart_telemetry_rows_committed_total"]
             .as_i64()
             .unwrap()
-            >= 1
+    };
+    // A committed reading is readable before the WAL sync that makes it durable returns, and
+    // the counter counts rows once that sync has returned: it may lag the table briefly.
+    assert!(
+        wait_until(Duration::from_secs(15), || committed(&status()) >= 1),
+        "{}",
+        status()
     );
+    let s = status();
+    assert_eq!(s["clients"][0]["client_id"], "gw-a");
+    assert_eq!(s["clients"][0]["connected"], true);
     // Also exported for Prometheus.
     let body = http_get(hub.metrics_port, "/metrics");
     assert!(body.contains("# TYPE rampart_connections_active gauge"));

@@ -375,15 +375,21 @@ mod tests {
         }
     }
 
-    /// A fleet device gets CONNACK over 3.1.1 and 5.0; a client whose certificate another CA
-    /// issued does not get past the handshake.
-    #[tokio::test]
-    async fn answers_fleet_devices_and_refuses_other_certificates() {
-        let fleet = Fleet::issue(1).unwrap();
+    /// A fleet of `devices` and a floor serving it on a loopback port.
+    async fn start(devices: usize) -> (Fleet, u16) {
+        let fleet = Fleet::issue(devices).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let served = fleet.clone();
         tokio::spawn(async move { serve(listener, &served).await });
+        (fleet, port)
+    }
+
+    /// A fleet device gets CONNACK over 3.1.1 and 5.0; a client whose certificate another CA
+    /// issued does not get past the handshake.
+    #[tokio::test]
+    async fn answers_fleet_devices_and_refuses_other_certificates() {
+        let (fleet, port) = start(1).await;
         let d = &fleet.devices[0];
         let trust = crate::trust::ServerTrust::from_pem(&fleet.ca_pem).unwrap();
         let good = tls_config(&trust, &d.cert_pem, &d.key_pem).unwrap();
@@ -461,11 +467,7 @@ mod tests {
     /// PINGRESP; over 3.1.1 and 5.0.
     #[tokio::test]
     async fn relays_publishes_to_the_subscriber_and_acknowledges_qos_1() {
-        let fleet = Fleet::issue(2).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let served = fleet.clone();
-        tokio::spawn(async move { serve(listener, &served).await });
+        let (fleet, port) = start(2).await;
         for protocol in [Protocol::V311, Protocol::V5] {
             let mut sub = session(&fleet, port, 0, protocol).await;
             send(

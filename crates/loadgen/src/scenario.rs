@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -183,6 +183,23 @@ pub struct Report {
     pub generator_cpu_cores: f64,
 }
 
+/// One running publisher task, counted in [`Shared::publishing`] until it is dropped
+/// (when the task returns or is aborted).
+struct Publishing(Arc<Shared>);
+
+impl Publishing {
+    fn start(sh: &Arc<Shared>) -> Publishing {
+        sh.publishing.fetch_add(1, Ordering::AcqRel);
+        Publishing(sh.clone())
+    }
+}
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        self.0.publishing.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Per-device send times, indexed by sequence number modulo the ring size.
 struct Sent {
     ring: usize,
@@ -216,6 +233,10 @@ struct Shared {
     base: u64,
     sent: Sent,
     stop: AtomicBool,
+    /// Publisher tasks still running. The drain compares what was received with what was
+    /// sent only once this is 0: a publisher that had passed its stop check when `stop` was
+    /// set may still write (and count) one more batch.
+    publishing: AtomicUsize,
     sent_count: AtomicU64,
     acked: AtomicU64,
     budget: AtomicU64,
@@ -331,6 +352,7 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
         base: (time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64) << 20,
         sent: Sent::new(if publishing { sc.devices } else { 0 }, ring),
         stop: AtomicBool::new(false),
+        publishing: AtomicUsize::new(0),
         sent_count: AtomicU64::new(0),
         acked: AtomicU64::new(0),
         budget: AtomicU64::new(sc.max_messages),
@@ -413,7 +435,11 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
             for (i, conn) in devices.drain(..) {
                 let sh = shared.clone();
                 let rate = sc.rate;
-                tasks.spawn(async move { publisher(sh, i, conn, rate).await });
+                let running = Publishing::start(&shared);
+                tasks.spawn(async move {
+                    publisher(sh, i, conn, rate).await;
+                    drop(running);
+                });
             }
             if let Some(conn) = receiver {
                 let (sh, rc, lat) = (shared.clone(), received.clone(), latencies.clone());
@@ -437,7 +463,11 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
             if let Some(conn) = receiver {
                 let sh = shared.clone();
                 let rate = sc.rate;
-                tasks.spawn(async move { fan_out_publisher(sh, conn, ids, rate).await });
+                let running = Publishing::start(&shared);
+                tasks.spawn(async move {
+                    fan_out_publisher(sh, conn, ids, rate).await;
+                    drop(running);
+                });
             }
         }
     }
@@ -471,8 +501,11 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
     // as lost if it never arrives), but it may well still be on its way to the subscriber.
     let drain_until = Instant::now() + sc.drain;
     loop {
+        // Read in this order: once no publisher runs, the sent count is final.
+        let publishers_done = shared.publishing.load(Ordering::Acquire) == 0;
         let expected = shared.sent_count.load(Ordering::Relaxed);
-        if received.load(Ordering::Relaxed) >= expected || Instant::now() >= drain_until {
+        let all_in = publishers_done && received.load(Ordering::Relaxed) >= expected;
+        if all_in || Instant::now() >= drain_until {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -187,11 +187,18 @@ pub struct Report {
 /// (when the task returns or is aborted).
 struct Publishing(Arc<Shared>);
 
-impl Publishing {
-    fn start(sh: &Arc<Shared>) -> Publishing {
-        sh.publishing.fetch_add(1, Ordering::AcqRel);
-        Publishing(sh.clone())
-    }
+/// Spawns a publisher task, counted in [`Shared::publishing`] from now until it ends.
+fn spawn_publisher(
+    tasks: &mut tokio::task::JoinSet<()>,
+    sh: &Arc<Shared>,
+    publisher: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    sh.publishing.fetch_add(1, Ordering::AcqRel);
+    let running = Publishing(sh.clone());
+    tasks.spawn(async move {
+        publisher.await;
+        drop(running);
+    });
 }
 
 impl Drop for Publishing {
@@ -435,11 +442,7 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
             for (i, conn) in devices.drain(..) {
                 let sh = shared.clone();
                 let rate = sc.rate;
-                let running = Publishing::start(&shared);
-                tasks.spawn(async move {
-                    publisher(sh, i, conn, rate).await;
-                    drop(running);
-                });
+                spawn_publisher(&mut tasks, &shared, publisher(sh, i, conn, rate));
             }
             if let Some(conn) = receiver {
                 let (sh, rc, lat) = (shared.clone(), received.clone(), latencies.clone());
@@ -463,11 +466,7 @@ pub async fn run(fleet: &Fleet, sc: &Scenario) -> Result<Report, LoadError> {
             if let Some(conn) = receiver {
                 let sh = shared.clone();
                 let rate = sc.rate;
-                let running = Publishing::start(&shared);
-                tasks.spawn(async move {
-                    fan_out_publisher(sh, conn, ids, rate).await;
-                    drop(running);
-                });
+                spawn_publisher(&mut tasks, &shared, fan_out_publisher(sh, conn, ids, rate));
             }
         }
     }

@@ -87,6 +87,15 @@ impl Outbox {
             ready: Notify::new(),
         })
     }
+
+    /// Takes every pending delivery into `into` (emptied first). Swapped rather than copied:
+    /// the emptied buffer takes the next ones.
+    fn take(&self, into: &mut BytesMut) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        into.clear();
+        std::mem::swap(&mut st.buf, into);
+        st.queued = 0;
+    }
 }
 
 impl Relay {
@@ -244,7 +253,6 @@ impl Session {
     async fn run(&mut self, tls: &mut TlsStream<TcpStream>, relay: &Relay) -> Result<(), String> {
         loop {
             self.wbuf.clear();
-            let outbox = self.subscribed.clone();
             tokio::select! {
                 r = tls.read_buf(&mut self.rbuf) => {
                     if r.map_err(|e| e.to_string())? == 0 {
@@ -255,12 +263,9 @@ impl Session {
                     }
                     self.rbuf.reserve(READ_CHUNK);
                 }
-                () = ready(outbox.as_deref()) => {
-                    if let Some(out) = &outbox {
-                        let mut st = out.state.lock().unwrap_or_else(PoisonError::into_inner);
-                        // Swap rather than copy: the emptied write buffer takes the next ones.
-                        std::mem::swap(&mut st.buf, &mut self.wbuf);
-                        st.queued = 0;
+                () = ready(self.subscribed.as_deref()) => {
+                    if let Some(out) = &self.subscribed {
+                        out.take(&mut self.wbuf);
                     }
                 }
             }
@@ -288,17 +293,13 @@ impl Session {
                     }
                 }
                 Packet::Subscribe(s) => {
-                    let qos = s
+                    let granted: Vec<QoS> = s
                         .filters
                         .iter()
                         .map(|(_, o)| o.qos.min(QoS::AtLeastOnce))
-                        .max()
-                        .unwrap_or(QoS::AtMostOnce);
-                    let codes = s
-                        .filters
-                        .iter()
-                        .map(|(_, o)| o.qos.min(QoS::AtLeastOnce) as u8)
                         .collect();
+                    let qos = granted.iter().copied().max().unwrap_or(QoS::AtMostOnce);
+                    let codes = granted.into_iter().map(|q| q as u8).collect();
                     if self.subscribed.is_none() {
                         let out = Outbox::new(self.protocol, qos);
                         relay.add(out.clone());
@@ -556,13 +557,11 @@ mod tests {
             relay.forward(&p);
         }
         assert_eq!(relay.dropped.load(Ordering::Relaxed), 3);
-        let mut st = out.state.lock().unwrap();
-        assert_eq!(st.queued, MAX_QUEUED);
+        assert_eq!(out.state.lock().unwrap().queued, MAX_QUEUED);
+        let mut taken = BytesMut::new();
+        out.take(&mut taken);
         // Granted QoS 0: delivered at QoS 0, no packet id (2 + 20 topic + 1 payload bytes).
-        assert_eq!(st.buf.len(), MAX_QUEUED * (2 + 22 + 1));
-        st.buf.clear();
-        st.queued = 0;
-        drop(st);
+        assert_eq!(taken.len(), MAX_QUEUED * (2 + 22 + 1));
         relay.forward(&p);
         assert_eq!(relay.dropped.load(Ordering::Relaxed), 3);
         relay.remove(&out);

@@ -518,6 +518,7 @@ impl Engine {
                             &d.device_id,
                             DeviceState::Queued.as_str(),
                             Some("install"),
+                            d.last_seq,
                         )
                         .await?;
                     self.counters
@@ -591,13 +592,25 @@ impl Engine {
             let s = device_state(&d);
             if s == DeviceState::Pending {
                 self.store
-                    .set_rollout_device(&r.id, &d.device_id, DeviceState::Cancelled.as_str(), None)
+                    .set_rollout_device(
+                        &r.id,
+                        &d.device_id,
+                        DeviceState::Cancelled.as_str(),
+                        None,
+                        d.last_seq,
+                    )
                     .await?;
             } else if s.was_reached() && d.command.as_deref() != Some("rollback") {
                 self.publish(&d.device_id, &Command::rollback(&r.id))
                     .await?;
                 self.store
-                    .set_rollout_device(&r.id, &d.device_id, s.as_str(), Some("rollback"))
+                    .set_rollout_device(
+                        &r.id,
+                        &d.device_id,
+                        s.as_str(),
+                        Some("rollback"),
+                        d.last_seq,
+                    )
                     .await?;
                 self.counters
                     .rollback_commands

@@ -322,13 +322,17 @@ pub trait RolloutStore: Send + Sync {
     /// fixed at creation); `NotFound` if there is no such rollout.
     async fn set_rollout_state(&self, rollout: &RolloutRow) -> Result<(), StoreError>;
     /// Sets what the hub did to one device of a rollout (queued with an install, asked to
-    /// roll back, cancelled).
+    /// roll back, cancelled). The hub sends the command before it writes the row, so the
+    /// device's answer can be applied first: `state` is written only if the row's `last_seq`
+    /// is still `seen_seq` (what the hub read), so a report that came in between is never
+    /// overwritten; `command` is always written.
     async fn set_rollout_device(
         &self,
         id: &str,
         device_id: &str,
         state: &str,
         command: Option<&str>,
+        seen_seq: i64,
     ) -> Result<(), StoreError>;
     /// Applies a device's report (event number `seq`) to its row, unless an equal or later
     /// report was applied already or the device is not part of the rollout; true if applied.

@@ -841,7 +841,7 @@ async fn rollouts_keep_their_devices_and_apply_each_report_once_in_order(db: &Db
         .collect();
     assert_eq!(ids, ["a", "b"], "by wave");
 
-    s.set_rollout_device("r1", "a", "queued", Some("install"))
+    s.set_rollout_device("r1", "a", "queued", Some("install"), -1)
         .await
         .unwrap();
     assert!(
@@ -876,6 +876,43 @@ async fn rollouts_keep_their_devices_and_apply_each_report_once_in_order(db: &Db
         ("succeeded", Some("install"), 7)
     );
 
+    // The hub read "b" before it reported (last_seq -1), sent the command, and the device's
+    // answer was applied before the hub wrote the row: the hub's write keeps the answer.
+    assert!(
+        s.rollout_report("r1", "b", 3, "downloading", None)
+            .await
+            .unwrap()
+    );
+    s.set_rollout_device("r1", "b", "queued", Some("install"), -1)
+        .await
+        .unwrap();
+    // After an abort, the command changes but the device's state stays what it reported.
+    assert!(
+        s.rollout_report("r1", "a", 8, "rolled_back", None)
+            .await
+            .unwrap()
+    );
+    s.set_rollout_device("r1", "a", "succeeded", Some("rollback"), 7)
+        .await
+        .unwrap();
+    let rows = s.rollout_devices("r1").await.unwrap();
+    let got: Vec<_> = rows
+        .iter()
+        .map(|d| (d.state.as_str(), d.command.as_deref(), d.last_seq))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("rolled_back", Some("rollback"), 8),
+            ("downloading", Some("install"), 3)
+        ]
+    );
+    // With no report in between, the hub's state is written.
+    s.set_rollout_device("r1", "b", "cancelled", None, 3)
+        .await
+        .unwrap();
+    assert_eq!(s.rollout_devices("r1").await.unwrap()[1].state, "cancelled");
+
     r.state = "paused".into();
     r.reason = Some("why".into());
     r.accepted_failures = 2;
@@ -895,7 +932,7 @@ async fn rollouts_keep_their_devices_and_apply_each_report_once_in_order(db: &Db
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        s.set_rollout_device("r1", "zz", "queued", None).await,
+        s.set_rollout_device("r1", "zz", "queued", None, -1).await,
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(s.rollouts().await.unwrap().len(), 1);

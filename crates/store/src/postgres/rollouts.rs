@@ -119,11 +119,14 @@ impl RolloutStore for PgStore {
         device_id: &str,
         state: &str,
         command: Option<&str>,
+        seen_seq: i64,
     ) -> Result<(), StoreError> {
         let done = sqlx::query(
-            "UPDATE rollout_devices SET state = $1, command = COALESCE($2, command), \
-             updated_at = $3 WHERE rollout_id = $4 AND device_id = $5",
+            "UPDATE rollout_devices SET state = CASE WHEN last_seq = $1 THEN $2 ELSE state END, \
+             command = COALESCE($3, command), updated_at = $4 \
+             WHERE rollout_id = $5 AND device_id = $6",
         )
+        .bind(seen_seq)
         .bind(state)
         .bind(command)
         .bind(to_ms(OffsetDateTime::now_utc()))

@@ -118,11 +118,14 @@ impl RolloutStore for SqliteStore {
         device_id: &str,
         state: &str,
         command: Option<&str>,
+        seen_seq: i64,
     ) -> Result<(), StoreError> {
         let done = sqlx::query(
-            "UPDATE rollout_devices SET state = ?, command = COALESCE(?, command), \
-             updated_at = ? WHERE rollout_id = ? AND device_id = ?",
+            "UPDATE rollout_devices SET state = CASE WHEN last_seq = ? THEN ? ELSE state END, \
+             command = COALESCE(?, command), updated_at = ? \
+             WHERE rollout_id = ? AND device_id = ?",
         )
+        .bind(seen_seq)
         .bind(state)
         .bind(command)
         .bind(to_ms(OffsetDateTime::now_utc()))

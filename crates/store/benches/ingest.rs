@@ -9,8 +9,10 @@
 //!   transaction per batch (at most 2,000 rows, the hub's default), multi-row statements;
 //! - raw: the same rows, arriving device-interleaved, inserted with plain SQL on a
 //!   connection of its own, called directly (rusqlite, no worker thread in between) —
-//!   2,000 rows per transaction, each transaction's rows in key order, 64 rows per
-//!   multi-row INSERT, no queue, no tickets.
+//!   2,000 rows per transaction, each transaction's rows in key order, stored as the hub
+//!   stores them: each device's 20 readings of a transaction as one chunk (since
+//!   2026-11-28; before, a row per reading into `telemetry`), 64 chunks per multi-row
+//!   INSERT, no queue, no tickets.
 //!
 //! Each side gets a fresh database file (WAL) with the hub's migrations, for both
 //! `synchronous` levels. Bounded: 100,000 rows per side and round; three rounds, the sides
@@ -166,52 +168,67 @@ async fn raw(dir: &std::path::Path, sync: Synchronous, rows: &[TelemetryRow]) ->
         },
     )
     .expect("synchronous");
+    // Each device's readings of a transaction as one row of `telemetry_chunks`, laid out as
+    // the hub lays them out (crates/store/src/sqlite/chunks.rs): a batch of 2,000 from 100
+    // devices holds 20 of each, which the hub stores as chunks too. Multi-row INSERTs of
+    // 64 chunks.
     let insert = |n: usize| {
         let mut sql = String::from(
-            "INSERT INTO telemetry (device_id, seq, ts, received_at, voltage_v, current_a, \
-             soc_pct, soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, body) \
-             VALUES ",
+            "INSERT INTO telemetry_chunks (device_id, ts_last, seq_last, ts_first, n_readings, \
+             readings) VALUES ",
         );
         for i in 0..n {
             sql.push_str(if i == 0 { "" } else { "," });
-            sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+            sql.push_str("(?,?,?,?,?,?)");
         }
         sql
     };
-    let full = insert(64);
     let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
     let (start, cpu) = (Instant::now(), process_cpu_us());
     for batch in rows.chunks(BATCH) {
-        // In key order: neighbouring rows land on the same B-tree pages.
         let mut batch: Vec<&TelemetryRow> = batch.iter().collect();
         batch.sort_by(|a, b| (&a.device_id, a.ts, a.seq).cmp(&(&b.device_id, b.ts, b.seq)));
+        let runs: Vec<&[&TelemetryRow]> =
+            batch.chunk_by(|a, b| a.device_id == b.device_id).collect();
         let tx = conn.transaction().expect("begin");
-        for chunk in batch.chunks(64) {
-            let last;
-            let sql = if chunk.len() == 64 {
-                &full
-            } else {
-                last = insert(chunk.len());
-                &last
-            };
-            let mut st = tx.prepare_cached(sql).expect("prepare");
+        for group in runs.chunks(64) {
+            let texts: Vec<String> = group
+                .iter()
+                .map(|run| {
+                    let readings: Vec<_> = run
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.seq,
+                                ms(r.ts),
+                                ms(r.received_at),
+                                r.voltage_v,
+                                r.current_a,
+                                r.soc_pct,
+                                r.soh_pct,
+                                r.temp_min_c,
+                                r.temp_max_c,
+                                r.cell_min_v,
+                                r.cell_max_v,
+                                &r.alarms,
+                                &r.body,
+                            )
+                        })
+                        .collect();
+                    serde_json::to_string(&readings).expect("chunk")
+                })
+                .collect();
+            let mut st = tx.prepare_cached(&insert(group.len())).expect("prepare");
             let mut at = 0;
-            for r in chunk {
-                let values: [&dyn rusqlite::ToSql; 14] = [
-                    &r.device_id,
-                    &r.seq,
-                    &ms(r.ts),
-                    &ms(r.received_at),
-                    &r.voltage_v,
-                    &r.current_a,
-                    &r.soc_pct,
-                    &r.soh_pct,
-                    &r.temp_min_c,
-                    &r.temp_max_c,
-                    &r.cell_min_v,
-                    &r.cell_max_v,
-                    &"[]",
-                    &r.body,
+            for (run, text) in group.iter().zip(&texts) {
+                let (first, last) = (run[0], run[run.len() - 1]);
+                let values: [&dyn rusqlite::ToSql; 6] = [
+                    &first.device_id,
+                    &ms(last.ts),
+                    &last.seq,
+                    &ms(first.ts),
+                    &(run.len() as i64),
+                    text,
                 ];
                 for v in values {
                     at += 1;

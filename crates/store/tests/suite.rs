@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use rampart_store::*;
+use sqlx::Row;
 use time::{Duration, OffsetDateTime};
 
 /// One test's database.
@@ -1484,10 +1485,10 @@ async fn sqlite_a_database_made_with_4_kib_pages_keeps_them_and_its_wal_is_check
     wal_is_checkpointed_at_40_mib(dir.path(), 4096).await;
 }
 
-/// A commit holding many rows of each device writes them straight into `telemetry`: its
-/// pages then fill as a move's would, without the log's copy. Re-sent readings are still
-/// recognised — in a dense commit, in a sparse one, and after a reopen — and readings in the
-/// log, in the table and in both kinds of commit are each read once.
+/// A commit holding many rows of a device writes them as one chunk, without the log's copy.
+/// Re-sent readings are still recognised — in a dense commit, in a sparse one, and after a
+/// reopen — readings in the log, in chunks and in both kinds of commit are each read once,
+/// and the `telemetry_readings` view shows each chunk's readings as rows with their values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -1495,11 +1496,12 @@ async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
     let side = side_pool(&path).await;
     let count = |sql: &'static str| count_rows(side.clone(), sql);
-    // 20 rows of each of two devices: straight into the table.
+    // 20 rows of each of two devices: a chunk each.
     const { assert!(20 >= DIRECT_ROWS_PER_DEVICE) };
     assert_eq!(s.insert_telemetry(&dense(1..=20)).await.unwrap(), 40);
     assert_eq!(count("FROM telemetry_log").await, 0);
-    assert_eq!(count("FROM telemetry").await, 40);
+    assert_eq!(count("FROM telemetry").await, 0);
+    assert_eq!(count("FROM telemetry_chunks").await, 2);
     // Re-sent whole, or one reading alone: not new.
     assert_eq!(s.insert_telemetry(&dense(1..=20)).await.unwrap(), 0);
     assert_eq!(s.insert_telemetry(&[row("gw-a", 20)]).await.unwrap(), 0);
@@ -1511,7 +1513,7 @@ async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
     next.push(row("gw-a", 21));
     assert_eq!(s.insert_telemetry(&next).await.unwrap(), 40);
     assert_eq!(count("FROM telemetry_log").await, 1);
-    assert_eq!(count("FROM telemetry").await, 80);
+    assert_eq!(count("FROM telemetry_chunks").await, 4);
     assert_eq!(count("FROM telemetry_readings").await, 81);
     let seqs = |rows: Vec<TelemetryRow>| rows.iter().map(|r| r.seq).collect::<Vec<_>>();
     let read = |d: &'static str| {
@@ -1525,6 +1527,48 @@ async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
     assert_eq!(seqs(read("gw-a").await), (1..=41).collect::<Vec<_>>());
     let b: Vec<i64> = (1..=20).chain(22..=41).collect();
     assert_eq!(seqs(read("gw-b").await), b);
+    // The view's rows are the readings as read, value for value.
+    let viewed: Vec<TelemetryRow> =
+        sqlx::query("SELECT * FROM telemetry_readings WHERE device_id = 'gw-a' ORDER BY ts, seq")
+            .fetch_all(&side)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let ms = |c: &str| {
+                    OffsetDateTime::from_unix_timestamp_nanos(
+                        i128::from(r.get::<i64, _>(c)) * 1_000_000,
+                    )
+                    .unwrap()
+                };
+                TelemetryRow {
+                    device_id: r.get("device_id"),
+                    seq: r.get("seq"),
+                    ts: ms("ts"),
+                    received_at: ms("received_at"),
+                    voltage_v: r.get("voltage_v"),
+                    current_a: r.get("current_a"),
+                    soc_pct: r.get("soc_pct"),
+                    soh_pct: r.get("soh_pct"),
+                    temp_min_c: r.get("temp_min_c"),
+                    temp_max_c: r.get("temp_max_c"),
+                    cell_min_v: r.get("cell_min_v"),
+                    cell_max_v: r.get("cell_max_v"),
+                    alarms: serde_json::from_str(r.get("alarms")).unwrap(),
+                    body: r.get("body"),
+                }
+            })
+            .collect();
+    assert_eq!(viewed, read("gw-a").await);
+    // Reads with a start and a limit: the newest at or after the start, across chunks and
+    // the log.
+    let since = OffsetDateTime::UNIX_EPOCH + Duration::seconds(1_790_000_000 + 15);
+    let newest = s.telemetry("gw-a", since, 10).await.unwrap();
+    assert_eq!(seqs(newest), (32..=41).collect::<Vec<_>>());
+    let newest = s.telemetry("gw-a", since, 30).await.unwrap();
+    assert_eq!(seqs(newest), (15..=41).collect::<Vec<_>>());
+    let newest = s.telemetry("gw-b", since, 8).await.unwrap();
+    assert_eq!(seqs(newest), (34..=41).collect::<Vec<_>>());
     s.close().await;
 
     // A new writer knows neither bound: it looks them up.
@@ -1548,12 +1592,15 @@ async fn sqlite_a_reading_written_behind_the_writers_back_fails_the_commit_whole
     let side = side_pool(&path).await;
     const { assert!(20 >= DIRECT_ROWS_PER_DEVICE) };
     assert_eq!(s.insert_telemetry(&dense(1..=20)).await.unwrap(), 40);
-    // gw-a's reading 21, as `row` makes it (taken a second after 20), by another connection.
+    // gw-a's readings 21-40 as a chunk, as the writer would store them, by another
+    // connection.
+    let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
     sqlx::query(
-        "INSERT INTO telemetry SELECT device_id, 21, ts + 1000, received_at, voltage_v, \
-         current_a, soc_pct, soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, \
-         body FROM telemetry WHERE device_id = 'gw-a' AND seq = 20",
+        "INSERT INTO telemetry_chunks (device_id, ts_last, seq_last, ts_first, n_readings, \
+         readings) VALUES ('gw-a', ?1, 40, ?2, 20, '[]')",
     )
+    .bind(ms(row("gw-a", 40).ts))
+    .bind(ms(row("gw-a", 21).ts))
     .execute(&side)
     .await
     .unwrap();
@@ -1569,8 +1616,9 @@ async fn sqlite_a_reading_written_behind_the_writers_back_fails_the_commit_whole
         err.to_string().contains("another process writes telemetry"),
         "{err}"
     );
-    // Nothing of the batch was stored: the 40, and the one written beside.
-    assert_eq!(count_rows(side.clone(), "FROM telemetry").await, 41);
+    // Nothing of the batch was stored: the 2 chunks, and the one written beside.
+    assert_eq!(count_rows(side.clone(), "FROM telemetry_chunks").await, 3);
+    assert_eq!(count_rows(side.clone(), "FROM telemetry_log").await, 0);
     side.close().await;
     s.close().await;
 }

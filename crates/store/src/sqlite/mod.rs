@@ -12,6 +12,7 @@
 //! CONNECT makes runs on the caller's thread (`inline`).
 
 mod audit;
+mod chunks;
 mod compliance;
 mod events;
 mod inline;

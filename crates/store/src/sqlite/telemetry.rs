@@ -1,10 +1,13 @@
 //! Telemetry rows: written by the telemetry writer's thread (`telemetry_writer`, which says
-//! how the log and the table share them), read here through the pool.
+//! how the log, the table and the chunks share them), read here through the pool.
 
 use async_trait::async_trait;
+use futures::TryStreamExt;
+use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::SqliteStore;
+use super::chunks::{self, Newest};
 use crate::model::to_ms;
 use crate::rows;
 use crate::{Durable, StoreError, TelemetryRow, TelemetryStore};
@@ -39,24 +42,49 @@ impl TelemetryStore for SqliteStore {
         since: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<TelemetryRow>, StoreError> {
-        // `telemetry_readings` (migration 0007) is a compound SELECT of both tables, the log's
-        // arm skipping rows a move has copied; SQLite pushes the conditions into both arms
-        // and merges them in order, walking `telemetry` down its (device_id, ts) index and
-        // stopping at the limit.
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM telemetry_readings WHERE device_id = ?1 AND ts >= ?2 \
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let since = to_ms(since);
+        // The table and the log, the log's arm skipping rows a move has copied (as the
+        // `telemetry_readings` view does): SQLite merges the two arms in order, walking
+        // `telemetry` down its key and stopping at the limit.
+        let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM telemetry WHERE device_id = ?1 AND ts >= ?2 \
+             UNION ALL \
+             SELECT {COLUMNS} FROM telemetry_log AS l WHERE device_id = ?1 AND ts >= ?2 \
+             AND NOT EXISTS (SELECT 1 FROM telemetry AS t \
+                 WHERE t.device_id = l.device_id AND t.ts = l.ts AND t.seq = l.seq) \
              ORDER BY ts DESC, seq DESC LIMIT ?3"
         )))
         .bind(device_id)
-        .bind(to_ms(since))
+        .bind(since)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?
         .iter()
         .map(rows::telemetry)
         .collect::<Result<Vec<_>, _>>()?;
-        rows.reverse();
-        Ok(rows)
+        // Then the chunks, newest first, until the rest are all older than the newest
+        // `limit` found (`Newest` says when). Not through the view: it would expand every
+        // chunk of the device since `since` before sorting.
+        let mut newest = Newest::new(found, limit as usize);
+        let mut chunks = sqlx::query(
+            "SELECT ts_last, seq_last, readings FROM telemetry_chunks \
+             WHERE device_id = ?1 AND ts_last >= ?2 ORDER BY ts_last DESC, seq_last DESC",
+        )
+        .bind(device_id)
+        .bind(since)
+        .fetch(&self.pool);
+        while let Some(row) = chunks.try_next().await? {
+            let last = (row.try_get("ts_last")?, row.try_get("seq_last")?);
+            if !newest.wants(last) {
+                break;
+            }
+            let text: &str = row.try_get("readings")?;
+            newest.add(chunks::decode(device_id, text, since)?);
+        }
+        Ok(newest.finish())
     }
 
     fn telemetry_upkeep_failures(&self) -> u64 {

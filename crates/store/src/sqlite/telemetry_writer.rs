@@ -14,8 +14,8 @@
 //! So a commit appends to `telemetry_log` (no key: rows go to the table's right edge, a
 //! batch fills a few adjacent pages), and once [`TELEMETRY_LOG_ROWS`] rows have been appended
 //! they move into `telemetry`, sorted by key: each device then gets its many rows written onto
-//! its pages together. A commit that already holds many rows of each of its devices
-//! ([`DIRECT_ROWS_PER_DEVICE`]) writes them into `telemetry` directly.
+//! its pages together. A device with many readings in a commit ([`DIRECT_ROWS_PER_DEVICE`])
+//! has them written as one chunk instead (`chunks` says why), skipping the log.
 //!
 //! A move is done in bounded steps, one per commit, inside the commit's transaction. A move in
 //! one transaction was a burst of about 100 ms of CPU during which no commit could run (the
@@ -28,11 +28,11 @@
 //! keys already there).
 //!
 //! Nor is a reading stored twice: before appending, the writer drops rows whose key the log
-//! holds (a set kept in memory, loaded when the connection opens) or `telemetry` holds (looked
-//! up in the same transaction, only for readings at or below the latest ts `telemetry` may
-//! hold for their device: a bound kept in memory, so new readings cost no lookup). Only the
-//! hub process writes telemetry, through this thread, so the set and the bounds follow the
-//! tables.
+//! holds (a set kept in memory, loaded when the connection opens) or `telemetry` or a chunk
+//! holds (looked up in the same transaction, only for readings at or below the latest ts
+//! those may hold for their device: a bound kept in memory, so new readings cost no lookup).
+//! Only the hub process writes telemetry, through this thread, so the set and the bounds
+//! follow the tables.
 //!
 //! Why a thread of its own, with rusqlite rather than sqlx: every sqlx statement is a round
 //! trip to its connection's worker thread — two thread switches — and a commit took four of
@@ -53,6 +53,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::Synchronous;
+use super::chunks::{self, Key};
 use super::wal_sync::{SyncCounters, WalSyncer};
 use crate::model::to_ms;
 use crate::rows::to_json;
@@ -73,16 +74,23 @@ pub const MOVE_STEP_ROWS: usize = 128;
 /// frees whole pages, far cheaper per row than copying into two B-trees.
 const DELETE_PER_COPY: usize = 8;
 
-/// Rows per device (on average over the devices in a commit) from which the commit writes
-/// straight into `telemetry`, skipping the log: each device's rows then fill about a page of
-/// the table, as a move's would, and the log's append, copy and delete are saved. This
-/// happens when few devices send fast (a saturated benchmark: 2,000 rows from 100 devices
-/// per commit), where the hub's QoS 1 rate rose 13–22%; a fleet of many devices sending now
-/// and then commits a row or two per device, and goes through the log (docs/storage.md).
+/// Readings of one device in a commit from which they are written as one chunk, skipping the
+/// log: the log's append, copy and delete are saved, and SQLite writes one row for them all.
+/// This happens when few devices send fast (a saturated benchmark: 2,000 rows from 100
+/// devices per commit; at a fixed QoS 0 rate, a commit every 50 ms); a fleet of many devices
+/// sending now and then commits a reading or two per device, and goes through the log, whose
+/// moves give `telemetry` pages of many readings each (docs/storage.md). Until chunks, a
+/// commit averaging this many per device wrote its rows straight into `telemetry`.
 pub const DIRECT_ROWS_PER_DEVICE: usize = 16;
 
 /// Rows per multi-row append (14 parameters a row stays well under SQLite's limit of 32,766).
 const INSERT_ROWS: usize = 64;
+
+/// Chunks per multi-row insert.
+const INSERT_CHUNKS: usize = 64;
+
+/// A chunk's columns.
+const CHUNK_COLUMNS: &str = "device_id, ts_last, seq_last, ts_first, n_readings, readings";
 
 /// How long a statement waits for another connection's write lock (a registry write, a
 /// `rampart` command run beside the hub) before failing with SQLITE_BUSY.
@@ -300,8 +308,10 @@ struct Writer {
     conn: Connection,
     logged: Logged,
     append_sql: InsertSql,
-    /// The same into `telemetry`, for batches dense enough to skip the log.
-    direct_sql: InsertSql,
+    /// Into `telemetry_chunks`, for devices with readings enough to skip the log.
+    chunk_sql: InsertSql,
+    /// The chunks' JSON, one buffer reused.
+    chunk_text: Vec<Vec<u8>>,
     /// The thread's count, shared with the handle.
     move_failures: Arc<AtomicU64>,
 }
@@ -318,16 +328,20 @@ struct Writer {
 struct InsertSql(Vec<String>);
 
 impl InsertSql {
-    fn new(table: &str) -> InsertSql {
+    /// Statements for 0 to `max` rows of `columns` (`params` of them) into `table`.
+    fn new(table: &str, columns: &str, params: usize, max: usize) -> InsertSql {
+        let mut row = "(?".to_owned();
+        row.push_str(&",?".repeat(params - 1));
+        row.push(')');
         InsertSql(
-            (0..=INSERT_ROWS)
+            (0..=max)
                 .map(|n| {
-                    let mut sql = format!("INSERT OR IGNORE INTO {table} ({COLUMNS}) VALUES ");
+                    let mut sql = format!("INSERT OR IGNORE INTO {table} ({columns}) VALUES ");
                     for i in 0..n {
                         if i > 0 {
                             sql.push(',');
                         }
-                        sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+                        sql.push_str(&row);
                     }
                     sql
                 })
@@ -335,9 +349,9 @@ impl InsertSql {
         )
     }
 
-    /// The statement for `n` rows, 1 ≤ `n` ≤ [`INSERT_ROWS`].
+    /// The statement for `n` rows, 1 ≤ `n` ≤ the most it was built for.
     fn get(&self, n: usize) -> &str {
-        &self.0[n.min(INSERT_ROWS)]
+        &self.0[n.min(self.0.len() - 1)]
     }
 }
 
@@ -371,7 +385,7 @@ impl Writer {
             super::autocheckpoint_pages(page_size),
         )?;
         // Room for the insert statements of every row count, both tables, and the few others.
-        conn.set_prepared_statement_cache_capacity(2 * INSERT_ROWS + 8);
+        conn.set_prepared_statement_cache_capacity(INSERT_ROWS + INSERT_CHUNKS + 8);
         // A move that the last process did not finish starts again with the next commit: its
         // rows are all in the log still, and copying ignores keys already copied.
         let mut logged = Logged::default();
@@ -387,8 +401,9 @@ impl Writer {
         Ok(Writer {
             conn,
             logged,
-            append_sql: InsertSql::new("telemetry_log"),
-            direct_sql: InsertSql::new("telemetry"),
+            append_sql: InsertSql::new("telemetry_log", COLUMNS, 14, INSERT_ROWS),
+            chunk_sql: InsertSql::new("telemetry_chunks", CHUNK_COLUMNS, 6, INSERT_CHUNKS),
+            chunk_text: Vec::new(),
             move_failures: Arc::clone(move_failures),
         })
     }
@@ -398,7 +413,8 @@ impl Writer {
             conn,
             logged,
             append_sql,
-            direct_sql,
+            chunk_sql,
+            chunk_text,
             move_failures,
         } = self;
         // In key order, each key once; each row with its key's (ts, seq).
@@ -431,12 +447,15 @@ impl Writer {
                 }
             }
         }
-        // Keys `telemetry` already holds: a reading re-sent after a lost PUBACK. Only a
-        // reading at or below its device's bound can be one; a device not seen before gets
-        // its bound read first (the end of its range of the key).
+        // Keys `telemetry` or a chunk already holds: a reading re-sent after a lost PUBACK.
+        // Only a reading at or below its device's bound can be one; a device not seen before
+        // gets its bound read first (the ends of its ranges of both keys).
         {
-            let mut highest =
-                tx.prepare_cached("SELECT MAX(ts) FROM telemetry WHERE device_id = ?1")?;
+            let mut highest = tx.prepare_cached(
+                // MAX, not the two-argument max(), which is NULL when either is.
+                "SELECT MAX(m) FROM (SELECT MAX(ts) AS m FROM telemetry WHERE device_id = ?1 \
+                 UNION ALL SELECT MAX(ts_last) FROM telemetry_chunks WHERE device_id = ?1)",
+            )?;
             for (_, r) in &fresh {
                 if !logged.table_max.contains_key(r.device_id.as_str()) {
                     let max: Option<i64> = highest.query_row([&r.device_id], |row| row.get(0))?;
@@ -453,80 +472,46 @@ impl Writer {
                 .is_none_or(|max| max.is_some_and(|m| ts <= m))
         };
         if fresh.iter().any(|(k, r)| maybe_stored(*k, r)) {
+            // A chunk can hold the key only if its range covers the ts: the range's ends
+            // are on the row's first page, the readings are only parsed for those.
             let mut held = tx.prepare_cached(
-                "SELECT 1 FROM telemetry WHERE device_id = ?1 AND ts = ?2 AND seq = ?3",
+                "SELECT EXISTS (SELECT 1 FROM telemetry \
+                     WHERE device_id = ?1 AND ts = ?2 AND seq = ?3) \
+                 OR EXISTS (SELECT 1 FROM telemetry_chunks AS c, json_each(c.readings) AS r \
+                     WHERE c.device_id = ?1 AND c.ts_last >= ?2 AND c.ts_first <= ?2 \
+                     AND r.value ->> 1 = ?2 AND r.value ->> 0 = ?3)",
             )?;
             let mut kept = Vec::with_capacity(fresh.len());
             for (k, r) in fresh {
-                if !maybe_stored(k, r) || !held.exists((&r.device_id, k.0, k.1))? {
+                if !maybe_stored(k, r)
+                    || !held.query_row((&r.device_id, k.0, k.1), |row| row.get::<_, bool>(0))?
+                {
                     kept.push((k, r));
                 }
             }
             fresh = kept;
         }
-        // Multi-row statements: one statement's execution opens the table once and walks
-        // to its right edge once for all its rows. Each row count has its own statement,
-        // prepared once (the cache holds them all).
-        // `fresh` is in key order: each device's rows are together.
-        let devices = 1 + fresh
-            .windows(2)
-            .filter(|w| w[0].1.device_id != w[1].1.device_id)
-            .count();
-        let direct = fresh.len() >= DIRECT_ROWS_PER_DEVICE * devices;
-        let sql = if direct { &*direct_sql } else { &*append_sql };
-        let mut appended = Vec::with_capacity(fresh.len());
-        for chunk in fresh.chunks(INSERT_ROWS) {
-            let mut insert = tx.prepare_cached(sql.get(chunk.len()))?;
-            let mut at = 0;
-            for ((ts, _), r) in chunk {
-                let alarms = to_json(&r.alarms, "telemetry")?;
-                let values: [&dyn rusqlite::ToSql; 14] = [
-                    &r.device_id,
-                    &r.seq,
-                    ts,
-                    &to_ms(r.received_at),
-                    &r.voltage_v,
-                    &r.current_a,
-                    &r.soc_pct,
-                    &r.soh_pct,
-                    &r.temp_min_c,
-                    &r.temp_max_c,
-                    &r.cell_min_v,
-                    &r.cell_max_v,
-                    &alarms,
-                    &r.body,
-                ];
-                for v in values {
-                    at += 1;
-                    insert.raw_bind_parameter(at, v)?;
-                }
+        // `fresh` is in key order: each device's readings are together. A device with
+        // enough of them gets a chunk; the others' go to the log.
+        let mut dense = Vec::new();
+        let mut sparse = Vec::with_capacity(fresh.len());
+        for run in fresh.chunk_by(|(_, x), (_, y)| x.device_id == y.device_id) {
+            if run.len() >= DIRECT_ROWS_PER_DEVICE {
+                dense.push(run);
+            } else {
+                sparse.extend_from_slice(run);
             }
-            let stored = insert.raw_execute()?;
-            if stored != chunk.len() {
-                // Dropping `tx` undoes the commit.
-                return Err(StoreError::TelemetryOutOfStep {
-                    expected: chunk.len(),
-                    stored,
-                });
-            }
-            if direct {
-                continue;
-            }
-            let last = tx.last_insert_rowid();
-            // The log's rows are only ever deleted from its low end, so SQLite gives each new
-            // row the largest rowid plus one, in the order of the VALUES list (it would pick
-            // at random only past rowid 2^63 - 1).
-            let first = last - (chunk.len() as i64 - 1);
-            appended.extend(chunk.iter().zip(first..).map(|((k, r), id)| (id, *k, *r)));
         }
+        let appended = append(&tx, append_sql, &sparse)?;
+        write_chunks(&tx, chunk_sql, chunk_text, &dense)?;
         tx.commit()?;
         for (rowid, k, r) in appended {
             logged.insert(rowid, &r.device_id, k);
         }
-        if direct {
-            // Rows now in `telemetry`: their devices' bounds must cover them, or a reading
-            // re-sent later would skip the lookup and be stored twice.
-            for ((ts, _), r) in &fresh {
+        // Readings now in chunks: their devices' bounds must cover them, or a reading
+        // re-sent later would skip the lookup and be stored twice.
+        for run in &dense {
+            if let Some(((ts, _), r)) = run.last() {
                 raise_bound(&mut logged.table_max, &r.device_id, *ts);
             }
         }
@@ -554,6 +539,112 @@ impl Writer {
             }
         }
     }
+}
+
+/// Appends `rows` to the log in multi-row statements; returns each row's rowid. One
+/// statement's execution opens the table once and walks to its right edge once for all its
+/// rows. Each row count has its own statement, prepared once (the cache holds them all).
+fn append<'r>(
+    tx: &Connection,
+    sql: &InsertSql,
+    rows: &[(Key, &'r TelemetryRow)],
+) -> Result<Vec<(i64, Key, &'r TelemetryRow)>, StoreError> {
+    let mut appended = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(INSERT_ROWS) {
+        let mut insert = tx.prepare_cached(sql.get(chunk.len()))?;
+        let mut at = 0;
+        for ((ts, _), r) in chunk {
+            let alarms = to_json(&r.alarms, "telemetry")?;
+            let values: [&dyn rusqlite::ToSql; 14] = [
+                &r.device_id,
+                &r.seq,
+                ts,
+                &to_ms(r.received_at),
+                &r.voltage_v,
+                &r.current_a,
+                &r.soc_pct,
+                &r.soh_pct,
+                &r.temp_min_c,
+                &r.temp_max_c,
+                &r.cell_min_v,
+                &r.cell_max_v,
+                &alarms,
+                &r.body,
+            ];
+            for v in values {
+                at += 1;
+                insert.raw_bind_parameter(at, v)?;
+            }
+        }
+        let stored = insert.raw_execute()?;
+        if stored != chunk.len() {
+            // Dropping the transaction undoes the commit.
+            return Err(StoreError::TelemetryOutOfStep {
+                expected: chunk.len(),
+                stored,
+            });
+        }
+        let last = tx.last_insert_rowid();
+        // The log's rows are only ever deleted from its low end, so SQLite gives each new
+        // row the largest rowid plus one, in the order of the VALUES list (it would pick at
+        // random only past rowid 2^63 - 1).
+        let first = last - (chunk.len() as i64 - 1);
+        appended.extend(chunk.iter().zip(first..).map(|((k, r), id)| (id, *k, *r)));
+    }
+    Ok(appended)
+}
+
+/// Writes each run of one device's readings (in key order, none stored yet) as a chunk.
+/// `text` keeps the buffers the chunks' JSON is made in, from one commit to the next.
+fn write_chunks(
+    tx: &Connection,
+    sql: &InsertSql,
+    text: &mut Vec<Vec<u8>>,
+    runs: &[&[(Key, &TelemetryRow)]],
+) -> Result<(), StoreError> {
+    for group in runs.chunks(INSERT_CHUNKS) {
+        if text.len() < group.len() {
+            text.resize_with(group.len(), Vec::new);
+        }
+        for (run, buf) in group.iter().zip(text.iter_mut()) {
+            buf.clear();
+            chunks::encode(run.iter().map(|(_, r)| *r), buf)?;
+        }
+        let mut insert = tx.prepare_cached(sql.get(group.len()))?;
+        let mut at = 0;
+        for (run, buf) in group.iter().zip(text.iter()) {
+            let (Some(((ts_first, _), r)), Some(((ts_last, seq_last), _))) =
+                (run.first(), run.last())
+            else {
+                continue;
+            };
+            // The buffer holds what serde_json wrote: UTF-8.
+            let json = std::str::from_utf8(buf).map_err(|e| StoreError::Corrupt {
+                table: "telemetry_chunks",
+                why: format!("a chunk's JSON: {e}"),
+            })?;
+            let values: [&dyn rusqlite::ToSql; 6] = [
+                &r.device_id,
+                ts_last,
+                seq_last,
+                ts_first,
+                &(run.len() as i64),
+                &json,
+            ];
+            for v in values {
+                at += 1;
+                insert.raw_bind_parameter(at, v)?;
+            }
+        }
+        let stored = insert.raw_execute()?;
+        if stored != group.len() {
+            return Err(StoreError::TelemetryOutOfStep {
+                expected: group.len(),
+                stored,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Does the next step of the move under way, copying at most `copy` rows (deleting at most
@@ -599,9 +690,6 @@ fn move_step(
         .execute([below])?;
     Ok(Some(Step::Deleted(below)))
 }
-
-/// A reading's key after its device: `(ts, seq)`, ts in milliseconds as stored.
-type Key = (i64, i64);
 
 /// A row of the log: its key and where it is.
 #[derive(Debug)]

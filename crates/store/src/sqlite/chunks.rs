@@ -1,0 +1,265 @@
+//! Telemetry chunks: one device's readings from one dense commit, stored as one row of
+//! `telemetry_chunks` (migration 0009).
+//!
+//! A commit holding many readings of each of its devices (a saturated hub: about 20 per
+//! device in each of its 2,000-reading commits) wrote a row per reading into `telemetry`:
+//! per reading, a descent of the key's B-tree, a record and a key of 14 columns. SQLite's
+//! share of that was the largest single item of the hub's CPU per message at a fixed QoS 0
+//! rate (docs/benchmarks.md, run AI). As a chunk, each device costs one row per commit,
+//! whatever the readings in it: measured with a prototype, 8–16% less hub CPU per message at
+//! that rate and 12–29% more QoS 1 messages a second at saturation (run AH).
+//!
+//! A chunk's readings are a JSON array, one array per reading with the columns of
+//! `telemetry` after `device_id`, in key order:
+//! `[seq, ts, received_at, voltage_v, current_a, soc_pct, soh_pct, temp_min_c, temp_max_c,
+//! cell_min_v, cell_max_v, [alarm, ...], body]` (times in milliseconds, absent values
+//! `null`). JSON rather than a binary layout so that SQL keeps seeing one row per reading:
+//! the `telemetry_readings` view expands chunks with `json_each`. Numbers are written as
+//! the shortest text that reads back as the same `f64` and read back with Rust's
+//! correctly-rounded parser, so a value read is the value stored, bit for bit.
+
+use serde_json::value::RawValue;
+
+use crate::model::{from_ms, to_ms};
+use crate::{StoreError, TelemetryRow};
+
+/// The table's name in errors about its contents.
+const TABLE: &str = "telemetry_chunks";
+
+/// A reading's key after its device: `(ts, seq)`, ts in milliseconds as stored.
+pub(crate) type Key = (i64, i64);
+
+/// Appends one device's readings, in key order, to `out` as a chunk's JSON array.
+pub(crate) fn encode<'a>(
+    rows: impl IntoIterator<Item = &'a TelemetryRow>,
+    out: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    out.push(b'[');
+    for (i, r) in rows.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let reading = (
+            r.seq,
+            to_ms(r.ts),
+            to_ms(r.received_at),
+            r.voltage_v,
+            r.current_a,
+            r.soc_pct,
+            r.soh_pct,
+            r.temp_min_c,
+            r.temp_max_c,
+            r.cell_min_v,
+            r.cell_max_v,
+            &r.alarms,
+            &r.body,
+        );
+        serde_json::to_writer(&mut *out, &reading)
+            .map_err(|e| corrupt(format!("reading {} of {:?}: {e}", r.seq, r.device_id)))?;
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// A value column as the chunk holds it: the number's text, or `null`.
+type Value<'a> = Option<&'a RawValue>;
+
+/// One reading as the chunk holds it, the floats still as text.
+type Reading<'a> = (
+    i64,
+    i64,
+    i64,
+    Value<'a>,
+    Value<'a>,
+    Value<'a>,
+    Value<'a>,
+    Value<'a>,
+    Value<'a>,
+    Value<'a>,
+    Value<'a>,
+    Vec<String>,
+    String,
+);
+
+/// The readings of `device_id`'s chunk `text` taken at or after `since_ms`, in key order.
+pub(crate) fn decode(
+    device_id: &str,
+    text: &str,
+    since_ms: i64,
+) -> Result<Vec<TelemetryRow>, StoreError> {
+    let readings: Vec<Reading<'_>> = serde_json::from_str(text)
+        .map_err(|e| corrupt(format!("a chunk of {device_id:?}: {e}")))?;
+    let value = |v: Value<'_>| -> Result<Option<f64>, StoreError> {
+        v.map(|raw| {
+            raw.get()
+                .parse::<f64>()
+                .map_err(|e| corrupt(format!("value {:?}: {e}", raw.get())))
+        })
+        .transpose()
+    };
+    let mut rows = Vec::with_capacity(readings.len());
+    for (seq, ts, received_at, v, i, soc, soh, tmin, tmax, cmin, cmax, alarms, body) in readings {
+        if ts < since_ms {
+            continue;
+        }
+        rows.push(TelemetryRow {
+            device_id: device_id.to_owned(),
+            seq,
+            ts: from_ms(ts, TABLE)?,
+            received_at: from_ms(received_at, TABLE)?,
+            voltage_v: value(v)?,
+            current_a: value(i)?,
+            soc_pct: value(soc)?,
+            soh_pct: value(soh)?,
+            temp_min_c: value(tmin)?,
+            temp_max_c: value(tmax)?,
+            cell_min_v: value(cmin)?,
+            cell_max_v: value(cmax)?,
+            alarms,
+            body,
+        });
+    }
+    Ok(rows)
+}
+
+fn corrupt(why: String) -> StoreError {
+    StoreError::Corrupt { table: TABLE, why }
+}
+
+/// A reading's key, as ordered in the tables.
+pub(crate) fn key(r: &TelemetryRow) -> Key {
+    (to_ms(r.ts), r.seq)
+}
+
+/// The newest `limit` readings, newest first, of `found` (readings of the table and the
+/// log, newest first, at most `limit`) and of chunks, taken from `chunks` newest chunk first
+/// (by their last key) until none can hold a reading newer than the `limit`th found.
+/// `chunks` yields each chunk's last key and its readings at or after the reads' start.
+pub(crate) struct Newest {
+    limit: usize,
+    rows: Vec<TelemetryRow>,
+}
+
+impl Newest {
+    pub(crate) fn new(found: Vec<TelemetryRow>, limit: usize) -> Newest {
+        Newest { limit, rows: found }
+    }
+
+    /// Whether a chunk whose newest reading has key `last` may still hold one of the newest
+    /// `limit`: chunks come newest last key first, so once this is false it stays false.
+    pub(crate) fn wants(&mut self, last: Key) -> bool {
+        if self.rows.len() < self.limit {
+            return true;
+        }
+        self.settle();
+        // Keys are unique across the tables: a chunk whose newest key is below the
+        // `limit`th has nothing newer than it.
+        self.rows.last().is_none_or(|r| key(r) < last)
+    }
+
+    pub(crate) fn add(&mut self, chunk: Vec<TelemetryRow>) {
+        self.rows.extend(chunk);
+    }
+
+    fn settle(&mut self) {
+        self.rows
+            .sort_unstable_by_key(|r| std::cmp::Reverse(key(r)));
+        self.rows.truncate(self.limit);
+    }
+
+    /// The readings, oldest first.
+    pub(crate) fn finish(mut self) -> Vec<TelemetryRow> {
+        self.settle();
+        self.rows.reverse();
+        self.rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::{Duration, OffsetDateTime};
+
+    fn reading(seq: i64, ts_s: i64) -> TelemetryRow {
+        let t = OffsetDateTime::from_unix_timestamp(1_800_000_000 + ts_s).unwrap();
+        TelemetryRow {
+            device_id: "gw-1".into(),
+            seq,
+            ts: t,
+            received_at: t + Duration::milliseconds(250),
+            // Values whose shortest text has 17 digits, and awkward ones.
+            voltage_v: Some(0.1 + 0.2),
+            current_a: Some(-1.0e-300),
+            soc_pct: Some(f64::MAX),
+            soh_pct: None,
+            temp_min_c: Some(5e-324),
+            temp_max_c: Some(-0.0),
+            cell_min_v: Some(3.300_000_000_000_000_3),
+            cell_max_v: Some(seq as f64 / 3.0),
+            alarms: vec!["low_soc".into(), "quote\"and\\slash".into()],
+            body: format!("{{\"seq\":{seq},\"text\":\"ünïcode \\\" \\n\"}}"),
+        }
+    }
+
+    #[test]
+    fn a_chunk_reads_back_bit_for_bit_and_from_its_start() {
+        let rows: Vec<_> = (1..=5).map(|s| reading(s, s * 10)).collect();
+        let mut text = Vec::new();
+        encode(&rows, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let back = decode("gw-1", &text, i64::MIN).unwrap();
+        assert_eq!(back, rows);
+        for (a, b) in back.iter().zip(&rows) {
+            assert_eq!(
+                a.temp_max_c.map(f64::to_bits),
+                b.temp_max_c.map(f64::to_bits),
+                "-0.0 keeps its sign"
+            );
+        }
+        // From a start: the readings at or after it.
+        let since = to_ms(rows[2].ts);
+        let later = decode("gw-1", &text, since).unwrap();
+        assert_eq!(later, rows[2..]);
+    }
+
+    #[test]
+    fn a_damaged_chunk_is_an_error_naming_the_table() {
+        for text in [
+            "",
+            "[",
+            "[[1,2]]",
+            "[[1,2,3,\"x\",null,null,null,null,null,null,null,[],\"b\"]]",
+        ] {
+            let err = decode("gw-1", text, 0).unwrap_err();
+            assert!(
+                matches!(err, StoreError::Corrupt { table: TABLE, .. }),
+                "{text:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_newest_are_taken_across_the_table_and_chunks_and_the_walk_stops_early() {
+        let r = |seq: i64| reading(seq, seq);
+        // The table and log: 3 and 7, newest first; chunks: 8-10, 4-6, 1-2.
+        let mut n = Newest::new(vec![r(7), r(3)], 5);
+        assert!(n.wants(key(&r(10))));
+        n.add((8..=10).map(r).collect());
+        assert!(n.wants(key(&r(6))), "the 5 newest so far reach down to 3");
+        n.add((4..=6).map(r).collect());
+        assert!(!n.wants(key(&r(2))), "the 5 newest are 6-10");
+        let got: Vec<i64> = n.finish().iter().map(|r| r.seq).collect();
+        assert_eq!(got, vec![6, 7, 8, 9, 10]);
+        // Once the limit is reached by newer readings, an older chunk is not wanted.
+        let mut n = Newest::new(vec![r(7), r(3)], 4);
+        n.add((8..=10).map(r).collect());
+        assert!(!n.wants(key(&r(6))), "the 4 newest are 7-10");
+        assert_eq!(n.finish().len(), 4);
+        // Fewer than the limit anywhere: all of them.
+        let mut n = Newest::new(vec![r(2)], 10);
+        assert!(n.wants(key(&r(1))));
+        n.add(vec![r(1)]);
+        let got: Vec<i64> = n.finish().iter().map(|r| r.seq).collect();
+        assert_eq!(got, vec![1, 2]);
+    }
+}

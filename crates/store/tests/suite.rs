@@ -1580,6 +1580,43 @@ async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
     s.close().await;
 }
 
+/// Readings that share a ts (taken within one millisecond, or sent with whole-second times)
+/// are told apart by their seq: in chunks, in the log and across a reopen, a new seq at a
+/// stored ts is stored and a re-sent one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_readings_sharing_a_ts_are_stored_once_each() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rampart.db");
+    let at = |seq: i64| {
+        let mut r = row("gw-a", seq);
+        r.ts = OffsetDateTime::UNIX_EPOCH + Duration::seconds(1_790_000_000);
+        r
+    };
+    let batch = |seqs: std::ops::RangeInclusive<i64>| seqs.map(at).collect::<Vec<_>>();
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    const { assert!(20 >= DIRECT_ROWS_PER_DEVICE) };
+    // A chunk of 20 at one ts; then more at the same ts, a chunk and a log row.
+    assert_eq!(s.insert_telemetry(&batch(1..=20)).await.unwrap(), 20);
+    assert_eq!(s.insert_telemetry(&batch(21..=40)).await.unwrap(), 20);
+    assert_eq!(s.insert_telemetry(&[at(41)]).await.unwrap(), 1);
+    // Re-sent, one at a time and together with new ones: only the new are stored.
+    assert_eq!(s.insert_telemetry(&[at(5)]).await.unwrap(), 0);
+    assert_eq!(s.insert_telemetry(&[at(41)]).await.unwrap(), 0);
+    assert_eq!(s.insert_telemetry(&batch(30..=60)).await.unwrap(), 19);
+    s.close().await;
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    assert_eq!(s.insert_telemetry(&batch(1..=61)).await.unwrap(), 1);
+    let read = s
+        .telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        read.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=61).collect::<Vec<_>>()
+    );
+    s.close().await;
+}
+
 /// The SQLite writer's inserts ignore conflicts (no statement journal) and check instead that
 /// every reading it found new was stored. A reading written into `telemetry` behind its back
 /// (only the hub's writer may write telemetry) makes the commit fail whole, with an error

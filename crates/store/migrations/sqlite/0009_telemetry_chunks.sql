@@ -15,7 +15,9 @@ CREATE TABLE telemetry_chunks (
 -- Reads walk a device's chunks newest first and stop once the rest are older than what they
 -- need; the key is unique because no reading is stored twice.
 CREATE UNIQUE INDEX telemetry_chunks_by_time ON telemetry_chunks (device_id, ts_last, seq_last);
--- As in 0008, with each chunk expanded to a row per reading.
+-- As in 0008, with each chunk expanded to a row per reading. json_extract, not `->>`: a
+-- view SQLite cannot parse breaks every query on the database, and `->>` needs SQLite 3.38,
+-- newer than some systems' `sqlite3` shell.
 DROP VIEW telemetry_readings;
 CREATE VIEW telemetry_readings AS
 SELECT * FROM telemetry
@@ -28,17 +30,17 @@ WHERE NOT EXISTS (
 UNION ALL
 SELECT
     c.device_id,
-    r.value ->> 0,
-    r.value ->> 1,
-    r.value ->> 2,
-    r.value ->> 3,
-    r.value ->> 4,
-    r.value ->> 5,
-    r.value ->> 6,
-    r.value ->> 7,
-    r.value ->> 8,
-    r.value ->> 9,
-    r.value ->> 10,
-    r.value ->> 11,
-    r.value ->> 12
+    json_extract(r.value, '$[0]'),
+    json_extract(r.value, '$[1]'),
+    json_extract(r.value, '$[2]'),
+    json_extract(r.value, '$[3]'),
+    json_extract(r.value, '$[4]'),
+    json_extract(r.value, '$[5]'),
+    json_extract(r.value, '$[6]'),
+    json_extract(r.value, '$[7]'),
+    json_extract(r.value, '$[8]'),
+    json_extract(r.value, '$[9]'),
+    json_extract(r.value, '$[10]'),
+    json_extract(r.value, '$[11]'),
+    json_extract(r.value, '$[12]')
 FROM telemetry_chunks AS c, json_each(c.readings) AS r;

@@ -488,7 +488,8 @@ impl Writer {
                      WHERE device_id = ?1 AND ts = ?2 AND seq = ?3) \
                  OR EXISTS (SELECT 1 FROM telemetry_chunks AS c, json_each(c.readings) AS r \
                      WHERE c.device_id = ?1 AND c.ts_last >= ?2 AND c.ts_first <= ?2 \
-                     AND r.value ->> 1 = ?2 AND r.value ->> 0 = ?3)",
+                     AND json_extract(r.value, '$[1]') = ?2 \
+                     AND json_extract(r.value, '$[0]') = ?3)",
             )?;
             let mut kept = Vec::with_capacity(fresh.len());
             for (k, r) in fresh {

@@ -6,8 +6,8 @@
 //! per reading, a descent of the key's B-tree, a record and a key of 14 columns. SQLite's
 //! share of that was the largest single item of the hub's CPU per message at a fixed QoS 0
 //! rate (docs/benchmarks.md, run AI). As a chunk, each device costs one row per commit,
-//! whatever the readings in it: measured with a prototype, 8–16% less hub CPU per message at
-//! that rate and 12–29% more QoS 1 messages a second at saturation (run AH).
+//! whatever the readings in it: 28–30% less hub CPU per message at that rate, and 38–65%
+//! more messages a second at QoS 0 and QoS 1 saturation (run AJ's A/B).
 //!
 //! A chunk's readings are a JSON array, one array per reading with the columns of
 //! `telemetry` after `device_id`, in key order:

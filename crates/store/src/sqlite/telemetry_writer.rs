@@ -310,7 +310,7 @@ struct Writer {
     append_sql: InsertSql,
     /// Into `telemetry_chunks`, for devices with readings enough to skip the log.
     chunk_sql: InsertSql,
-    /// The chunks' JSON, one buffer reused.
+    /// The buffers the chunks' JSON is made in, reused from one commit to the next.
     chunk_text: Vec<Vec<u8>>,
     /// The thread's count, shared with the handle.
     move_failures: Arc<AtomicU64>,

@@ -1090,8 +1090,8 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     let devices = ["gw-a", "gw-b", "gw-c"];
     let per_device = (TELEMETRY_LOG_ROWS / devices.len() + 200) as i64;
     // Interleaved as a hub receives them from many devices, a few rows of each per commit:
-    // 30 rows per commit, 10 of each device, so that commits go to the log (a commit with
-    // 16 rows or more per device writes straight into the table).
+    // 30 rows per commit, 10 of each device, so that commits go to the log (a device with
+    // 16 rows or more in a commit has them stored as one chunk).
     let all: Vec<TelemetryRow> = (1..=per_device)
         .flat_map(|seq| devices.map(|d| row(d, seq)))
         .collect();

@@ -131,10 +131,10 @@ pub(crate) fn key(r: &TelemetryRow) -> Key {
     (to_ms(r.ts), r.seq)
 }
 
-/// The newest `limit` readings, newest first, of `found` (readings of the table and the
-/// log, newest first, at most `limit`) and of chunks, taken from `chunks` newest chunk first
-/// (by their last key) until none can hold a reading newer than the `limit`th found.
-/// `chunks` yields each chunk's last key and its readings at or after the reads' start.
+/// The newest `limit` readings of a device: those found in the table and the log (`new`),
+/// then those of its chunks, offered newest last key first — `wants` says whether the next
+/// chunk can still hold one of them, `add` takes its readings — and `finish` gives them
+/// oldest first.
 pub(crate) struct Newest {
     limit: usize,
     rows: Vec<TelemetryRow>,

@@ -1078,8 +1078,9 @@ async fn seen_times_are_batched_and_never_go_back(db: &Db) {
     s.record_seen_many(&[]).await.unwrap();
 }
 
-/// SQLite commits telemetry to an append-only log and moves it into its table in steps, one
-/// per commit: before, during and after a move, and across a reopen in the middle of one,
+/// SQLite commits telemetry to an append-only log and moves it out in steps, one per commit:
+/// a device's many readings into chunks, a device's few into `telemetry`. Before, during and
+/// after a move, and across a reopen in the middle of one (which resumes it where it was),
 /// every reading is stored once, reads see each once in order, and so does the
 /// `telemetry_readings` view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1088,13 +1089,18 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     let path = dir.path().join("rampart.db");
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
     let devices = ["gw-a", "gw-b", "gw-c"];
-    let per_device = (TELEMETRY_LOG_ROWS / devices.len() + 200) as i64;
+    // Five commits past the log's bound.
+    let per_device = (TELEMETRY_LOG_ROWS / devices.len() + 60) as i64;
     // Interleaved as a hub receives them from many devices, a few rows of each per commit:
     // 30 rows per commit, 10 of each device, so that commits go to the log (a device with
-    // 16 rows or more in a commit has them stored as one chunk).
-    let all: Vec<TelemetryRow> = (1..=per_device)
+    // 16 rows or more in a commit has them stored as one chunk). A fourth device sends 10
+    // readings in all: too few for a chunk when they are moved.
+    let mut all: Vec<TelemetryRow> = (1..=per_device)
         .flat_map(|seq| devices.map(|d| row(d, seq)))
         .collect();
+    for seq in 1..=10 {
+        all.insert(seq * 100, row("gw-z", seq as i64));
+    }
     let mut new = 0;
     const { assert!(10 < DIRECT_ROWS_PER_DEVICE) };
     for batch in all.chunks(30) {
@@ -1112,11 +1118,14 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     };
     let table = || count("FROM telemetry");
     let log = || count("FROM telemetry_log");
-    let both = || {
+    // Readings in chunks, each counted (a chunk holds no more than a move puts in one).
+    let chunked = || {
         count(
-            "FROM telemetry_log AS l JOIN telemetry AS t ON t.device_id = l.device_id AND t.seq = l.seq",
+            "FROM telemetry_chunks AS c, json_each(c.readings) \
+             WHERE c.n_readings <= 1024 AND c.n_readings >= 16",
         )
     };
+    const { assert!(MOVE_CHUNK_READINGS == 1_024 && DIRECT_ROWS_PER_DEVICE == 16) };
     let view = || count("FROM telemetry_readings");
     let check = |rows: Vec<TelemetryRow>, from: i64, to: i64| {
         assert_eq!(
@@ -1139,22 +1148,27 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
                 .unwrap();
             check(rows, to - 299, to);
         }
+        let rows = s
+            .telemetry("gw-z", OffsetDateTime::UNIX_EPOCH, 100)
+            .await
+            .unwrap();
+        check(rows, 1, 10);
     };
 
-    // The log passed its bound 20 commits before the end: a move began, and the commits since
-    // each copied a step of its rows. None is deleted from the log yet, so the copied rows are in
-    // both tables, and reads and the view still see every reading once.
-    let copied = table().await;
+    // The log passed its bound five commits before the end: a move began, and each commit
+    // since wrote a step of its rows into chunks. None is deleted from the log yet, so those
+    // rows are in two places, and reads and the view still see every reading once.
+    let copied = chunked().await;
     assert!(
-        copied > 0 && copied < TELEMETRY_LOG_ROWS,
-        "{copied} rows copied by the steps so far"
+        (4 * MOVE_CHUNK_READINGS..TELEMETRY_LOG_ROWS).contains(&copied),
+        "{copied} rows moved by the steps so far"
     );
+    assert_eq!(table().await, 0);
     assert_eq!(log().await, all.len());
-    assert_eq!(both().await, copied);
     assert_eq!(view().await, all.len());
     reads_whole(s.clone(), per_device).await;
 
-    // Re-sent readings — one copied, one only in the log, one twice in a batch — are not new.
+    // Re-sent readings — one moved, one only in the log, one twice in a batch — are not new.
     let resend = vec![
         all[0].clone(),
         all[all.len() - 1].clone(),
@@ -1163,43 +1177,63 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
     s.close().await;
 
-    // Reopened in the middle of the move: re-sent readings are still not new; the next commit
-    // starts the move again over the whole log, and the copy skips what was copied.
-    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    // Reopened in the middle of the move: re-sent readings are still not new, and the next
+    // commits take the move up where it was, writing none of its rows twice.
+    let mut s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
     assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
+    assert_eq!(chunked().await, copied);
     let mut seq = per_device;
     let mut commits = 0;
-    // Each one-row commit is one step: MOVE_STEP_ROWS rows copied, then eight times as many
-    // deleted, so the move of the whole log takes a known number of commits.
-    let steps = all.len().div_ceil(MOVE_STEP_ROWS) + all.len().div_ceil(8 * MOVE_STEP_ROWS);
-    while log().await > commits {
+    // Each one-row commit is one step: up to MOVE_CHUNK_READINGS rows moved (the rest of a
+    // device's rows, at most), then eight times MOVE_STEP_ROWS deleted. The move holds the
+    // log as it was when the move began, fewer rows than `all`.
+    let steps = (all.len() - copied).div_ceil(MOVE_CHUNK_READINGS)
+        + devices.len()
+        + 1
+        + all.len().div_ceil(8 * MOVE_STEP_ROWS);
+    let mut reopened = false;
+    while count("FROM telemetry_move").await > 0 {
         seq += 1;
         commits += 1;
         assert_eq!(s.insert_telemetry(&[row("gw-a", seq)]).await.unwrap(), 1);
         assert!(
-            commits <= steps + 1,
+            commits <= steps,
             "the move had not ended after {commits} commits"
         );
-        if commits % 25 == 0 {
+        if commits % 10 == 0 {
+            assert_eq!(view().await, all.len() + commits);
+            reads_whole(s.clone(), seq).await;
+        }
+        // Reopened once more when every row is written out and the log's copies are being
+        // deleted (gw-z's rows come last in key order): the deleting goes on.
+        if !reopened && count("FROM telemetry_move WHERE device_id = 'gw-z'").await == 1 {
+            reopened = true;
+            s.close().await;
+            s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+            assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
             assert_eq!(view().await, all.len() + commits);
             reads_whole(s.clone(), seq).await;
         }
     }
+    assert!(reopened, "the move was not seen deleting");
+    // Moved: the log as it was when the move began is in chunks or the table, once; the
+    // rows since, from before the reopen and after it, are in the log.
+    let moved = chunked().await + table().await;
     assert!(
-        commits + 1 >= steps,
-        "a move of the whole log ended in {commits} commits, not {steps}"
+        (TELEMETRY_LOG_ROWS..all.len()).contains(&moved),
+        "{moved} rows moved"
     );
-    // Moved: everything from before the reopen is in the table, the rows since in the log.
-    assert_eq!(table().await, all.len());
-    assert_eq!(log().await, commits);
-    assert_eq!(both().await, 0);
+    assert_eq!(table().await, 10, "gw-z's few readings, a row each");
+    let logged = log().await;
+    assert_eq!(moved + logged, all.len() + commits);
+    assert_eq!(view().await, all.len() + commits);
     assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
 
     // An explicit move takes the rest.
-    assert_eq!(s.compact_telemetry().await.unwrap() as usize, commits);
+    assert_eq!(s.compact_telemetry().await.unwrap() as usize, logged);
     assert_eq!(s.compact_telemetry().await.unwrap(), 0);
     assert_eq!(log().await, 0);
-    assert_eq!(table().await, all.len() + commits);
+    assert_eq!(chunked().await + table().await, all.len() + commits);
     assert_eq!(view().await, all.len() + commits);
     reads_whole(s.clone(), seq).await;
     assert_eq!(s.insert_telemetry(&resend).await.unwrap(), 0);
@@ -1363,10 +1397,10 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
     let side = side_pool(&path).await;
     let count = |sql: &'static str| count_rows(side.clone(), sql);
-    // Every copy into the table fails, as a full disk or a corrupt page would make it.
+    // Every write of a chunk fails, as a full disk or a corrupt page would make it.
     sqlx::query(
-        "CREATE TRIGGER refuse_copy BEFORE INSERT ON telemetry \
-         BEGIN SELECT RAISE(ABORT, 'copy refused by the test'); END",
+        "CREATE TRIGGER refuse_copy BEFORE INSERT ON telemetry_chunks \
+         BEGIN SELECT RAISE(ABORT, 'chunk refused by the test'); END",
     )
     .execute(&side)
     .await
@@ -1381,6 +1415,8 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
         assert_eq!(s.insert_telemetry(batch).await.unwrap(), batch.len() as u64);
     }
     assert_eq!(count("FROM telemetry").await, 0);
+    assert_eq!(count("FROM telemetry_chunks").await, 0);
+    assert_eq!(count("FROM telemetry_move").await, 0, "no step recorded");
     assert_eq!(count("FROM telemetry_log").await, all.len());
     // Each commit past the bound tried a step, and each failure is counted for the metrics.
     let failures = s.telemetry_upkeep_failures();
@@ -1396,18 +1432,22 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
     // Re-sent readings are still recognised.
     assert_eq!(s.insert_telemetry(&all[..10]).await.unwrap(), 0);
 
-    // The cause gone, the next commit's step copies.
+    // The cause gone, the next commit's step moves rows into a chunk and records it.
     sqlx::query("DROP TRIGGER refuse_copy")
         .execute(&side)
         .await
         .unwrap();
     let next = all.len() as i64 + 1;
     assert_eq!(s.insert_telemetry(&[row("gw-a", next)]).await.unwrap(), 1);
-    assert!(count("FROM telemetry").await > 0);
+    assert!(count("FROM telemetry_chunks").await > 0);
+    assert_eq!(count("FROM telemetry_move").await, 1);
     assert_eq!(s.telemetry_upkeep_failures(), failures);
     assert_eq!(count("FROM telemetry_readings").await, all.len() + 1);
     assert_eq!(s.compact_telemetry().await.unwrap() as usize, all.len() + 1);
-    assert_eq!(count("FROM telemetry").await, all.len() + 1);
+    // Into chunks, and the few rows a step ends a device's run with into the table.
+    let chunked = count("FROM telemetry_chunks AS c, json_each(c.readings)").await;
+    assert_eq!(chunked + count("FROM telemetry").await, all.len() + 1);
+    assert_eq!(count("FROM telemetry_move").await, 0);
     assert_eq!(count("FROM telemetry_log").await, 0);
     side.close().await;
     s.close().await;
@@ -1716,6 +1756,67 @@ async fn sqlite_readings_stored_before_migration_8_survive_it() {
     .await
     .unwrap();
     assert!(key.contains("PRIMARY KEY (device_id, ts, seq)"), "{key}");
+    side.close().await;
+    s.close().await;
+}
+
+/// Migration 0010 finishes a move of the log that the release before it left half done
+/// (that release kept no record of a move's progress: its copied rows were in `telemetry`
+/// and the log both): every reading is then in one place, read once, and recognised when
+/// re-sent, and the writer starts with an empty log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_move_left_half_done_before_migration_10_is_finished_by_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rampart.db");
+    let before = migrations_before(dir.path(), "sqlite", "0010");
+    std::fs::File::create(&path).unwrap();
+    let side = side_pool(&path).await;
+    sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .unwrap()
+        .run(&side)
+        .await
+        .unwrap();
+    // Readings 1-30 of two devices copied into the table, 21-35 in the log: 21-30 in both.
+    for r in &dense(1..=35) {
+        let tables: &[&str] = match r.seq {
+            ..=20 => &["telemetry"],
+            21..=30 => &["telemetry", "telemetry_log"],
+            _ => &["telemetry_log"],
+        };
+        for table in tables {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {table} (device_id, seq, ts, received_at, voltage_v, body) \
+                 VALUES (?, ?, ?, ?, ?, ?)"
+            )))
+            .bind(&r.device_id)
+            .bind(r.seq)
+            .bind((r.ts.unix_timestamp_nanos() / 1_000_000) as i64)
+            .bind((r.received_at.unix_timestamp_nanos() / 1_000_000) as i64)
+            .bind(r.voltage_v)
+            .bind(&r.body)
+            .execute(&side)
+            .await
+            .unwrap();
+        }
+    }
+    assert_eq!(
+        count_rows(side.clone(), "FROM telemetry_readings").await,
+        70
+    );
+    side.close().await;
+
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    let side = side_pool(&path).await;
+    assert_eq!(count_rows(side.clone(), "FROM telemetry_log").await, 0);
+    assert_eq!(count_rows(side.clone(), "FROM telemetry").await, 70);
+    assert_eq!(count_rows(side.clone(), "FROM telemetry_move").await, 0);
+    readings_1_to_35_survived(&s).await;
+    assert_eq!(s.insert_telemetry(&[row("gw-a", 36)]).await.unwrap(), 1);
+    assert_eq!(
+        count_rows(side.clone(), "FROM telemetry_readings").await,
+        71
+    );
     side.close().await;
     s.close().await;
 }

@@ -29,36 +29,62 @@ const TABLE: &str = "telemetry_chunks";
 /// A reading's key after its device: `(ts, seq)`, ts in milliseconds as stored.
 pub(crate) type Key = (i64, i64);
 
+/// One reading as a chunk's JSON holds it, from a row or from the log's columns.
+pub(crate) type Columns<'a> = (
+    i64,
+    i64,
+    i64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    &'a [String],
+    &'a str,
+);
+
+/// A row's reading as a chunk holds it.
+pub(crate) fn columns(r: &TelemetryRow) -> Columns<'_> {
+    (
+        r.seq,
+        to_ms(r.ts),
+        to_ms(r.received_at),
+        r.voltage_v,
+        r.current_a,
+        r.soc_pct,
+        r.soh_pct,
+        r.temp_min_c,
+        r.temp_max_c,
+        r.cell_min_v,
+        r.cell_max_v,
+        &r.alarms,
+        &r.body,
+    )
+}
+
 /// Appends one device's readings, in key order, to `out` as a chunk's JSON array.
 pub(crate) fn encode<'a>(
-    rows: impl IntoIterator<Item = &'a TelemetryRow>,
+    readings: impl IntoIterator<Item = Columns<'a>>,
     out: &mut Vec<u8>,
 ) -> Result<(), StoreError> {
     out.push(b'[');
-    for (i, r) in rows.into_iter().enumerate() {
+    for (i, reading) in readings.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        let reading = (
-            r.seq,
-            to_ms(r.ts),
-            to_ms(r.received_at),
-            r.voltage_v,
-            r.current_a,
-            r.soc_pct,
-            r.soh_pct,
-            r.temp_min_c,
-            r.temp_max_c,
-            r.cell_min_v,
-            r.cell_max_v,
-            &r.alarms,
-            &r.body,
-        );
-        serde_json::to_writer(&mut *out, &reading)
-            .map_err(|e| corrupt(format!("reading {} of {:?}: {e}", r.seq, r.device_id)))?;
+        encode_one(reading, out)?;
     }
     out.push(b']');
     Ok(())
+}
+
+/// Appends one reading to `out`, as an element of a chunk's JSON array.
+pub(crate) fn encode_one(reading: Columns<'_>, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    serde_json::to_writer(&mut *out, &reading)
+        .map_err(|e| corrupt(format!("reading {}: {e}", reading.0)))
 }
 
 /// A value column as the chunk holds it: the number's text, or `null`.
@@ -205,7 +231,7 @@ mod tests {
     fn a_chunk_reads_back_bit_for_bit_and_from_its_start() {
         let rows: Vec<_> = (1..=5).map(|s| reading(s, s * 10)).collect();
         let mut text = Vec::new();
-        encode(&rows, &mut text).unwrap();
+        encode(rows.iter().map(columns), &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
         let back = decode("gw-1", &text, i64::MIN).unwrap();
         assert_eq!(back, rows);

@@ -26,7 +26,9 @@ mod telemetry;
 mod telemetry_writer;
 mod wal_sync;
 
-pub use telemetry_writer::{DIRECT_ROWS_PER_DEVICE, MOVE_STEP_ROWS, TELEMETRY_LOG_ROWS};
+pub use telemetry_writer::{
+    DIRECT_ROWS_PER_DEVICE, MOVE_CHUNK_READINGS, MOVE_STEP_ROWS, TELEMETRY_LOG_ROWS,
+};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -17,7 +17,8 @@ const COLUMNS: &str = "device_id, seq, ts, received_at, voltage_v, current_a, so
     soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, body";
 
 impl SqliteStore {
-    /// Moves every row of the log into `telemetry` (finishing a move under way first);
+    /// Moves every row of the log into `telemetry` or its chunks (finishing a move under way
+    /// first);
     /// returns how many rows left the log. The writer moves rows by itself as it commits.
     pub async fn compact_telemetry(&self) -> Result<u64, StoreError> {
         self.telemetry_writer.compact().await
@@ -46,21 +47,26 @@ impl TelemetryStore for SqliteStore {
             return Ok(Vec::new());
         }
         let since = to_ms(since);
-        // The table and the log, the log's arm skipping rows a move has copied (as the
-        // `telemetry_readings` view does): SQLite merges the two arms in order, walking
-        // `telemetry` down its key and stopping at the limit.
+        // One read transaction, so both statements see the same commit: a move's step writes
+        // a reading into a chunk or the table and records that the log's copy is to be
+        // skipped in one commit; seen half before and half after it, the reading would be
+        // read twice or not at all.
+        let mut tx = self.pool.begin().await?;
+        // The table and the log, the log's arm skipping rows a move has written elsewhere
+        // (as the `telemetry_readings` view does): SQLite merges the two arms in order,
+        // walking `telemetry` down its key and stopping at the limit.
         let found = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM telemetry WHERE device_id = ?1 AND ts >= ?2 \
              UNION ALL \
              SELECT {COLUMNS} FROM telemetry_log AS l WHERE device_id = ?1 AND ts >= ?2 \
-             AND NOT EXISTS (SELECT 1 FROM telemetry AS t \
-                 WHERE t.device_id = l.device_id AND t.ts = l.ts AND t.seq = l.seq) \
+             AND NOT EXISTS (SELECT 1 FROM telemetry_move AS m WHERE l.rowid <= m.last_rowid \
+                 AND (l.device_id, l.ts, l.seq) <= (m.device_id, m.ts, m.seq)) \
              ORDER BY ts DESC, seq DESC LIMIT ?3"
         )))
         .bind(device_id)
         .bind(since)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?
         .iter()
         .map(rows::telemetry)
@@ -69,21 +75,24 @@ impl TelemetryStore for SqliteStore {
         // `limit` found (`Newest` says when). Not through the view: it would expand every
         // chunk of the device since `since` before sorting.
         let mut newest = Newest::new(found, limit as usize);
-        let mut chunks = sqlx::query(
-            "SELECT ts_last, seq_last, readings FROM telemetry_chunks \
-             WHERE device_id = ?1 AND ts_last >= ?2 ORDER BY ts_last DESC, seq_last DESC",
-        )
-        .bind(device_id)
-        .bind(since)
-        .fetch(&self.pool);
-        while let Some(row) = chunks.try_next().await? {
-            let last = (row.try_get("ts_last")?, row.try_get("seq_last")?);
-            if !newest.wants(last) {
-                break;
+        {
+            let mut chunks = sqlx::query(
+                "SELECT ts_last, seq_last, readings FROM telemetry_chunks \
+                 WHERE device_id = ?1 AND ts_last >= ?2 ORDER BY ts_last DESC, seq_last DESC",
+            )
+            .bind(device_id)
+            .bind(since)
+            .fetch(&mut *tx);
+            while let Some(row) = chunks.try_next().await? {
+                let last = (row.try_get("ts_last")?, row.try_get("seq_last")?);
+                if !newest.wants(last) {
+                    break;
+                }
+                let text: &str = row.try_get("readings")?;
+                newest.add(chunks::decode(device_id, text, since)?);
             }
-            let text: &str = row.try_get("readings")?;
-            newest.add(chunks::decode(device_id, text, since)?);
         }
+        tx.commit().await?;
         Ok(newest.finish())
     }
 

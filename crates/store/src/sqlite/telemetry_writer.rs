@@ -83,6 +83,12 @@ const DELETE_PER_COPY: usize = 8;
 /// commit averaging this many per device wrote its rows straight into `telemetry`.
 pub const DIRECT_ROWS_PER_DEVICE: usize = 16;
 
+/// The most readings a move writes into one chunk; a device with more in a move gets
+/// several. A step's work is bounded by it (the commit a step runs in waits for it, and so do
+/// its PUBACKs), and so is the text a read parses for a device's newest reading: 1,024
+/// readings are about 250 KiB.
+pub const MOVE_CHUNK_READINGS: usize = 1_024;
+
 /// Rows per multi-row append (14 parameters a row stays well under SQLite's limit of 32,766).
 const INSERT_ROWS: usize = 64;
 
@@ -390,13 +396,64 @@ impl Writer {
         // rows are all in the log still, and copying ignores keys already copied.
         let mut logged = Logged::default();
         {
-            let mut keys =
-                conn.prepare("SELECT rowid, device_id, ts, seq FROM telemetry_log ORDER BY rowid")?;
-            let mut rows = keys.query([])?;
+            let mut log = conn.prepare(
+                "SELECT rowid, device_id, seq, ts, received_at, voltage_v, current_a, soc_pct, \
+                 soh_pct, temp_min_c, temp_max_c, cell_min_v, cell_max_v, alarms, body \
+                 FROM telemetry_log ORDER BY rowid",
+            )?;
+            let mut rows = log.query([])?;
             while let Some(r) = rows.next()? {
-                let device_id: String = r.get(1)?;
-                logged.insert(r.get(0)?, &device_id, (r.get(2)?, r.get(3)?));
+                let alarms: Vec<String> = serde_json::from_str(log_text(r, 13)?)
+                    .map_err(|e| log_corrupt(format!("the alarms of a reading: {e}")))?;
+                let (seq, ts) = (r.get(2)?, r.get(3)?);
+                let mut reading = Vec::new();
+                chunks::encode_one(
+                    (
+                        seq,
+                        ts,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                        r.get(10)?,
+                        r.get(11)?,
+                        r.get(12)?,
+                        &alarms,
+                        log_text(r, 14)?,
+                    ),
+                    &mut reading,
+                )?;
+                logged.insert(r.get(0)?, log_text(r, 1)?, (ts, seq), reading.into());
             }
+        }
+        // The move the last process had under way, if any, resumes where its last step left
+        // it: its rows are those of the log up to its last rowid, in key order as before.
+        let progress = conn
+            .query_row(
+                "SELECT last_rowid, device_id, ts, seq FROM telemetry_move",
+                [],
+                |r| {
+                    let done = match (r.get(1)?, r.get(2)?, r.get(3)?) {
+                        (Some(device_id), Some(ts), Some(seq)) => Some((device_id, (ts, seq))),
+                        _ => None,
+                    };
+                    Ok((r.get::<_, i64>(0)?, done))
+                },
+            )
+            .optional()?;
+        if let Some((last_rowid, done)) = progress
+            && !logged.resume(last_rowid, done)
+        {
+            // Its last step deletes the record with the last of its rows, so this cannot
+            // be; were it so, the record would hide rows given its rowids again once the log
+            // is empty (SQLite then starts over at 1).
+            tracing::warn!(
+                last_rowid,
+                "a finished move of the telemetry log was still recorded; record removed"
+            );
+            conn.execute("DELETE FROM telemetry_move", [])?;
         }
         Ok(Writer {
             conn,
@@ -437,7 +494,8 @@ impl Writer {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut step = None;
         if logged.moving.is_some() {
-            match move_step(&tx, logged, MOVE_STEP_ROWS.max(2 * fresh.len())) {
+            let copy = MOVE_STEP_ROWS.max(2 * fresh.len());
+            match move_step(&tx, logged, copy, chunk_sql, chunk_text) {
                 Ok(s) => step = s,
                 Err(e) => {
                     move_failures.fetch_add(1, Ordering::Relaxed);
@@ -516,7 +574,9 @@ impl Writer {
         write_chunks(&tx, chunk_sql, chunk_text, &dense)?;
         tx.commit()?;
         for (rowid, k, r) in appended {
-            logged.insert(rowid, &r.device_id, k);
+            let mut reading = Vec::new();
+            chunks::encode_one(chunks::columns(r), &mut reading)?;
+            logged.insert(rowid, &r.device_id, k, reading.into());
         }
         // Readings now in chunks: their devices' bounds must cover them, or a reading
         // re-sent later would skip the lookup and be stored twice.
@@ -534,7 +594,13 @@ impl Writer {
     /// Moves every row of the log into `telemetry` (finishing a move under way first);
     /// returns how many rows left the log.
     fn compact(&mut self) -> Result<u64, StoreError> {
-        let Writer { conn, logged, .. } = self;
+        let Writer {
+            conn,
+            logged,
+            chunk_sql,
+            chunk_text,
+            ..
+        } = self;
         let mut moved = 0;
         loop {
             logged.start_move(1);
@@ -542,7 +608,7 @@ impl Writer {
                 return Ok(moved as u64);
             }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let step = move_step(&tx, logged, usize::MAX)?;
+            let step = move_step(&tx, logged, usize::MAX, chunk_sql, chunk_text)?;
             tx.commit()?;
             if let Some(step) = step {
                 moved += logged.apply(step);
@@ -618,7 +684,7 @@ fn write_chunks(
         }
         for (run, buf) in group.iter().zip(text.iter_mut()) {
             buf.clear();
-            chunks::encode(run.iter().map(|(_, r)| *r), buf)?;
+            chunks::encode(run.iter().map(|(_, r)| chunks::columns(r)), buf)?;
         }
         let mut insert = tx.prepare_cached(sql.get(group.len()))?;
         let mut at = 0;
@@ -657,38 +723,66 @@ fn write_chunks(
     Ok(())
 }
 
-/// Does the next step of the move under way, copying at most `copy` rows (deleting at most
+/// Does the next step of the move under way, copying at least `copy` rows (deleting at most
 /// [`DELETE_PER_COPY`] times as many); `None` if no move is under way.
+///
+/// A copying step takes the next rows in key order: a device's many rows become chunks of at
+/// most [`MOVE_CHUNK_READINGS`], read from the log and encoded here (SQLite's own JSON would
+/// write floats with 15 digits, not the shortest text that reads back exactly); a device's
+/// few are copied into `telemetry`, a row each. It then records how far the move has got in
+/// `telemetry_move`, in the same transaction, which is what reads skip the log by and what a
+/// restart resumes from.
 fn move_step(
     conn: &Connection,
     logged: &Logged,
     copy: usize,
-) -> Result<Option<Step>, rusqlite::Error> {
+    chunk_sql: &InsertSql,
+    text: &mut Vec<Vec<u8>>,
+) -> Result<Option<Step>, StoreError> {
     let Some(m) = logged.moving.as_ref() else {
         return Ok(None);
     };
     if m.copied < m.rows.len() {
-        let rows = &m.rows[m.copied..m.rows.len().min(m.copied.saturating_add(copy))];
-        // The rowids as one JSON array, in key order: a single parameter, looked up row by
-        // row and inserted in the array's order, so each device's rows land on its pages
-        // together. CROSS JOIN keeps the array the outer loop, so no sort is needed (an
-        // ORDER BY sorted rows already in order). The order only matters for speed. `OR
-        // IGNORE` skips keys a restart copies again (a move it had not finished) and, as in
-        // [`InsertSql`], spares the statement its journal.
-        let mut ids = String::with_capacity(rows.len() * 8 + 2);
-        ids.push('[');
-        for (i, r) in rows.iter().enumerate() {
-            if i > 0 {
-                ids.push(',');
-            }
-            ids.push_str(&r.rowid.to_string());
+        let start = m.copied;
+        let mut end = start.saturating_add(copy).min(m.rows.len());
+        // On to the end of the last device's rows, within a bound: otherwise the next step
+        // starts with a few of them, too few for a chunk.
+        let cap = start
+            .saturating_add(copy.max(MOVE_CHUNK_READINGS))
+            .min(m.rows.len());
+        while end < cap && m.rows[end].device_id == m.rows[end - 1].device_id {
+            end += 1;
         }
-        ids.push(']');
-        conn.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO telemetry ({COLUMNS}) SELECT {COLUMNS} \
-             FROM json_each(?1) AS j CROSS JOIN telemetry_log AS l ON l.rowid = j.value"
-        ))?
-        .execute([ids])?;
+        let rows = &m.rows[start..end];
+        let mut few = Vec::new();
+        let mut pieces = Vec::new();
+        for run in rows.chunk_by(|a, b| a.device_id == b.device_id) {
+            if run.len() >= DIRECT_ROWS_PER_DEVICE {
+                pieces.extend(run.chunks(MOVE_CHUNK_READINGS));
+            } else {
+                few.extend(run.iter().map(|r| r.rowid));
+            }
+        }
+        if !few.is_empty() {
+            // Inserted in the array's order, so each device's rows land on its pages
+            // together. CROSS JOIN keeps the array the outer loop, so no sort is needed (an
+            // ORDER BY sorted rows already in order); the order only matters for speed. `OR
+            // IGNORE`, as in [`InsertSql`], spares the statement its journal.
+            conn.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO telemetry ({COLUMNS}) SELECT {COLUMNS} \
+                 FROM json_each(?1) AS j CROSS JOIN telemetry_log AS l ON l.rowid = j.value"
+            ))?
+            .execute([rowid_array(few)])?;
+        }
+        for group in pieces.chunks(INSERT_CHUNKS) {
+            move_chunks(conn, chunk_sql, text, group)?;
+        }
+        let last = &rows[rows.len() - 1];
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO telemetry_move (id, last_rowid, device_id, ts, seq) \
+             VALUES (1, ?1, ?2, ?3, ?4)",
+        )?
+        .execute((m.last_rowid, &*last.device_id, last.key.0, last.key.1))?;
         return Ok(Some(Step::Copied(rows.len())));
     }
     let span = i64::try_from(copy.saturating_mul(DELETE_PER_COPY)).unwrap_or(i64::MAX);
@@ -698,7 +792,96 @@ fn move_step(
         .min(m.last_rowid.saturating_add(1));
     conn.prepare_cached("DELETE FROM telemetry_log WHERE rowid < ?1")?
         .execute([below])?;
+    if below > m.last_rowid {
+        // The move's last rows leave the log: nothing is in two places any more.
+        conn.prepare_cached("DELETE FROM telemetry_move")?
+            .execute([])?;
+    }
     Ok(Some(Step::Deleted(below)))
+}
+
+/// Writes each piece of one device's log rows (in key order) as a chunk, from the readings
+/// the writer keeps.
+fn move_chunks(
+    conn: &Connection,
+    sql: &InsertSql,
+    text: &mut Vec<Vec<u8>>,
+    pieces: &[&[LogRow]],
+) -> Result<(), StoreError> {
+    if text.len() < pieces.len() {
+        text.resize_with(pieces.len(), Vec::new);
+    }
+    for (piece, buf) in pieces.iter().zip(text.iter_mut()) {
+        buf.clear();
+        buf.push(b'[');
+        for (i, r) in piece.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(&r.reading);
+        }
+        buf.push(b']');
+    }
+    let mut insert = conn.prepare_cached(sql.get(pieces.len()))?;
+    let mut at = 0;
+    for (piece, buf) in pieces.iter().zip(text.iter()) {
+        let (Some(first), Some(last)) = (piece.first(), piece.last()) else {
+            continue;
+        };
+        // The buffer holds what serde_json wrote: UTF-8.
+        let json = std::str::from_utf8(buf).map_err(|e| StoreError::Corrupt {
+            table: "telemetry_chunks",
+            why: format!("a chunk's JSON: {e}"),
+        })?;
+        let device_id: &str = &first.device_id;
+        let values: [&dyn rusqlite::ToSql; 6] = [
+            &device_id,
+            &last.key.0,
+            &last.key.1,
+            &first.key.0,
+            &(piece.len() as i64),
+            &json,
+        ];
+        for v in values {
+            at += 1;
+            insert.raw_bind_parameter(at, v)?;
+        }
+    }
+    let stored = insert.raw_execute()?;
+    if stored != pieces.len() {
+        return Err(StoreError::TelemetryOutOfStep {
+            expected: pieces.len(),
+            stored,
+        });
+    }
+    Ok(())
+}
+
+/// Column `i` of a log row, text.
+fn log_text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, StoreError> {
+    row.get_ref(i)?
+        .as_str()
+        .map_err(|e| log_corrupt(format!("column {i}: {e}")))
+}
+
+fn log_corrupt(why: String) -> StoreError {
+    StoreError::Corrupt {
+        table: "telemetry_log",
+        why,
+    }
+}
+
+/// Rowids as one JSON array: a single parameter, however many.
+fn rowid_array(rowids: impl IntoIterator<Item = i64>) -> String {
+    let mut ids = String::from("[");
+    for (i, id) in rowids.into_iter().enumerate() {
+        if i > 0 {
+            ids.push(',');
+        }
+        ids.push_str(&id.to_string());
+    }
+    ids.push(']');
+    ids
 }
 
 /// A row of the log: its key and where it is.
@@ -708,6 +891,9 @@ struct LogRow {
     /// Shared with [`Logged::by_device`]'s key: one allocation per device, not per row.
     device_id: Arc<str>,
     key: Key,
+    /// The reading as a chunk holds it (`chunks::encode_one`), so that a move writes its
+    /// chunks without reading the log back: about 250 bytes a reading, 4 MiB for a move.
+    reading: Box<[u8]>,
 }
 
 /// The hasher of the writer's key sets: every reading is looked up and inserted once, and
@@ -764,7 +950,7 @@ impl Logged {
             .is_some_and(|s| s.contains(&key))
     }
 
-    fn insert(&mut self, rowid: i64, device_id: &str, key: Key) {
+    fn insert(&mut self, rowid: i64, device_id: &str, key: Key, reading: Box<[u8]>) {
         let device_id = match self.by_device.get_key_value(device_id) {
             Some((id, _)) => id.clone(),
             None => Arc::from(device_id),
@@ -777,6 +963,7 @@ impl Logged {
             rowid,
             device_id,
             key,
+            reading,
         });
     }
 
@@ -795,6 +982,29 @@ impl Logged {
             deleted_below: first,
             last_rowid: last,
         });
+    }
+
+    /// Takes up a move recorded by an earlier process: the rows up to `last_rowid`, those up
+    /// to the key `done` copied. False if the log holds none of them.
+    fn resume(&mut self, last_rowid: i64, done: Option<(String, Key)>) -> bool {
+        let end = self.fresh.partition_point(|r| r.rowid <= last_rowid);
+        if end == 0 {
+            return false;
+        }
+        let mut rows: Vec<LogRow> = self.fresh.drain(..end).collect();
+        let first = rows[0].rowid;
+        rows.sort_unstable_by(|a, b| (&a.device_id, a.key).cmp(&(&b.device_id, b.key)));
+        let copied = done.map_or(0, |(device_id, key)| {
+            rows.partition_point(|r| (&*r.device_id, r.key) <= (device_id.as_str(), key))
+        });
+        // No bound to raise: a device's bound is read from the tables at its first write.
+        self.moving = Some(Move {
+            rows,
+            copied,
+            deleted_below: first,
+            last_rowid,
+        });
+        true
     }
 
     /// Applies a committed step; returns how many rows left the log with it.

@@ -1,5 +1,5 @@
-//! Telemetry chunks: one device's readings from one dense commit, stored as one row of
-//! `telemetry_chunks` (migration 0009).
+//! Telemetry chunks: one device's readings from one dense commit, or from a move of the log,
+//! stored as one row of `telemetry_chunks` (migration 0009).
 //!
 //! A commit holding many readings of each of its devices (a saturated hub: about 20 per
 //! device in each of its 2,000-reading commits) wrote a row per reading into `telemetry`:

@@ -13,19 +13,20 @@
 //!
 //! So a commit appends to `telemetry_log` (no key: rows go to the table's right edge, a
 //! batch fills a few adjacent pages), and once [`TELEMETRY_LOG_ROWS`] rows have been appended
-//! they move into `telemetry`, sorted by key: each device then gets its many rows written onto
-//! its pages together. A device with many readings in a commit ([`DIRECT_ROWS_PER_DEVICE`])
-//! has them written as one chunk instead (`chunks` says why), skipping the log.
+//! they move out, sorted by key: a device's many rows as chunks (`chunks` says why), its few
+//! into `telemetry`, written onto its pages together. A device with many readings in a commit
+//! ([`DIRECT_ROWS_PER_DEVICE`]) has them written as one chunk at once, skipping the log.
 //!
 //! A move is done in bounded steps, one per commit, inside the commit's transaction. A move in
 //! one transaction was a burst of about 100 ms of CPU during which no commit could run (the
 //! log and the table share one write lock): every PUBACK waiting on it waited that long, which
-//! set the hub's p99 latency. A step copies at least [`MOVE_STEP_ROWS`] of the rows being
-//! moved (taken in key order, found by rowid) and twice as many as its commit appends, so a
-//! move ends before the log has doubled; once all are copied, steps delete them from the log
-//! in rowid ranges. Its rows are in both tables until then: reads skip log rows whose key
-//! `telemetry` holds, and a restart re-copies what a move had not finished (the copy ignores
-//! keys already there).
+//! set the hub's p99 latency. A step writes out at least [`MOVE_STEP_ROWS`] of the rows being
+//! moved (taken in key order) and twice as many as its commit appends, so a move ends before
+//! the log has doubled; once all are written out, steps delete them from the log in rowid
+//! ranges. Each step records in `telemetry_move` the key it got to (migration 0010): the rows
+//! written out are in the log too until deleted, and reads skip them there by that record; a
+//! restart resumes the move after it, so no reading is written twice (a chunk written again
+//! could have other bounds, and no key conflict would stop it).
 //!
 //! Nor is a reading stored twice: before appending, the writer drops rows whose key the log
 //! holds (a set kept in memory, loaded when the connection opens) or `telemetry` or a chunk
@@ -59,8 +60,8 @@ use crate::model::to_ms;
 use crate::rows::to_json;
 use crate::{Durable, StoreError, TelemetryRow};
 
-/// Rows appended to the log that start a move into `telemetry`. Larger moves put more rows of
-/// each device on a page; the log is read without an index, so reads of a device's telemetry
+/// Rows appended to the log that start a move out of it. Larger moves put more rows of each
+/// device in a chunk or on a page; the log is read without an index, so reads of a device's telemetry
 /// scan it: 16,384 rows are about 4 MiB.
 pub const TELEMETRY_LOG_ROWS: usize = 16_384;
 
@@ -194,7 +195,7 @@ impl TelemetryWriter {
         Ok((inserted, Box::pin(synced)))
     }
 
-    /// Moves every row of the log into `telemetry`; returns how many rows left the log.
+    /// Moves every row of the log out of it; returns how many rows left the log.
     pub(crate) async fn compact(&self) -> Result<u64, StoreError> {
         let (done, answer) = oneshot::channel();
         self.send(Command::Compact { done })?;
@@ -392,8 +393,7 @@ impl Writer {
         )?;
         // Room for the insert statements of every row count, both tables, and the few others.
         conn.set_prepared_statement_cache_capacity(INSERT_ROWS + INSERT_CHUNKS + 8);
-        // A move that the last process did not finish starts again with the next commit: its
-        // rows are all in the log still, and copying ignores keys already copied.
+        // The log's keys, and each reading as a chunk holds it, for the moves.
         let mut logged = Logged::default();
         {
             let mut log = conn.prepare(
@@ -591,7 +591,8 @@ impl Writer {
         Ok(fresh.len() as u64)
     }
 
-    /// Moves every row of the log into `telemetry` (finishing a move under way first);
+    /// Moves every row of the log into chunks or `telemetry` (finishing a move under way
+    /// first);
     /// returns how many rows left the log.
     fn compact(&mut self) -> Result<u64, StoreError> {
         let Writer {
@@ -727,11 +728,11 @@ fn write_chunks(
 /// [`DELETE_PER_COPY`] times as many); `None` if no move is under way.
 ///
 /// A copying step takes the next rows in key order: a device's many rows become chunks of at
-/// most [`MOVE_CHUNK_READINGS`], read from the log and encoded here (SQLite's own JSON would
-/// write floats with 15 digits, not the shortest text that reads back exactly); a device's
-/// few are copied into `telemetry`, a row each. It then records how far the move has got in
-/// `telemetry_move`, in the same transaction, which is what reads skip the log by and what a
-/// restart resumes from.
+/// most [`MOVE_CHUNK_READINGS`], made of the text the writer keeps for each log row (made in
+/// Rust, not with SQLite's JSON functions, which write floats with 15 digits, not the
+/// shortest text that reads back exactly); a device's few are copied into `telemetry`, a row
+/// each. It then records how far the move has got in `telemetry_move`, in the same
+/// transaction, which is what reads skip the log by and what a restart resumes from.
 fn move_step(
     conn: &Connection,
     logged: &Logged,
@@ -924,12 +925,12 @@ fn raise_bound(table_max: &mut HashMap<Arc<str>, Option<Key>, Hasher>, device_id
     }
 }
 
-/// A move: every row of the log up to `last_rowid`, copied in key order, then deleted.
+/// A move: every row of the log up to `last_rowid`, written out in key order, then deleted.
 #[derive(Debug)]
 struct Move {
     /// The rows, in key order.
     rows: Vec<LogRow>,
-    /// How many of `rows` are copied into `telemetry`.
+    /// How many of `rows` are written into chunks or `telemetry`.
     copied: usize,
     /// Log rows with a rowid below this are deleted.
     deleted_below: i64,

@@ -61,8 +61,8 @@ use crate::rows::to_json;
 use crate::{Durable, StoreError, TelemetryRow};
 
 /// Rows appended to the log that start a move out of it. Larger moves put more rows of each
-/// device in a chunk or on a page; the log is read without an index, so reads of a device's telemetry
-/// scan it: 16,384 rows are about 4 MiB.
+/// device in a chunk or on a page; the log is read without an index, so reads of a device's
+/// telemetry scan it: 16,384 rows are about 4 MiB.
 pub const TELEMETRY_LOG_ROWS: usize = 16_384;
 
 /// The fewest rows a step of a move copies. Smaller steps spread a move's work over more
@@ -592,8 +592,7 @@ impl Writer {
     }
 
     /// Moves every row of the log into chunks or `telemetry` (finishing a move under way
-    /// first);
-    /// returns how many rows left the log.
+    /// first); returns how many rows left the log.
     fn compact(&mut self) -> Result<u64, StoreError> {
         let Writer {
             conn,
@@ -671,41 +670,78 @@ fn append<'r>(
     Ok(appended)
 }
 
-/// Writes each run of one device's readings (in key order, none stored yet) as a chunk.
-/// `text` keeps the buffers the chunks' JSON is made in, from one commit to the next.
-fn write_chunks(
+/// One device's readings, in key order, none stored yet, to be written as one chunk.
+trait Piece {
+    /// The device, the ts of the oldest reading and the key of the newest, how many.
+    fn head(&self) -> Option<(&str, i64, Key, usize)>;
+    /// Appends the chunk's JSON array to `out`.
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), StoreError>;
+}
+
+/// A run of a commit's rows.
+impl Piece for &[(Key, &TelemetryRow)] {
+    fn head(&self) -> Option<(&str, i64, Key, usize)> {
+        let (((ts_first, _), r), (last, _)) = (self.first()?, self.last()?);
+        Some((r.device_id.as_str(), *ts_first, *last, self.len()))
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        chunks::encode(self.iter().map(|(_, r)| chunks::columns(r)), out)
+    }
+}
+
+/// Rows of the log being moved, from the text kept for each.
+impl Piece for &[LogRow] {
+    fn head(&self) -> Option<(&str, i64, Key, usize)> {
+        let (first, last) = (self.first()?, self.last()?);
+        Some((&first.device_id, first.key.0, last.key, self.len()))
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        out.push(b'[');
+        for (i, r) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&r.reading);
+        }
+        out.push(b']');
+        Ok(())
+    }
+}
+
+/// Writes each piece as a chunk, [`INSERT_CHUNKS`] to a statement. `text` keeps the buffers
+/// the chunks' JSON is made in, from one commit to the next.
+fn write_chunks<P: Piece>(
     tx: &Connection,
     sql: &InsertSql,
     text: &mut Vec<Vec<u8>>,
-    runs: &[&[(Key, &TelemetryRow)]],
+    pieces: &[P],
 ) -> Result<(), StoreError> {
-    for group in runs.chunks(INSERT_CHUNKS) {
+    for group in pieces.chunks(INSERT_CHUNKS) {
         if text.len() < group.len() {
             text.resize_with(group.len(), Vec::new);
         }
-        for (run, buf) in group.iter().zip(text.iter_mut()) {
+        for (piece, buf) in group.iter().zip(text.iter_mut()) {
             buf.clear();
-            chunks::encode(run.iter().map(|(_, r)| chunks::columns(r)), buf)?;
+            piece.encode(buf)?;
         }
         let mut insert = tx.prepare_cached(sql.get(group.len()))?;
         let mut at = 0;
-        for (run, buf) in group.iter().zip(text.iter()) {
-            let (Some(((ts_first, _), r)), Some(((ts_last, seq_last), _))) =
-                (run.first(), run.last())
-            else {
-                continue;
+        for (piece, buf) in group.iter().zip(text.iter()) {
+            let Some((device_id, ts_first, (ts_last, seq_last), n)) = piece.head() else {
+                // Runs and pieces are made by `chunk_by` and `chunks`: never empty.
+                return Err(chunk_corrupt("an empty chunk".into()));
             };
             // The buffer holds what serde_json wrote: UTF-8.
-            let json = std::str::from_utf8(buf).map_err(|e| StoreError::Corrupt {
-                table: "telemetry_chunks",
-                why: format!("a chunk's JSON: {e}"),
-            })?;
+            let json = std::str::from_utf8(buf)
+                .map_err(|e| chunk_corrupt(format!("a chunk's JSON: {e}")))?;
             let values: [&dyn rusqlite::ToSql; 6] = [
-                &r.device_id,
-                ts_last,
-                seq_last,
-                ts_first,
-                &(run.len() as i64),
+                &device_id,
+                &ts_last,
+                &seq_last,
+                &ts_first,
+                &(n as i64),
                 &json,
             ];
             for v in values {
@@ -722,6 +758,13 @@ fn write_chunks(
         }
     }
     Ok(())
+}
+
+fn chunk_corrupt(why: String) -> StoreError {
+    StoreError::Corrupt {
+        table: "telemetry_chunks",
+        why,
+    }
 }
 
 /// Does the next step of the move under way, copying at least `copy` rows (deleting at most
@@ -775,9 +818,7 @@ fn move_step(
             ))?
             .execute([rowid_array(few)])?;
         }
-        for group in pieces.chunks(INSERT_CHUNKS) {
-            move_chunks(conn, chunk_sql, text, group)?;
-        }
+        write_chunks(conn, chunk_sql, text, &pieces)?;
         let last = &rows[rows.len() - 1];
         conn.prepare_cached(
             "INSERT OR REPLACE INTO telemetry_move (id, last_rowid, device_id, ts, seq) \
@@ -799,63 +840,6 @@ fn move_step(
             .execute([])?;
     }
     Ok(Some(Step::Deleted(below)))
-}
-
-/// Writes each piece of one device's log rows (in key order) as a chunk, from the readings
-/// the writer keeps.
-fn move_chunks(
-    conn: &Connection,
-    sql: &InsertSql,
-    text: &mut Vec<Vec<u8>>,
-    pieces: &[&[LogRow]],
-) -> Result<(), StoreError> {
-    if text.len() < pieces.len() {
-        text.resize_with(pieces.len(), Vec::new);
-    }
-    for (piece, buf) in pieces.iter().zip(text.iter_mut()) {
-        buf.clear();
-        buf.push(b'[');
-        for (i, r) in piece.iter().enumerate() {
-            if i > 0 {
-                buf.push(b',');
-            }
-            buf.extend_from_slice(&r.reading);
-        }
-        buf.push(b']');
-    }
-    let mut insert = conn.prepare_cached(sql.get(pieces.len()))?;
-    let mut at = 0;
-    for (piece, buf) in pieces.iter().zip(text.iter()) {
-        let (Some(first), Some(last)) = (piece.first(), piece.last()) else {
-            continue;
-        };
-        // The buffer holds what serde_json wrote: UTF-8.
-        let json = std::str::from_utf8(buf).map_err(|e| StoreError::Corrupt {
-            table: "telemetry_chunks",
-            why: format!("a chunk's JSON: {e}"),
-        })?;
-        let device_id: &str = &first.device_id;
-        let values: [&dyn rusqlite::ToSql; 6] = [
-            &device_id,
-            &last.key.0,
-            &last.key.1,
-            &first.key.0,
-            &(piece.len() as i64),
-            &json,
-        ];
-        for v in values {
-            at += 1;
-            insert.raw_bind_parameter(at, v)?;
-        }
-    }
-    let stored = insert.raw_execute()?;
-    if stored != pieces.len() {
-        return Err(StoreError::TelemetryOutOfStep {
-            expected: pieces.len(),
-            stored,
-        });
-    }
-    Ok(())
 }
 
 /// Column `i` of a log row, text.

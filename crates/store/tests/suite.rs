@@ -1706,37 +1706,15 @@ async fn sqlite_a_reading_written_behind_the_writers_back_fails_the_commit_whole
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_readings_stored_before_migration_8_survive_it() {
     let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("rampart.db");
-    let before = migrations_before(dir.path(), "sqlite", "0008");
-    std::fs::File::create(&path).unwrap();
-    let side = side_pool(&path).await;
-    sqlx::migrate::Migrator::new(before.as_path())
-        .await
-        .unwrap()
-        .run(&side)
-        .await
-        .unwrap();
+    let (path, side) = sqlite_before(dir.path(), "0008").await;
     // Readings 1-30 of two devices in the table, 31-35 in the log, as the writer left them.
-    let rows = dense(1..=35);
-    for r in &rows {
+    for r in &dense(1..=35) {
         let table = if r.seq <= 30 {
             "telemetry"
         } else {
             "telemetry_log"
         };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {table} (device_id, seq, ts, received_at, voltage_v, body) \
-             VALUES (?, ?, ?, ?, ?, ?)"
-        )))
-        .bind(&r.device_id)
-        .bind(r.seq)
-        .bind((r.ts.unix_timestamp_nanos() / 1_000_000) as i64)
-        .bind((r.received_at.unix_timestamp_nanos() / 1_000_000) as i64)
-        .bind(r.voltage_v)
-        .bind(&r.body)
-        .execute(&side)
-        .await
-        .unwrap();
+        insert_as_before(&side, table, r).await;
     }
     side.close().await;
 
@@ -1767,16 +1745,7 @@ async fn sqlite_readings_stored_before_migration_8_survive_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_move_left_half_done_before_migration_10_is_finished_by_it() {
     let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("rampart.db");
-    let before = migrations_before(dir.path(), "sqlite", "0010");
-    std::fs::File::create(&path).unwrap();
-    let side = side_pool(&path).await;
-    sqlx::migrate::Migrator::new(before.as_path())
-        .await
-        .unwrap()
-        .run(&side)
-        .await
-        .unwrap();
+    let (path, side) = sqlite_before(dir.path(), "0010").await;
     // Readings 1-30 of two devices copied into the table, 21-35 in the log: 21-30 in both.
     for r in &dense(1..=35) {
         let tables: &[&str] = match r.seq {
@@ -1785,19 +1754,7 @@ async fn sqlite_a_move_left_half_done_before_migration_10_is_finished_by_it() {
             _ => &["telemetry_log"],
         };
         for table in tables {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO {table} (device_id, seq, ts, received_at, voltage_v, body) \
-                 VALUES (?, ?, ?, ?, ?, ?)"
-            )))
-            .bind(&r.device_id)
-            .bind(r.seq)
-            .bind((r.ts.unix_timestamp_nanos() / 1_000_000) as i64)
-            .bind((r.received_at.unix_timestamp_nanos() / 1_000_000) as i64)
-            .bind(r.voltage_v)
-            .bind(&r.body)
-            .execute(&side)
-            .await
-            .unwrap();
+            insert_as_before(&side, table, r).await;
         }
     }
     assert_eq!(
@@ -1819,6 +1776,43 @@ async fn sqlite_a_move_left_half_done_before_migration_10_is_finished_by_it() {
     );
     side.close().await;
     s.close().await;
+}
+
+/// A SQLite database in `dir` with the migrations numbered below `first_left_out` applied, as
+/// an older release left it, and a pool of the test's own on it.
+async fn sqlite_before(
+    dir: &std::path::Path,
+    first_left_out: &str,
+) -> (std::path::PathBuf, sqlx::SqlitePool) {
+    let path = dir.join("rampart.db");
+    let before = migrations_before(dir, "sqlite", first_left_out);
+    std::fs::File::create(&path).unwrap();
+    let side = side_pool(&path).await;
+    sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .unwrap()
+        .run(&side)
+        .await
+        .unwrap();
+    (path, side)
+}
+
+/// Writes `r` into `table` (`telemetry` or `telemetry_log`) the way an older release's writer
+/// did, with the columns the upgrade tests read back.
+async fn insert_as_before(side: &sqlx::SqlitePool, table: &str, r: &TelemetryRow) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (device_id, seq, ts, received_at, voltage_v, body) \
+         VALUES (?, ?, ?, ?, ?, ?)"
+    )))
+    .bind(&r.device_id)
+    .bind(r.seq)
+    .bind((r.ts.unix_timestamp_nanos() / 1_000_000) as i64)
+    .bind((r.received_at.unix_timestamp_nanos() / 1_000_000) as i64)
+    .bind(r.voltage_v)
+    .bind(&r.body)
+    .execute(side)
+    .await
+    .unwrap();
 }
 
 /// After an upgrade: readings 1-35 of gw-a and gw-b, written before it, read back in time

@@ -18,8 +18,8 @@ const COLUMNS: &str = "device_id, seq, ts, received_at, voltage_v, current_a, so
 
 impl SqliteStore {
     /// Moves every row of the log into `telemetry` or its chunks (finishing a move under way
-    /// first);
-    /// returns how many rows left the log. The writer moves rows by itself as it commits.
+    /// first); returns how many rows left the log. The writer moves rows by itself as it
+    /// commits.
     pub async fn compact_telemetry(&self) -> Result<u64, StoreError> {
         self.telemetry_writer.compact().await
     }

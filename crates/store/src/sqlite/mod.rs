@@ -27,7 +27,8 @@ mod telemetry_writer;
 mod wal_sync;
 
 pub use telemetry_writer::{
-    DIRECT_ROWS_PER_DEVICE, MOVE_CHUNK_READINGS, MOVE_STEP_ROWS, TELEMETRY_LOG_ROWS,
+    DIRECT_ROWS_PER_DEVICE, MOVE_CHUNK_MIN_READINGS, MOVE_CHUNK_READINGS, MOVE_STEP_ROWS,
+    TELEMETRY_LOG_ROWS,
 };
 
 use std::path::{Path, PathBuf};

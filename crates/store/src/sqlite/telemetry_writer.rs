@@ -13,8 +13,8 @@
 //!
 //! So a commit appends to `telemetry_log` (no key: rows go to the table's right edge, a
 //! batch fills a few adjacent pages), and once [`TELEMETRY_LOG_ROWS`] rows have been appended
-//! they move out, sorted by key: a device's many rows as chunks (`chunks` says why), its few
-//! into `telemetry`, written onto its pages together. A device with many readings in a commit
+//! they move out, sorted by key: a device's rows as chunks (`chunks` says why; two or more,
+//! [`MOVE_CHUNK_MIN_READINGS`]), a device's one row into `telemetry`. A device with many readings in a commit
 //! ([`DIRECT_ROWS_PER_DEVICE`]) has them written as one chunk at once, skipping the log.
 //!
 //! A move is done in bounded steps, one per commit, inside the commit's transaction. A move in
@@ -89,6 +89,17 @@ pub const DIRECT_ROWS_PER_DEVICE: usize = 16;
 /// its PUBACKs), and so is the text a read parses for a device's newest reading: 1,024
 /// readings are about 250 KiB.
 pub const MOVE_CHUNK_READINGS: usize = 1_024;
+
+/// The fewest readings of one device in a move's step that it writes as a chunk; a device
+/// with fewer (one) has its row copied into `telemetry`. Far below
+/// [`DIRECT_ROWS_PER_DEVICE`] on purpose: a fleet of many devices sending slowly (5,000 at
+/// 4 readings a second) has about 3 rows of each in a move, and with the commits' bound of 16
+/// every one was copied row by row, each looked up in the log by rowid. Written as chunks,
+/// the writer thread's share of the hub's CPU samples fell from 29% to 18% and the hub's
+/// file reads by 72–81% (docs/benchmarks.md, "A fleet of many slow devices"). Not one: a
+/// chunk is a record and an index entry, a row of `telemetry` one record in its keyed B-tree,
+/// so a single reading stays a row (by count of writes, not measured).
+pub const MOVE_CHUNK_MIN_READINGS: usize = 2;
 
 /// Rows per multi-row append (14 parameters a row stays well under SQLite's limit of 32,766).
 const INSERT_ROWS: usize = 64;
@@ -770,11 +781,11 @@ fn chunk_corrupt(why: String) -> StoreError {
 /// Does the next step of the move under way, copying at least `copy` rows (deleting at most
 /// [`DELETE_PER_COPY`] times as many); `None` if no move is under way.
 ///
-/// A copying step takes the next rows in key order: a device's many rows become chunks of at
-/// most [`MOVE_CHUNK_READINGS`], made of the text the writer keeps for each log row (made in
-/// Rust, not with SQLite's JSON functions, which write floats with 15 digits, not the
-/// shortest text that reads back exactly); a device's few are copied into `telemetry`, a row
-/// each. It then records how far the move has got in `telemetry_move`, in the same
+/// A copying step takes the next rows in key order: a device's rows become chunks of at most
+/// [`MOVE_CHUNK_READINGS`], made of the text the writer keeps for each log row (made in Rust,
+/// not with SQLite's JSON functions, which write floats with 15 digits, not the shortest text
+/// that reads back exactly); a device with fewer than [`MOVE_CHUNK_MIN_READINGS`] rows in the
+/// step has them copied into `telemetry`, a row each. It then records how far the move has got in `telemetry_move`, in the same
 /// transaction, which is what reads skip the log by and what a restart resumes from.
 fn move_step(
     conn: &Connection,
@@ -801,7 +812,7 @@ fn move_step(
         let mut few = Vec::new();
         let mut pieces = Vec::new();
         for run in rows.chunk_by(|a, b| a.device_id == b.device_id) {
-            if run.len() >= DIRECT_ROWS_PER_DEVICE {
+            if run.len() >= MOVE_CHUNK_MIN_READINGS {
                 pieces.extend(run.chunks(MOVE_CHUNK_READINGS));
             } else {
                 few.extend(run.iter().map(|r| r.rowid));

@@ -1528,7 +1528,7 @@ async fn sqlite_a_failing_move_step_loses_no_reading() {
     assert_eq!(s.telemetry_upkeep_failures(), failures);
     assert_eq!(count("FROM telemetry_readings").await, all.len() + 1);
     assert_eq!(s.compact_telemetry().await.unwrap() as usize, all.len() + 1);
-    // Into chunks, and the few rows a step ends a device's run with into the table.
+    // Into chunks, and a single row a step may end a device's run with into the table.
     let chunked = count("FROM telemetry_chunks AS c, json_each(c.readings)").await;
     assert_eq!(chunked + count("FROM telemetry").await, all.len() + 1);
     assert_eq!(count("FROM telemetry_move").await, 0);

@@ -14,8 +14,9 @@
 //! So a commit appends to `telemetry_log` (no key: rows go to the table's right edge, a
 //! batch fills a few adjacent pages), and once [`TELEMETRY_LOG_ROWS`] rows have been appended
 //! they move out, sorted by key: a device's rows as chunks (`chunks` says why; two or more,
-//! [`MOVE_CHUNK_MIN_READINGS`]), a device's one row into `telemetry`. A device with many readings in a commit
-//! ([`DIRECT_ROWS_PER_DEVICE`]) has them written as one chunk at once, skipping the log.
+//! [`MOVE_CHUNK_MIN_READINGS`]), a device's one row into `telemetry`. A device with many
+//! readings in a commit ([`DIRECT_ROWS_PER_DEVICE`]) has them written as one chunk at once,
+//! skipping the log.
 //!
 //! A move is done in bounded steps, one per commit, inside the commit's transaction. A move in
 //! one transaction was a burst of about 100 ms of CPU during which no commit could run (the
@@ -785,8 +786,9 @@ fn chunk_corrupt(why: String) -> StoreError {
 /// [`MOVE_CHUNK_READINGS`], made of the text the writer keeps for each log row (made in Rust,
 /// not with SQLite's JSON functions, which write floats with 15 digits, not the shortest text
 /// that reads back exactly); a device with fewer than [`MOVE_CHUNK_MIN_READINGS`] rows in the
-/// step has them copied into `telemetry`, a row each. It then records how far the move has got in `telemetry_move`, in the same
-/// transaction, which is what reads skip the log by and what a restart resumes from.
+/// step has them copied into `telemetry`, a row each. It then records how far the move has
+/// got in `telemetry_move`, in the same transaction, which is what reads skip the log by and
+/// what a restart resumes from.
 fn move_step(
     conn: &Connection,
     logged: &Logged,

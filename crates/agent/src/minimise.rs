@@ -322,13 +322,15 @@ impl Group {
             } else {
                 None
             },
-            source: has(bit::SOURCE).then(|| last.source.clone()),
-            window: windowed.then(|| Window {
-                from: acc.from.unwrap_or(last.ts),
-                samples: acc.n,
-                aggregate: how,
-                min: with_extremes.then(|| extremes(Aggregate::Min)),
-                max: with_extremes.then(|| extremes(Aggregate::Max)),
+            source: has(bit::SOURCE).then(|| Box::new(last.source.clone())),
+            window: windowed.then(|| {
+                Box::new(Window {
+                    from: acc.from.unwrap_or(last.ts),
+                    samples: acc.n,
+                    aggregate: how,
+                    min: with_extremes.then(|| extremes(Aggregate::Min)),
+                    max: with_extremes.then(|| extremes(Aggregate::Max)),
+                })
             }),
         })
     }

@@ -1,0 +1,73 @@
+//! Telemetry parsing: nanoseconds per document through `TelemetryMessage::parse_many`, the
+//! call the hub makes for every telemetry publish, side by side with a parse of the same bytes
+//! into an untyped `serde_json::Value` (the reference: what any JSON-reading broker plugin
+//! pays) in the same run. docs/benchmarks.md reports the ratio.
+//!
+//! `cargo bench -p rampart-bms --bench parse`
+//!
+//! Documents: the load generator's 128-byte telemetry document (what `rampart bench` sends),
+//! and a full document as the reference agent sends it (cells, temperatures, limits, alarms,
+//! source). Bounded: 200,000 parses per side and round, five rounds alternating the sides;
+//! the median round of each is reported.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use rampart_bms::{SimulatedPack, SimulatorConfig, TelemetryMessage};
+use time::OffsetDateTime;
+
+const PARSES: u32 = 200_000;
+const ROUNDS: usize = 5;
+
+fn loadgen_document() -> Vec<u8> {
+    // The bytes crates/loadgen's telemetry_payload writes for a 128-byte payload.
+    let mut doc = br#"{"v":1,"seq":123456,"ts":"2026-11-28T18:04:05.123456789Z","pack":{"voltage_v":52.41,"current_a":-12.5,"soc_pct":81.2}"#.to_vec();
+    while doc.len() + 1 < 128 {
+        doc.push(b' ');
+    }
+    doc.push(b'}');
+    doc
+}
+
+fn full_document() -> Vec<u8> {
+    let reading =
+        SimulatedPack::new(SimulatorConfig::default()).snapshot(OffsetDateTime::UNIX_EPOCH);
+    serde_json::to_vec(&TelemetryMessage::full(42, &reading)).expect("a document serialises")
+}
+
+fn ns_per_parse(f: &dyn Fn()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..PARSES {
+        f();
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(PARSES)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    for (name, doc) in [
+        ("loadgen 128 B", loadgen_document()),
+        ("full", full_document()),
+    ] {
+        assert!(TelemetryMessage::parse_many(&doc).is_ok(), "{name} parses");
+        let (mut typed, mut value) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            typed.push(ns_per_parse(&|| {
+                black_box(TelemetryMessage::parse_many(black_box(&doc)).is_ok());
+            }));
+            value.push(ns_per_parse(&|| {
+                black_box(serde_json::from_slice::<serde_json::Value>(black_box(&doc)).is_ok());
+            }));
+        }
+        let (t, v) = (median(typed), median(value));
+        println!(
+            "{name} ({} bytes): parse_many {t:.0} ns/doc, serde_json::Value {v:.0} ns/doc, ratio {:.2}",
+            doc.len(),
+            t / v
+        );
+    }
+}

@@ -14,18 +14,15 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use rampart_bms::{SimulatedPack, SimulatorConfig, TelemetryMessage};
+use rampart_loadgen::scenario::telemetry_payload;
 use time::OffsetDateTime;
 
 const PARSES: u32 = 200_000;
 const ROUNDS: usize = 5;
 
 fn loadgen_document() -> Vec<u8> {
-    // The bytes crates/loadgen's telemetry_payload writes for a 128-byte payload.
-    let mut doc = br#"{"v":1,"seq":123456,"ts":"2026-11-28T18:04:05.123456789Z","pack":{"voltage_v":52.41,"current_a":-12.5,"soc_pct":81.2}"#.to_vec();
-    while doc.len() + 1 < 128 {
-        doc.push(b' ');
-    }
-    doc.push(b'}');
+    let mut doc = Vec::new();
+    telemetry_payload(&mut doc, 123_456, "2026-11-28T18:04:05.123456789Z", 128);
     doc
 }
 

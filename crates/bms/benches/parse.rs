@@ -1,7 +1,9 @@
 //! Telemetry parsing: nanoseconds per document through `TelemetryMessage::parse_many`, the
-//! call the hub makes for every telemetry publish, side by side with a parse of the same bytes
-//! into an untyped `serde_json::Value` (the reference: what any JSON-reading broker plugin
-//! pays) in the same run. docs/benchmarks.md reports the ratio.
+//! call the hub makes for every telemetry publish (the quick reader, serde for what it
+//! leaves), side by side in the same run with serde_json's derived parse of the same bytes
+//! into the same type, validated alike (the path before the reader), and with a parse into an
+//! untyped `serde_json::Value` (the reference: what any JSON-reading broker plugin pays).
+//! docs/benchmarks.md reports the ratios.
 //!
 //! `cargo bench -p rampart-bms --bench parse`
 //!
@@ -51,20 +53,26 @@ fn main() {
         ("full", full_document()),
     ] {
         assert!(TelemetryMessage::parse_many(&doc).is_ok(), "{name} parses");
-        let (mut typed, mut value) = (Vec::new(), Vec::new());
+        let (mut typed, mut serde, mut value) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             typed.push(ns_per_parse(&|| {
                 black_box(TelemetryMessage::parse_many(black_box(&doc)).is_ok());
+            }));
+            serde.push(ns_per_parse(&|| {
+                let msg = serde_json::from_slice::<TelemetryMessage>(black_box(&doc));
+                black_box(msg.is_ok_and(|m| m.validate().is_ok()));
             }));
             value.push(ns_per_parse(&|| {
                 black_box(serde_json::from_slice::<serde_json::Value>(black_box(&doc)).is_ok());
             }));
         }
-        let (t, v) = (median(typed), median(value));
+        let (t, s, v) = (median(typed), median(serde), median(value));
         println!(
-            "{name} ({} bytes): parse_many {t:.0} ns/doc, serde_json::Value {v:.0} ns/doc, ratio {:.2}",
+            "{name} ({} bytes): parse_many {t:.0} ns/doc, serde typed {s:.0}, \
+             serde_json::Value {v:.0}; parse_many / Value {:.2}, / serde typed {:.2}",
             doc.len(),
-            t / v
+            t / v,
+            t / s
         );
     }
 }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::reading::{Alarm, Fets, Limits, Reading, Requests, SourceInfo};
+
+mod reader;
 use crate::units::{AmpHours, Amps, Celsius, Percent, Volts};
 
 /// Current version of the telemetry and event documents.
@@ -298,10 +300,19 @@ impl TelemetryMessage {
 
     /// Parses and validates one document.
     pub fn parse(bytes: &[u8]) -> Result<TelemetryMessage, ValidationError> {
-        let msg: TelemetryMessage =
-            serde_json::from_slice(bytes).map_err(|e| ValidationError::Json(e.to_string()))?;
-        msg.validate()?;
+        let mut msg = reader::blank();
+        Self::parse_into(bytes, &mut msg)?;
         Ok(msg)
+    }
+
+    /// [`TelemetryMessage::parse`] into `msg`: the quick reader where it can, serde for what
+    /// it leaves (and for the refusal's words).
+    fn parse_into(bytes: &[u8], msg: &mut TelemetryMessage) -> Result<(), ValidationError> {
+        if reader::document(bytes, msg).is_none() {
+            *msg =
+                serde_json::from_slice(bytes).map_err(|e| ValidationError::Json(e.to_string()))?;
+        }
+        msg.validate()
     }
 
     /// Parses either one document (`{...}`) or a batch (`[{...}, ...]`, at most
@@ -309,10 +320,19 @@ impl TelemetryMessage {
     pub fn parse_many(bytes: &[u8]) -> Result<Documents, ValidationError> {
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'[') {
-            return Self::parse(bytes).map(Documents::One);
+            // Read in its place in the answer: the document is not moved again.
+            let mut one = Documents::One(reader::blank());
+            if let Documents::One(msg) = &mut one {
+                Self::parse_into(bytes, msg)?;
+            }
+            return Ok(one);
         }
-        let docs: Vec<TelemetryMessage> =
-            serde_json::from_slice(bytes).map_err(|e| ValidationError::Json(e.to_string()))?;
+        let docs: Vec<TelemetryMessage> = match reader::batch(bytes) {
+            Some(docs) => docs,
+            None => {
+                serde_json::from_slice(bytes).map_err(|e| ValidationError::Json(e.to_string()))?
+            }
+        };
         if docs.is_empty() || docs.len() > MAX_BATCH {
             return Err(ValidationError::Batch {
                 len: docs.len(),

@@ -4,7 +4,8 @@
 //!   plain numbers under field names that carry the unit (`voltage_v`).
 //! - `reading`: the normalized reading every BMS source produces.
 //! - `document`: what a device sends — telemetry documents (whole readings or minimised
-//!   windows, single or batched) and events — with the validation the hub applies.
+//!   windows, single or batched) and events — with the validation the hub applies; telemetry
+//!   is read by a quick reader of its own where it can, and by serde otherwise.
 //! - `source`: the `BmsSource` trait behind which protocol drivers live.
 //! - `simulator`: a pack simulator for demos and tests.
 //! - `jbd`: JBD / Xiaoxiang UART protocol (commands 0x03 and 0x04) over any serial stream.

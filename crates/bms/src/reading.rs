@@ -83,6 +83,25 @@ pub enum Alarm {
 }
 
 impl Alarm {
+    /// Every alarm, in declaration order.
+    pub const ALL: [Alarm; 15] = [
+        Alarm::CellOverVoltage,
+        Alarm::CellUnderVoltage,
+        Alarm::PackOverVoltage,
+        Alarm::PackUnderVoltage,
+        Alarm::ChargeOverTemperature,
+        Alarm::ChargeUnderTemperature,
+        Alarm::DischargeOverTemperature,
+        Alarm::DischargeUnderTemperature,
+        Alarm::ChargeOverCurrent,
+        Alarm::DischargeOverCurrent,
+        Alarm::ShortCircuit,
+        Alarm::CellImbalance,
+        Alarm::OverTemperature,
+        Alarm::UnderTemperature,
+        Alarm::SystemError,
+    ];
+
     /// The wire name (snake case).
     pub fn as_str(self) -> &'static str {
         match self {

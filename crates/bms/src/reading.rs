@@ -208,3 +208,39 @@ impl Reading {
         (!self.temperatures.is_empty()).then_some((Celsius(min), Celsius(max)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_alarm_is_listed_once_under_its_wire_name() {
+        // Naming every variant: one added to the enum stops this from compiling until it is
+        // placed here, and then the count below asks for it in `ALL`.
+        let variants = |a: Alarm| match a {
+            Alarm::CellOverVoltage
+            | Alarm::CellUnderVoltage
+            | Alarm::PackOverVoltage
+            | Alarm::PackUnderVoltage
+            | Alarm::ChargeOverTemperature
+            | Alarm::ChargeUnderTemperature
+            | Alarm::DischargeOverTemperature
+            | Alarm::DischargeUnderTemperature
+            | Alarm::ChargeOverCurrent
+            | Alarm::DischargeOverCurrent
+            | Alarm::ShortCircuit
+            | Alarm::CellImbalance
+            | Alarm::OverTemperature
+            | Alarm::UnderTemperature
+            | Alarm::SystemError => 15,
+        };
+        let mut distinct = Alarm::ALL.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), variants(Alarm::SystemError));
+        for a in Alarm::ALL {
+            let wire = serde_json::to_string(&a).expect("an alarm serialises");
+            assert_eq!(wire, format!("\"{}\"", a.as_str()));
+        }
+    }
+}

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::reading::{Alarm, Fets, Limits, Reading, Requests, SourceInfo};
+use crate::units::{AmpHours, Amps, Celsius, Percent, Volts};
 
 mod reader;
-use crate::units::{AmpHours, Amps, Celsius, Percent, Volts};
 
 /// Current version of the telemetry and event documents.
 pub const TELEMETRY_VERSION: u32 = 1;

@@ -90,17 +90,21 @@ fn lfp_ocv(soc: f64) -> f64 {
     CURVE[CURVE.len() - 1].1
 }
 
-/// Small deterministic PRNG (xorshift64*), so a seed reproduces a pack exactly.
+/// Small deterministic PRNG (xorshift64*), so a seed reproduces a pack exactly (the
+/// document reader's tests draw from it too). The seed must not be zero.
 #[derive(Debug, Clone)]
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next_f64(&mut self) -> f64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        (x >> 11) as f64 / (1u64 << 53) as f64
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Uniform in -1..1.

@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use rampart_store::{
     Batching, IngestQueue, PgOptions, PgStore, SqliteOptions, SqliteStore, Store, Synchronous,
-    TelemetryRow,
+    TelemetryRow, encode_telemetry_chunk,
 };
 use time::OffsetDateTime;
 
@@ -169,7 +169,8 @@ async fn raw(dir: &std::path::Path, sync: Synchronous, rows: &[TelemetryRow]) ->
     )
     .expect("synchronous");
     // Each device's readings of a transaction as one row of `telemetry_chunks`, laid out as
-    // the hub lays them out (crates/store/src/sqlite/chunks.rs): a batch of 2,000 from 100
+    // the hub lays them out, by the store's own encoder (crates/store/src/sqlite/chunks.rs:
+    // SQLite's binary JSON): a batch of 2,000 from 100
     // devices holds 20 of each, which the hub stores as chunks too. Multi-row INSERTs of
     // 64 chunks.
     let insert = |n: usize| {
@@ -192,35 +193,17 @@ async fn raw(dir: &std::path::Path, sync: Synchronous, rows: &[TelemetryRow]) ->
             batch.chunk_by(|a, b| a.device_id == b.device_id).collect();
         let tx = conn.transaction().expect("begin");
         for group in runs.chunks(64) {
-            let texts: Vec<String> = group
+            let chunks: Vec<Vec<u8>> = group
                 .iter()
                 .map(|run| {
-                    let readings: Vec<_> = run
-                        .iter()
-                        .map(|r| {
-                            (
-                                r.seq,
-                                ms(r.ts),
-                                ms(r.received_at),
-                                r.voltage_v,
-                                r.current_a,
-                                r.soc_pct,
-                                r.soh_pct,
-                                r.temp_min_c,
-                                r.temp_max_c,
-                                r.cell_min_v,
-                                r.cell_max_v,
-                                &r.alarms,
-                                &r.body,
-                            )
-                        })
-                        .collect();
-                    serde_json::to_string(&readings).expect("chunk")
+                    let mut chunk = Vec::new();
+                    encode_telemetry_chunk(run.iter().copied(), &mut chunk);
+                    chunk
                 })
                 .collect();
             let mut st = tx.prepare_cached(&insert(group.len())).expect("prepare");
             let mut at = 0;
-            for (run, text) in group.iter().zip(&texts) {
+            for (run, chunk) in group.iter().zip(&chunks) {
                 let (first, last) = (run[0], run[run.len() - 1]);
                 let values: [&dyn rusqlite::ToSql; 6] = [
                     &first.device_id,
@@ -228,7 +211,7 @@ async fn raw(dir: &std::path::Path, sync: Synchronous, rows: &[TelemetryRow]) ->
                     &last.seq,
                     &ms(first.ts),
                     &(run.len() as i64),
-                    text,
+                    chunk,
                 ];
                 for v in values {
                     at += 1;

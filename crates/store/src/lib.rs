@@ -33,7 +33,7 @@ pub use model::*;
 pub use postgres::{PgOptions, PgStore, check_schema};
 pub use sqlite::{
     DIRECT_ROWS_PER_DEVICE, MOVE_CHUNK_MIN_READINGS, MOVE_CHUNK_READINGS, MOVE_STEP_ROWS,
-    SqliteOptions, SqliteStore, Synchronous, TELEMETRY_LOG_ROWS,
+    SqliteOptions, SqliteStore, Synchronous, TELEMETRY_LOG_ROWS, encode_telemetry_chunk,
 };
 
 use async_trait::async_trait;

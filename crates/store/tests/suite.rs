@@ -1609,6 +1609,138 @@ async fn sqlite_a_database_made_with_4_kib_pages_keeps_them_and_its_wal_is_check
     wal_is_checkpointed_at_40_mib(dir.path(), 4096).await;
 }
 
+/// A device's rows of the `telemetry_readings` view, oldest first, as the store's rows.
+async fn viewed(side: &sqlx::SqlitePool, device: &str) -> Vec<TelemetryRow> {
+    sqlx::query("SELECT * FROM telemetry_readings WHERE device_id = ?1 ORDER BY ts, seq")
+        .bind(device)
+        .fetch_all(side)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let ms = |c: &str| {
+                OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(r.get::<i64, _>(c)) * 1_000_000,
+                )
+                .unwrap()
+            };
+            TelemetryRow {
+                device_id: r.get("device_id"),
+                seq: r.get("seq"),
+                ts: ms("ts"),
+                received_at: ms("received_at"),
+                voltage_v: r.get("voltage_v"),
+                current_a: r.get("current_a"),
+                soc_pct: r.get("soc_pct"),
+                soh_pct: r.get("soh_pct"),
+                temp_min_c: r.get("temp_min_c"),
+                temp_max_c: r.get("temp_max_c"),
+                cell_min_v: r.get("cell_min_v"),
+                cell_max_v: r.get("cell_max_v"),
+                alarms: serde_json::from_str(r.get("alarms")).unwrap(),
+                body: r.get("body"),
+            }
+        })
+        .collect()
+}
+
+/// Chunks are written as SQLite's binary JSON; those written as JSON text before that read
+/// alike, through the store and the view, beside new ones. Bodies and alarms holding what
+/// JSON escapes (quotes, backslashes, control characters, non-ASCII) come back as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_chunks_of_binary_json_and_of_json_text_read_alike() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rampart.db");
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    let side = side_pool(&path).await;
+    let awkward = |mut r: TelemetryRow| {
+        r.body = format!(
+            "{{\"seq\":{},\"note\":\"a \\\"quote\\\", a \\\\ and ünïcode\"}}\n\t",
+            r.seq
+        );
+        r.alarms = vec!["cell_\"over\"_voltage".into(), "tab\there".into()];
+        r.soh_pct = None;
+        r
+    };
+    const { assert!(20 >= DIRECT_ROWS_PER_DEVICE) };
+    let rows: Vec<TelemetryRow> = dense(1..=20).into_iter().map(awkward).collect();
+    assert_eq!(s.insert_telemetry(&rows).await.unwrap(), 40);
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT typeof(readings) FROM telemetry_chunks")
+            .fetch_all(&side)
+            .await
+            .unwrap();
+    assert_eq!(kinds, ["blob"], "new chunks are binary JSON");
+    // A chunk of gw-c as the release before wrote it: JSON text, body and alarms as JSON
+    // strings.
+    let old: Vec<TelemetryRow> = (1..=3).map(|q| awkward(row("gw-c", q))).collect();
+    let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+    let text = serde_json::to_string(
+        &old.iter()
+            .map(|r| {
+                serde_json::json!([
+                    r.seq,
+                    ms(r.ts),
+                    ms(r.received_at),
+                    r.voltage_v,
+                    r.current_a,
+                    r.soc_pct,
+                    r.soh_pct,
+                    r.temp_min_c,
+                    r.temp_max_c,
+                    r.cell_min_v,
+                    r.cell_max_v,
+                    r.alarms,
+                    r.body
+                ])
+            })
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO telemetry_chunks (device_id, ts_last, seq_last, ts_first, n_readings, \
+         readings) VALUES ('gw-c', ?1, 3, ?2, 3, ?3)",
+    )
+    .bind(ms(old[2].ts))
+    .bind(ms(old[0].ts))
+    .bind(&text)
+    .execute(&side)
+    .await
+    .unwrap();
+    // Received times as stored: whole milliseconds.
+    let stored = |r: &TelemetryRow| {
+        let mut r = r.clone();
+        r.received_at =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms(r.received_at)) * 1_000_000)
+                .unwrap();
+        r
+    };
+    for (device, sent) in [
+        (
+            "gw-a",
+            rows.iter()
+                .filter(|r| r.device_id == "gw-a")
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
+        ("gw-c", old.clone()),
+    ] {
+        let want: Vec<TelemetryRow> = sent.iter().map(stored).collect();
+        let read = s
+            .telemetry(device, OffsetDateTime::UNIX_EPOCH, 1_000)
+            .await
+            .unwrap();
+        assert_eq!(read, want, "{device} through the store");
+        assert_eq!(
+            viewed(&side, device).await,
+            want,
+            "{device} through the view"
+        );
+    }
+    side.close().await;
+    s.close().await;
+}
+
 /// A commit holding many rows of a device writes them as one chunk, without the log's copy.
 /// Re-sent readings are still recognised — in a dense commit, in a sparse one, and after a
 /// reopen — readings in the log, in chunks and in both kinds of commit are each read once,
@@ -1652,37 +1784,7 @@ async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
     let b: Vec<i64> = (1..=20).chain(22..=41).collect();
     assert_eq!(seqs(read("gw-b").await), b);
     // The view's rows are the readings as read, value for value.
-    let viewed: Vec<TelemetryRow> =
-        sqlx::query("SELECT * FROM telemetry_readings WHERE device_id = 'gw-a' ORDER BY ts, seq")
-            .fetch_all(&side)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let ms = |c: &str| {
-                    OffsetDateTime::from_unix_timestamp_nanos(
-                        i128::from(r.get::<i64, _>(c)) * 1_000_000,
-                    )
-                    .unwrap()
-                };
-                TelemetryRow {
-                    device_id: r.get("device_id"),
-                    seq: r.get("seq"),
-                    ts: ms("ts"),
-                    received_at: ms("received_at"),
-                    voltage_v: r.get("voltage_v"),
-                    current_a: r.get("current_a"),
-                    soc_pct: r.get("soc_pct"),
-                    soh_pct: r.get("soh_pct"),
-                    temp_min_c: r.get("temp_min_c"),
-                    temp_max_c: r.get("temp_max_c"),
-                    cell_min_v: r.get("cell_min_v"),
-                    cell_max_v: r.get("cell_max_v"),
-                    alarms: serde_json::from_str(r.get("alarms")).unwrap(),
-                    body: r.get("body"),
-                }
-            })
-            .collect();
+    let viewed = viewed(&side, "gw-a").await;
     assert_eq!(viewed, read("gw-a").await);
     // Reads with a start and a limit: the newest at or after the start, across chunks and
     // the log.

@@ -16,6 +16,7 @@ mod chunks;
 mod compliance;
 mod events;
 mod inline;
+mod jsonb;
 mod pki;
 mod policies;
 mod provisioning;
@@ -26,6 +27,7 @@ mod telemetry;
 mod telemetry_writer;
 mod wal_sync;
 
+pub use chunks::encode_rows as encode_telemetry_chunk;
 pub use telemetry_writer::{
     DIRECT_ROWS_PER_DEVICE, MOVE_CHUNK_MIN_READINGS, MOVE_CHUNK_READINGS, MOVE_STEP_ROWS,
     TELEMETRY_LOG_ROWS,

@@ -7,7 +7,7 @@ use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::SqliteStore;
-use super::chunks::{self, Newest};
+use super::chunks::{self, Newest, Stored};
 use crate::model::to_ms;
 use crate::rows;
 use crate::{Durable, StoreError, TelemetryRow, TelemetryStore};
@@ -77,7 +77,8 @@ impl TelemetryStore for SqliteStore {
         let mut newest = Newest::new(found, limit as usize);
         {
             let mut chunks = sqlx::query(
-                "SELECT ts_last, seq_last, readings FROM telemetry_chunks \
+                "SELECT ts_last, seq_last, readings, typeof(readings) AS kind \
+                 FROM telemetry_chunks \
                  WHERE device_id = ?1 AND ts_last >= ?2 ORDER BY ts_last DESC, seq_last DESC",
             )
             .bind(device_id)
@@ -88,8 +89,13 @@ impl TelemetryStore for SqliteStore {
                 if !newest.wants(last) {
                     break;
                 }
-                let text: &str = row.try_get("readings")?;
-                newest.add(chunks::decode(device_id, text, since)?);
+                let kind: &str = row.try_get("kind")?;
+                let stored = if kind == "blob" {
+                    Stored::Jsonb(row.try_get("readings")?)
+                } else {
+                    Stored::Text(row.try_get("readings")?)
+                };
+                newest.add(chunks::decode(device_id, stored, since)?);
             }
         }
         tx.commit().await?;

@@ -436,7 +436,7 @@ impl Writer {
                         log_text(r, 14)?,
                     ),
                     &mut reading,
-                )?;
+                );
                 logged.insert(r.get(0)?, log_text(r, 1)?, (ts, seq), reading.into());
             }
         }
@@ -587,7 +587,7 @@ impl Writer {
         tx.commit()?;
         for (rowid, k, r) in appended {
             let mut reading = Vec::new();
-            chunks::encode_one(chunks::columns(r), &mut reading)?;
+            chunks::encode_one(chunks::columns(r), &mut reading);
             logged.insert(rowid, &r.device_id, k, reading.into());
         }
         // Readings now in chunks: their devices' bounds must cover them, or a reading
@@ -686,8 +686,8 @@ fn append<'r>(
 trait Piece {
     /// The device, the ts of the oldest reading and the key of the newest, how many.
     fn head(&self) -> Option<(&str, i64, Key, usize)>;
-    /// Appends the chunk's JSON array to `out`.
-    fn encode(&self, out: &mut Vec<u8>) -> Result<(), StoreError>;
+    /// Appends the chunk's array to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
 }
 
 /// A run of a commit's rows.
@@ -697,8 +697,8 @@ impl Piece for &[(Key, &TelemetryRow)] {
         Some((r.device_id.as_str(), *ts_first, *last, self.len()))
     }
 
-    fn encode(&self, out: &mut Vec<u8>) -> Result<(), StoreError> {
-        chunks::encode(self.iter().map(|(_, r)| chunks::columns(r)), out)
+    fn encode(&self, out: &mut Vec<u8>) {
+        chunks::encode(self.iter().map(|(_, r)| chunks::columns(r)), out);
     }
 }
 
@@ -709,16 +709,8 @@ impl Piece for &[LogRow] {
         Some((&first.device_id, first.key.0, last.key, self.len()))
     }
 
-    fn encode(&self, out: &mut Vec<u8>) -> Result<(), StoreError> {
-        out.push(b'[');
-        for (i, r) in self.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&r.reading);
-        }
-        out.push(b']');
-        Ok(())
+    fn encode(&self, out: &mut Vec<u8>) {
+        chunks::encode_encoded(self.iter().map(|r| &*r.reading), out);
     }
 }
 
@@ -736,7 +728,7 @@ fn write_chunks<P: Piece>(
         }
         for (piece, buf) in group.iter().zip(text.iter_mut()) {
             buf.clear();
-            piece.encode(buf)?;
+            piece.encode(buf);
         }
         let mut insert = tx.prepare_cached(sql.get(group.len()))?;
         let mut at = 0;
@@ -745,9 +737,8 @@ fn write_chunks<P: Piece>(
                 // Runs and pieces are made by `chunk_by` and `chunks`: never empty.
                 return Err(chunk_corrupt("an empty chunk".into()));
             };
-            // The buffer holds what serde_json wrote: UTF-8.
-            let json = std::str::from_utf8(buf)
-                .map_err(|e| chunk_corrupt(format!("a chunk's JSON: {e}")))?;
+            // A BLOB: SQLite's JSON functions read it as binary JSON.
+            let json: &[u8] = buf;
             let values: [&dyn rusqlite::ToSql; 6] = [
                 &device_id,
                 &ts_last,

@@ -78,7 +78,7 @@ pub(crate) enum Stored<'a> {
 
 /// Appends one device's readings, in key order, to `out` as a chunk's binary JSON array.
 pub(crate) fn encode<'a>(readings: impl IntoIterator<Item = Columns<'a>>, out: &mut Vec<u8>) {
-    let chunk = Array::begin(out);
+    let chunk = Array::begin_large(out);
     for reading in readings {
         encode_one(reading, out);
     }
@@ -94,7 +94,7 @@ pub fn encode_rows<'a>(rows: impl IntoIterator<Item = &'a TelemetryRow>, out: &m
 
 /// Appends readings already encoded one by one ([`encode_one`]) to `out` as a chunk.
 pub(crate) fn encode_encoded<'a>(readings: impl IntoIterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
-    let chunk = Array::begin(out);
+    let chunk = Array::begin_large(out);
     for reading in readings {
         out.extend_from_slice(reading);
     }

@@ -92,30 +92,47 @@ pub(crate) fn text(out: &mut Vec<u8>, s: &str) {
 #[must_use = "an array's header is written by `end`"]
 pub(crate) struct Array {
     at: usize,
+    /// How many bytes after the header's first were left for the size: 1 or 4.
+    room: usize,
 }
 
-/// The header an array starts with, sized by [`Array::end`]: room for a one-byte size,
-/// which nearly every reading's array needs (under 256 bytes).
-const ARRAY_START: [u8; 2] = [0xc0 | kind::ARRAY, 0];
-
 impl Array {
-    /// Starts an array: its elements are appended to `out` next, then [`Array::end`].
+    /// Starts an array whose payload is likely under 256 bytes (a reading): its elements
+    /// are appended to `out` next, then [`Array::end`].
     pub(crate) fn begin(out: &mut Vec<u8>) -> Array {
+        Array::with_room(out, 1)
+    }
+
+    /// Starts an array whose payload is likely 256 bytes or more (a chunk): room is left
+    /// for a four-byte size, so that `end` never moves the elements.
+    pub(crate) fn begin_large(out: &mut Vec<u8>) -> Array {
+        Array::with_room(out, 4)
+    }
+
+    fn with_room(out: &mut Vec<u8>, room: usize) -> Array {
         let at = out.len();
-        out.extend_from_slice(&ARRAY_START);
-        Array { at }
+        out.push(if room == 1 { 0xc0 } else { 0xe0 } | kind::ARRAY);
+        out.resize(at + 1 + room, 0);
+        Array { at, room }
     }
 
     /// Writes the array's header, now that its size is known, moving its elements if the
-    /// size needs more than one byte.
+    /// size needs more room than was left. A size given in more bytes than it needs (a
+    /// small payload after `begin_large`, or 0–11 bytes after `begin`) is read by SQLite
+    /// like any other.
     pub(crate) fn end(self, out: &mut Vec<u8>) {
-        let start = self.at + ARRAY_START.len();
+        let start = self.at + 1 + self.room;
         let len = out.len() - start;
-        // A payload of 0–11 bytes keeps the one-byte size form too: SQLite reads a size
-        // given in more bytes than it needs like any other.
-        if let Ok(small) = u8::try_from(len) {
-            out[self.at + 1] = small;
-            return;
+        match self.room {
+            1 if len <= 0xff => {
+                out[start - 1] = len as u8;
+                return;
+            }
+            4 if u32::try_from(len).is_ok() => {
+                out[self.at + 1..start].copy_from_slice(&(len as u32).to_be_bytes());
+                return;
+            }
+            _ => {}
         }
         let mut head = Vec::with_capacity(9);
         header(&mut head, kind::ARRAY, len);
@@ -304,21 +321,27 @@ mod tests {
         // needs more than the one byte made room for.
         for n in [0usize, 1, 5, 254, 255, 256, 300, 65_535, 65_536, 70_000] {
             let s = "x".repeat(n);
-            let mut out = vec![0xee];
-            let a = Array::begin(&mut out);
-            text(&mut out, &s);
-            int(&mut out, -7);
-            a.end(&mut out);
-            let mut r = Reader::new(&out[1..]);
-            let array = r.expect("the array").unwrap();
-            assert_eq!(array.kind, kind::ARRAY);
-            assert!(r.is_done(), "size {n}: nothing after the array");
-            let mut inside = r.inside(&array);
-            let t = inside.expect("text").unwrap();
-            assert_eq!(inside.text(&t, "text").unwrap(), s);
-            let i = inside.expect("int").unwrap();
-            assert_eq!(inside.int(&i, "int").unwrap(), -7);
-            assert_eq!(inside.next().unwrap(), None);
+            for large in [false, true] {
+                let mut out = vec![0xee];
+                let a = if large {
+                    Array::begin_large(&mut out)
+                } else {
+                    Array::begin(&mut out)
+                };
+                text(&mut out, &s);
+                int(&mut out, -7);
+                a.end(&mut out);
+                let mut r = Reader::new(&out[1..]);
+                let array = r.expect("the array").unwrap();
+                assert_eq!(array.kind, kind::ARRAY);
+                assert!(r.is_done(), "size {n}: nothing after the array");
+                let mut inside = r.inside(&array);
+                let t = inside.expect("text").unwrap();
+                assert_eq!(inside.text(&t, "text").unwrap(), s);
+                let i = inside.expect("int").unwrap();
+                assert_eq!(inside.int(&i, "int").unwrap(), -7);
+                assert_eq!(inside.next().unwrap(), None);
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use crate::mailbox::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::refusal::RefusalReason;
-use crate::router::{Matches, Router, Subscriber, delivery_qos};
+use crate::router::{RouteCache, Router, Subscriber, delivery_qos};
 use crate::session::{ConnCtl, Kick, Session};
 
 /// A connected client, as shown to the operator.
@@ -240,7 +240,9 @@ impl Broker {
                 .retained_messages
                 .fetch_add(delta, Ordering::Relaxed);
         }
-        self.shared.route_local(msg, Some(&origin)).await;
+        self.shared
+            .route_local(msg, Some(&origin), &mut RouteCache::default())
+            .await;
     }
 
     /// Stops accepting and closes every connection (MQTT 5 clients are told "server shutting
@@ -442,29 +444,39 @@ impl Shared {
     /// QoS 1 waits up to the enqueue timeout (back-pressure on the publisher), then drops.
     /// Routes a message to this node's subscribers and, in a cluster, to the other nodes.
     pub(crate) async fn route(&self, msg: Arc<Message>) {
+        self.route_with(msg, &mut RouteCache::default()).await;
+    }
+
+    /// As [`Shared::route`], with the subscribers of a topic kept in `cache` from one message
+    /// to the next (a connection's).
+    pub(crate) async fn route_with(&self, msg: Arc<Message>, cache: &mut RouteCache) {
         let origin = self
             .peers
             .get()
             .map(|peers| peers.forward(&msg.topic, &msg.payload, msg.qos, msg.retain));
-        self.route_local(msg, origin.as_ref()).await;
+        self.route_local(msg, origin.as_ref(), cache).await;
     }
 
     /// Routes a message to this node's subscribers only (and, for parked sessions of a
     /// cluster, to their queue in the cluster).
-    pub(crate) async fn route_local(&self, msg: Arc<Message>, origin: Option<&Origin>) {
-        let mut matches = Matches::new();
-        self.router.matches(&msg.topic, &mut matches);
+    pub(crate) async fn route_local(
+        &self,
+        msg: Arc<Message>,
+        origin: Option<&Origin>,
+        cache: &mut RouteCache,
+    ) {
+        let matches = self.router.matches_cached(&msg.topic, cache);
         if matches.is_empty() {
             return;
         }
         let check_receive = self.authorizer.checks_receive();
-        for sub in matches {
+        for sub in matches.iter() {
             if sub.options.no_local && msg.publisher.as_deref() == Some(&*sub.session.client_id) {
                 continue;
             }
             if sub.session.parked.load(Ordering::Acquire) {
                 // Receive rights are checked when the session is resumed.
-                self.enqueue_parked(&sub, &msg, origin).await;
+                self.enqueue_parked(sub, &msg, origin).await;
                 continue;
             }
             if check_receive {

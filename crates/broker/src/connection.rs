@@ -38,7 +38,7 @@ use crate::mailbox::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::refusal::{Refusal, RefusalReason};
-use crate::router::Subscriber;
+use crate::router::{RouteCache, Subscriber};
 use crate::session::{ConnCtl, Kick, Session};
 
 type Stream = TlsStream<TcpStream>;
@@ -276,6 +276,7 @@ async fn open(
         window_open: true,
         scratch: Vec::new(),
         publish_answer: PublishAnswer::default(),
+        route_cache: RouteCache::default(),
     };
     Some((conn, connect.will))
 }
@@ -512,6 +513,8 @@ struct Conn {
     scratch: Vec<Delivery>,
     /// The last publish allowed, reused while the authorizer's epoch stands (`answers`).
     publish_answer: PublishAnswer,
+    /// The subscribers of the last topic published on (`router` says why).
+    route_cache: RouteCache,
 }
 
 /// The MQTT 5 properties to send with a delivery now (none for MQTT 3.1.1).
@@ -1012,7 +1015,7 @@ impl Conn {
                 format!("retained message could not be stored: {e}"),
             )));
         }
-        self.shared.route(msg).await;
+        self.shared.route_with(msg, &mut self.route_cache).await;
         if let Some(pid) = packet_id {
             let kind = if qos == QoS::ExactlyOnce {
                 self.awaiting_release.insert(pid);

@@ -23,7 +23,7 @@ use crate::mailbox::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::refusal::RefusalReason;
-use crate::router::{RouteCache, Router, Subscriber, delivery_qos};
+use crate::router::{Matches, RouteCache, Router, Subscriber, delivery_qos};
 use crate::session::{ConnCtl, Kick, Session};
 
 /// A connected client, as shown to the operator.
@@ -240,9 +240,7 @@ impl Broker {
                 .retained_messages
                 .fetch_add(delta, Ordering::Relaxed);
         }
-        self.shared
-            .route_local(msg, Some(&origin), &mut RouteCache::default())
-            .await;
+        self.shared.route_local(msg, Some(&origin), None).await;
     }
 
     /// Stops accepting and closes every connection (MQTT 5 clients are told "server shutting
@@ -444,12 +442,12 @@ impl Shared {
     /// QoS 1 waits up to the enqueue timeout (back-pressure on the publisher), then drops.
     /// Routes a message to this node's subscribers and, in a cluster, to the other nodes.
     pub(crate) async fn route(&self, msg: Arc<Message>) {
-        self.route_with(msg, &mut RouteCache::default()).await;
+        self.route_with(msg, None).await;
     }
 
     /// As [`Shared::route`], with the subscribers of a topic kept in `cache` from one message
     /// to the next (a connection's).
-    pub(crate) async fn route_with(&self, msg: Arc<Message>, cache: &mut RouteCache) {
+    pub(crate) async fn route_with(&self, msg: Arc<Message>, cache: Option<&mut RouteCache>) {
         let origin = self
             .peers
             .get()
@@ -463,9 +461,22 @@ impl Shared {
         &self,
         msg: Arc<Message>,
         origin: Option<&Origin>,
-        cache: &mut RouteCache,
+        cache: Option<&mut RouteCache>,
     ) {
-        let matches = self.router.matches_cached(&msg.topic, cache);
+        // Without a cache to keep them in, the matches stay on the stack, as they are kept
+        // for nothing.
+        let (kept, mut found);
+        let matches: &[Subscriber] = match cache {
+            Some(cache) => {
+                kept = self.router.matches_cached(&msg.topic, cache);
+                &kept
+            }
+            None => {
+                found = Matches::new();
+                self.router.matches(&msg.topic, &mut found);
+                &found
+            }
+        };
         if matches.is_empty() {
             return;
         }

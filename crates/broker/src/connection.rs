@@ -1015,7 +1015,9 @@ impl Conn {
                 format!("retained message could not be stored: {e}"),
             )));
         }
-        self.shared.route_with(msg, &mut self.route_cache).await;
+        self.shared
+            .route_with(msg, Some(&mut self.route_cache))
+            .await;
         if let Some(pid) = packet_id {
             let kind = if qos == QoS::ExactlyOnce {
                 self.awaiting_release.insert(pid);

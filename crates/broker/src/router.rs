@@ -56,7 +56,9 @@ pub(crate) struct Router {
     retained: RwLock<HashMap<Box<str>, Arc<Message>>>,
 }
 
-/// The subscribers of one topic, as matched at one generation of the index.
+/// The subscribers of one topic, as matched at one generation of the index. What it holds
+/// stays alive until the connection's next publish or its end, also a session the index no
+/// longer holds: only the generation says whether it is still good.
 #[derive(Debug, Default)]
 pub(crate) struct RouteCache {
     kept: Option<(u64, Box<str>, Arc<[Subscriber]>)>,

@@ -187,9 +187,9 @@ fn decode_jsonb(
         let mut r = readings.inside(&reading);
         let mut next = |what: &str| -> Result<Element, Malformed> { r.expect(what) };
         let (seq, ts, received_at) = (next("seq")?, next("ts")?, next("received_at")?);
-        let mut values = [const { None }; 8];
+        let mut values: [Element; 8] = Default::default();
         for (slot, name) in values.iter_mut().zip(VALUES) {
-            *slot = Some(next(name)?);
+            *slot = next(name)?;
         }
         let (alarms, body) = (next("alarms")?, next("body")?);
         if let Some(extra) = r.next()? {
@@ -203,12 +203,7 @@ fn decode_jsonb(
             continue;
         }
         let seq = r.int(&seq, "seq")?;
-        let value = |i: usize| -> Result<Option<f64>, Malformed> {
-            match &values[i] {
-                Some(e) => r.float(e, VALUES[i]),
-                None => Ok(None),
-            }
-        };
+        let value = |i: usize| r.float(&values[i], VALUES[i]);
         if alarms.kind != jsonb::kind::ARRAY {
             return Err(Malformed(format!(
                 "reading {seq}'s alarms are of type {}, not an array",

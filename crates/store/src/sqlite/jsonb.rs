@@ -145,7 +145,7 @@ impl Array {
 pub(crate) struct Malformed(pub String);
 
 /// One element read: its type and where its payload is in the bytes read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Element {
     pub kind: u8,
     pub payload: Range<usize>,

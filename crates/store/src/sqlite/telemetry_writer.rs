@@ -768,14 +768,14 @@ fn write_chunks<P: Piece>(
                 return Err(chunk_corrupt("an empty chunk".into()));
             };
             // A BLOB: SQLite's JSON functions read it as binary JSON.
-            let json: &[u8] = buf;
+            let readings: &[u8] = buf;
             let values: [&dyn rusqlite::ToSql; 6] = [
                 &device_id,
                 &ts_last,
                 &seq_last,
                 &ts_first,
                 &(n as i64),
-                &json,
+                &readings,
             ];
             for v in values {
                 at += 1;

@@ -185,13 +185,13 @@ fn decode_jsonb(
             return Err(Malformed(format!("a reading of type {}", reading.kind)));
         }
         let mut r = readings.inside(&reading);
-        let mut next = |what: &str| -> Result<Element, Malformed> { r.expect(what) };
-        let (seq, ts, received_at) = (next("seq")?, next("ts")?, next("received_at")?);
+        let (seq, ts) = (r.expect("seq")?, r.expect("ts")?);
+        let received_at = r.expect("received_at")?;
         let mut values: [Element; 8] = Default::default();
         for (slot, name) in values.iter_mut().zip(VALUES) {
-            *slot = next(name)?;
+            *slot = r.expect(name)?;
         }
-        let (alarms, body) = (next("alarms")?, next("body")?);
+        let (alarms, body) = (r.expect("alarms")?, r.expect("body")?);
         if let Some(extra) = r.next()? {
             return Err(Malformed(format!(
                 "a reading with an element after its body, of type {}",

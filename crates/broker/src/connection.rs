@@ -637,8 +637,15 @@ impl Conn {
                 Event::Read(Ok(n)) => {
                     Metrics::add(&self.shared.metrics.bytes_received, n as u64);
                     self.last_read = tokio::time::Instant::now();
+                    let dropped = self.queue_full_drops();
                     if let Err(exit) = self.process_input().await {
                         return exit;
+                    }
+                    // A subscriber's queue overflowed while this input was routed: the hub
+                    // takes in more than it can write out. Give way, so that the connections
+                    // writing out get their turn before this one reads more.
+                    if self.queue_full_drops() != dropped {
+                        tokio::task::yield_now().await;
                     }
                     if self.rbuf.is_empty() && n < IDLE_READ {
                         // A small read, all of it consumed: a device sending a reading at
@@ -674,6 +681,14 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Messages dropped for a full subscriber queue, by any connection of the hub.
+    fn queue_full_drops(&self) -> u64 {
+        self.shared
+            .metrics
+            .dropped_queue_full
+            .load(Ordering::Relaxed)
     }
 
     async fn flush(&mut self) -> Result<(), Exit> {

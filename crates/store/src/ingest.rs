@@ -17,10 +17,9 @@
 //! the batch is also the devices' in-flight window: one commit holding most of it leaves the
 //! devices nothing to send until it is durable.
 //!
-//! The queue is a vector under a lock, not a channel: a submitter pushes its row and wakes
-//! the writer only when the writer has something to do (the first row of a batch, a row
-//! somebody waits for, a full batch), and the writer takes a whole batch by swapping the
-//! vector out. Through a channel every row woke the lingering writer, which took it alone and
+//! The queue is a double-ended queue under a lock, not a channel: a submitter pushes its row
+//! and wakes the writer only when the writer has something to do (the first row of a batch, a
+//! row somebody waits for, a full batch), and the writer takes a whole batch at once. Through a channel every row woke the lingering writer, which took it alone and
 //! went back to sleep: a task switch per QoS 0 reading.
 
 use std::collections::VecDeque;
@@ -82,7 +81,7 @@ struct Shared {
     wake: Notify,
     /// One permit per row that may still be queued: back-pressure on the submitters.
     room: Semaphore,
-    /// A batch without waiters this large is committed without lingering.
+    /// The bound of a batch without (≥ `max_batch`), and the size that ends a linger.
     max_unacknowledged: usize,
 }
 
@@ -219,8 +218,6 @@ struct Batcher {
     shared: Arc<Shared>,
     /// The bound of a batch with a waiter.
     max_batch: usize,
-    /// The bound of a batch without (≥ `max_batch`).
-    max_unacknowledged: usize,
     linger: Duration,
 }
 
@@ -253,7 +250,6 @@ impl Batcher {
                 max_unacknowledged,
             }),
             max_batch,
-            max_unacknowledged,
             linger: batching.linger,
         }
     }
@@ -289,7 +285,7 @@ impl Batcher {
                 {
                     let pending = self.shared.pending.lock();
                     if !pending.waiters.is_empty()
-                        || pending.rows.len() >= self.max_unacknowledged
+                        || pending.rows.len() >= self.shared.max_unacknowledged
                         || pending.closed
                     {
                         break;
@@ -319,10 +315,10 @@ impl Batcher {
             .front()
             .map(|&(number, _)| usize::try_from(number - pending.taken).unwrap_or(usize::MAX));
         let n = match first_waited {
-            Some(first) if first < self.max_unacknowledged => {
+            Some(first) if first < self.shared.max_unacknowledged => {
                 queued.min(self.max_batch.max(first + 1))
             }
-            _ => queued.min(self.max_unacknowledged),
+            _ => queued.min(self.shared.max_unacknowledged),
         };
         if n == queued {
             // The usual case: the whole queue, by exchanging it for the writer's empty
@@ -348,7 +344,7 @@ impl Batcher {
 
 async fn writer(store: Arc<dyn Store>, mut batch: Batcher, stats: Arc<IngestStats>) {
     let _gone = WriterGone(batch.shared.clone());
-    let mut rows = Vec::with_capacity(batch.max_unacknowledged);
+    let mut rows = Vec::with_capacity(batch.shared.max_unacknowledged);
     let mut waiters = Vec::with_capacity(batch.max_batch);
     // The batch whose sync runs while the next one commits (see below).
     let mut syncing: Option<tokio::task::JoinHandle<()>> = None;

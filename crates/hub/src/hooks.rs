@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use rampart_bms::{Documents, EventMessage, TelemetryMessage};
 use rampart_broker::{ConnectRequest, Durable, Hooks, Refusal, RefusalReason};
 use rampart_mqtt::{Publish, QoS};
 use rampart_policy::{DEVICE_TOPIC_ROOT, Identity, IdentityKind};
 use rampart_store::{
-    CertificateUsage, EventRow, IngestQueue, Seen, Store, StoreError, TelemetryRow,
+    ByteString, CertificateUsage, EventRow, IngestQueue, Seen, Store, StoreError, TelemetryRow,
 };
 use time::OffsetDateTime;
 
@@ -71,23 +72,27 @@ fn telemetry_device(topic: &str) -> Option<&str> {
     device_topic(topic, TELEMETRY_SUFFIX)
 }
 
-/// A document's bytes as text. The JSON parser has read them whole, so they are UTF-8 and
-/// the check (much cheaper than a lossy conversion's scan) passes; the lossy conversion stays
-/// for what it would not.
-fn document_text(payload: &[u8]) -> String {
-    match std::str::from_utf8(payload) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(payload).into_owned(),
+/// A document's bytes as text, sharing the payload's memory rather than copied. The JSON
+/// parser has read them whole, so they are UTF-8 and the check (much cheaper than a lossy
+/// conversion's scan) passes; the lossy conversion stays for what it would not.
+fn document_text(payload: &Bytes) -> ByteString {
+    match ByteString::try_from(payload.clone()) {
+        Ok(text) => text,
+        Err(_) => String::from_utf8_lossy(payload).into_owned().into(),
     }
 }
 
 /// Builds the stored row from a validated telemetry document.
-pub(crate) fn telemetry_row(device_id: &str, msg: &TelemetryMessage, body: String) -> TelemetryRow {
+pub(crate) fn telemetry_row(
+    device_id: ByteString,
+    msg: &TelemetryMessage,
+    body: ByteString,
+) -> TelemetryRow {
     let cells = msg.cell_range();
     let temps = msg.temperature_range();
     let pack = msg.pack.clone().unwrap_or_default();
     TelemetryRow {
-        device_id: device_id.to_owned(),
+        device_id,
         // validate() guarantees seq fits in i64.
         seq: i64::try_from(msg.seq).unwrap_or(i64::MAX),
         ts: msg.ts,
@@ -115,8 +120,8 @@ impl HubHooks {
     /// QoS 0 there is no PUBACK and nothing waits for the commit.
     async fn telemetry(
         &self,
-        device_id: &str,
-        payload: &[u8],
+        device_id: ByteString,
+        payload: &Bytes,
         qos: QoS,
     ) -> Result<Option<Durable>, Refusal> {
         let docs = TelemetryMessage::parse_many(payload)
@@ -135,8 +140,9 @@ impl HubHooks {
             } else {
                 serde_json::to_string(msg)
                     .map_err(|e| Refusal::new(RefusalReason::PayloadInvalid, e.to_string()))?
+                    .into()
             };
-            let row = telemetry_row(device_id, msg, body);
+            let row = telemetry_row(device_id.clone(), msg, body);
             if acknowledged {
                 let ticket = self.ingest.submit(row).await.map_err(storage_failed)?;
                 if first.is_none() {
@@ -277,6 +283,8 @@ impl Hooks for HubHooks {
             ));
         }
         if let Some(device_id) = telemetry_device(&publish.topic) {
+            // The rows share the topic's text for their device id.
+            let device_id = publish.topic.slice_ref(device_id);
             return self
                 .telemetry(device_id, &publish.payload, publish.qos)
                 .await;
@@ -398,7 +406,17 @@ mod tests {
     #[test]
     fn a_document_is_stored_as_sent() {
         let sent = "{\"v\":1,\"seq\":7,\"note\":\"Zelle \u{2192} 3,27 V\"}   ";
-        assert_eq!(document_text(sent.as_bytes()), sent);
-        assert_eq!(document_text(b"{\"a\":\"\xff\"}"), "{\"a\":\"\u{fffd}\"}");
+        let payload = Bytes::from_static(sent.as_bytes());
+        let text = document_text(&payload);
+        assert_eq!(text, sent);
+        assert_eq!(
+            text.as_bytes().as_ptr(),
+            payload.as_ptr(),
+            "a UTF-8 document is shared with the payload, not copied"
+        );
+        assert_eq!(
+            document_text(&Bytes::from_static(b"{\"a\":\"\xff\"}")),
+            "{\"a\":\"\u{fffd}\"}"
+        );
     }
 }

@@ -91,7 +91,7 @@ fn row(device: usize, seq: i64, now: OffsetDateTime) -> TelemetryRow {
         "{{\"v\":1,\"seq\":{seq},\"ts\":\"2026-11-25T12:00:00.000Z\",\"pack\":{{\"voltage_v\":52.41,\"current_a\":-12.5,\"soc_pct\":81.2}}}}"
     );
     TelemetryRow {
-        device_id: format!("gw-{device:05}"),
+        device_id: format!("gw-{device:05}").into(),
         seq,
         ts: now + time::Duration::milliseconds(seq),
         received_at: now,
@@ -104,7 +104,7 @@ fn row(device: usize, seq: i64, now: OffsetDateTime) -> TelemetryRow {
         cell_min_v: None,
         cell_max_v: None,
         alarms: Vec::new(),
-        body,
+        body: body.into(),
     }
 }
 
@@ -206,7 +206,7 @@ async fn raw(dir: &std::path::Path, sync: Synchronous, rows: &[TelemetryRow]) ->
             for (run, chunk) in group.iter().zip(&chunks) {
                 let (first, last) = (run[0], run[run.len() - 1]);
                 let values: [&dyn rusqlite::ToSql; 6] = [
-                    &first.device_id,
+                    &&*first.device_id,
                     &ms(last.ts),
                     &last.seq,
                     &ms(first.ts),

@@ -441,7 +441,7 @@ pub(crate) mod tests {
             cell_min_v: None,
             cell_max_v: None,
             alarms: vec![],
-            body: format!("{{\"seq\":{seq}}}"),
+            body: format!("{{\"seq\":{seq}}}").into(),
         }
     }
 

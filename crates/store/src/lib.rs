@@ -29,6 +29,7 @@ mod sqlite;
 
 pub use error::StoreError;
 pub use ingest::{Batching, IngestQueue, IngestStats, Ticket};
+pub use bytestring::ByteString;
 pub use model::*;
 pub use postgres::{PgOptions, PgStore, check_schema};
 pub use sqlite::{

@@ -182,7 +182,7 @@ pub(crate) fn certificate(r: &impl Columns) -> Result<CertificateRecord, StoreEr
 pub(crate) fn telemetry(r: &impl Columns) -> Result<TelemetryRow, StoreError> {
     const T: &str = "telemetry";
     Ok(TelemetryRow {
-        device_id: r.text("device_id")?,
+        device_id: r.text("device_id")?.into(),
         seq: r.int("seq")?,
         ts: r.time("ts", T)?,
         received_at: r.time("received_at", T)?,
@@ -196,7 +196,7 @@ pub(crate) fn telemetry(r: &impl Columns) -> Result<TelemetryRow, StoreError> {
         cell_max_v: r.opt_real("cell_max_v")?,
         alarms: serde_json::from_str(&r.text("alarms")?)
             .map_err(|e| corrupt(T, format!("alarms: {e}")))?,
-        body: r.text("body")?,
+        body: r.text("body")?.into(),
     })
 }
 

@@ -169,7 +169,7 @@ fn row(device: &str, seq: i64) -> TelemetryRow {
         cell_min_v: Some(3.25),
         cell_max_v: Some(3.27),
         alarms: vec!["over_temperature".into()],
-        body: format!("{{\"seq\":{seq}}}"),
+        body: format!("{{\"seq\":{seq}}}").into(),
     }
 }
 
@@ -1625,7 +1625,7 @@ async fn viewed(side: &sqlx::SqlitePool, device: &str) -> Vec<TelemetryRow> {
                 .unwrap()
             };
             TelemetryRow {
-                device_id: r.get("device_id"),
+                device_id: r.get::<String, _>("device_id").into(),
                 seq: r.get("seq"),
                 ts: ms("ts"),
                 received_at: ms("received_at"),
@@ -1638,7 +1638,7 @@ async fn viewed(side: &sqlx::SqlitePool, device: &str) -> Vec<TelemetryRow> {
                 cell_min_v: r.get("cell_min_v"),
                 cell_max_v: r.get("cell_max_v"),
                 alarms: serde_json::from_str(r.get("alarms")).unwrap(),
-                body: r.get("body"),
+                body: r.get::<String, _>("body").into(),
             }
         })
         .collect()
@@ -1657,7 +1657,8 @@ async fn sqlite_chunks_of_binary_json_and_of_json_text_read_alike() {
         r.body = format!(
             "{{\"seq\":{},\"note\":\"a \\\"quote\\\", a \\\\ and ünïcode\"}}\n\t",
             r.seq
-        );
+        )
+        .into();
         r.alarms = vec!["cell_\"over\"_voltage".into(), "tab\there".into()];
         r.soh_pct = None;
         r
@@ -1990,12 +1991,12 @@ async fn insert_as_before(side: &sqlx::SqlitePool, table: &str, r: &TelemetryRow
         "INSERT INTO {table} (device_id, seq, ts, received_at, voltage_v, body) \
          VALUES (?, ?, ?, ?, ?, ?)"
     )))
-    .bind(&r.device_id)
+    .bind(&*r.device_id)
     .bind(r.seq)
     .bind((r.ts.unix_timestamp_nanos() / 1_000_000) as i64)
     .bind((r.received_at.unix_timestamp_nanos() / 1_000_000) as i64)
     .bind(r.voltage_v)
-    .bind(&r.body)
+    .bind(&*r.body)
     .execute(side)
     .await
     .unwrap();
@@ -2083,12 +2084,12 @@ async fn postgres_readings_stored_before_migration_8_survive_it() {
             "INSERT INTO telemetry (device_id, seq, ts, received_at, voltage_v, body) \
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(&r.device_id)
+        .bind(&*r.device_id)
         .bind(r.seq)
         .bind((r.ts.unix_timestamp_nanos() / 1_000_000) as i64)
         .bind((r.received_at.unix_timestamp_nanos() / 1_000_000) as i64)
         .bind(r.voltage_v)
-        .bind(&r.body)
+        .bind(&*r.body)
         .execute(&side)
         .await
         .unwrap();

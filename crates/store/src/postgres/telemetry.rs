@@ -136,7 +136,7 @@ impl PgStore {
         let mut alarms = Vec::with_capacity(n);
         let mut body = Vec::with_capacity(n);
         for r in sorted {
-            device.push(r.device_id.as_str());
+            device.push(&*r.device_id);
             seq.push(r.seq);
             ts.push(to_ms(r.ts));
             received.push(to_ms(r.received_at));
@@ -144,7 +144,7 @@ impl PgStore {
                 column.push(v);
             }
             alarms.push(to_json(&r.alarms, "telemetry")?);
-            body.push(r.body.as_str());
+            body.push(&*r.body);
         }
         let [
             voltage,

@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 
 use super::jsonb::{self, Array, Element, Malformed, Reader};
 use crate::model::{from_ms, to_ms};
-use crate::{StoreError, TelemetryRow};
+use crate::{ByteString, StoreError, TelemetryRow};
 
 /// The table's name in errors about its contents.
 const TABLE: &str = "telemetry_chunks";
@@ -180,6 +180,8 @@ fn decode_jsonb(
     }
     let mut readings = top.inside(&chunk);
     let mut rows = Vec::new();
+    // One copy of the id, shared by the rows.
+    let device = ByteString::from(device_id);
     while let Some(reading) = readings.next()? {
         if reading.kind != jsonb::kind::ARRAY {
             return Err(Malformed(format!("a reading of type {}", reading.kind)));
@@ -221,7 +223,7 @@ fn decode_jsonb(
             Err(e) => Err(Malformed(e.to_string())),
         };
         rows.push(TelemetryRow {
-            device_id: device_id.to_owned(),
+            device_id: device.clone(),
             seq,
             ts: stored_at(ts)?,
             received_at: stored_at(r.int(&received_at, "received_at")?)?,
@@ -234,7 +236,7 @@ fn decode_jsonb(
             cell_min_v: value(6)?,
             cell_max_v: value(7)?,
             alarms: names,
-            body: r.text(&body, "body")?,
+            body: r.text(&body, "body")?.into(),
         });
     }
     Ok(rows)
@@ -257,12 +259,13 @@ fn decode_text(
         .transpose()
     };
     let mut rows = Vec::with_capacity(readings.len());
+    let device = ByteString::from(device_id);
     for (seq, ts, received_at, v, i, soc, soh, tmin, tmax, cmin, cmax, alarms, body) in readings {
         if ts < since_ms {
             continue;
         }
         rows.push(TelemetryRow {
-            device_id: device_id.to_owned(),
+            device_id: device.clone(),
             seq,
             ts: from_ms(ts, TABLE)?,
             received_at: from_ms(received_at, TABLE)?,
@@ -275,7 +278,7 @@ fn decode_text(
             cell_min_v: value(cmin)?,
             cell_max_v: value(cmax)?,
             alarms,
-            body,
+            body: body.into(),
         });
     }
     Ok(rows)
@@ -356,7 +359,7 @@ mod tests {
             cell_min_v: Some(3.300_000_000_000_000_3),
             cell_max_v: Some(seq as f64 / 3.0),
             alarms: vec!["low_soc".into(), "quote\"and\\slash".into()],
-            body: format!("{{\"seq\":{seq},\"text\":\"ünïcode \\\" \\n\"}}"),
+            body: format!("{{\"seq\":{seq},\"text\":\"ünïcode \\\" \\n\"}}").into(),
         }
     }
 
@@ -409,7 +412,7 @@ mod tests {
     #[test]
     fn a_long_body_and_many_readings_take_the_longer_headers() {
         let mut rows: Vec<_> = (1..=300).map(|s| reading(s, s)).collect();
-        rows[7].body = format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000));
+        rows[7].body = format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000)).into();
         let mut bytes = Vec::new();
         encode(rows.iter().map(columns), &mut bytes);
         assert!(bytes.len() > 70_000 + 300 * 100);

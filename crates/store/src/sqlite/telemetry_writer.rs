@@ -533,20 +533,20 @@ impl Writer {
                  ORDER BY ts_last DESC, seq_last DESC LIMIT 1",
             )?;
             for (_, r) in &fresh {
-                if !logged.table_max.contains_key(r.device_id.as_str()) {
+                if !logged.table_max.contains_key(&*r.device_id) {
                     let key = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?));
-                    let table: Option<Key> = in_table.query_row([&r.device_id], key).optional()?;
-                    let chunk: Option<Key> = in_chunks.query_row([&r.device_id], key).optional()?;
+                    let table: Option<Key> = in_table.query_row([&*r.device_id], key).optional()?;
+                    let chunk: Option<Key> = in_chunks.query_row([&*r.device_id], key).optional()?;
                     logged
                         .table_max
-                        .insert(Arc::from(r.device_id.as_str()), table.max(chunk));
+                        .insert(Arc::from(&*r.device_id), table.max(chunk));
                 }
             }
         }
         let maybe_stored = |k: Key, r: &TelemetryRow| {
             logged
                 .table_max
-                .get(r.device_id.as_str())
+                .get(&*r.device_id)
                 .is_none_or(|max| max.is_some_and(|m| k <= m))
         };
         if fresh.iter().any(|(k, r)| maybe_stored(*k, r)) {
@@ -563,7 +563,7 @@ impl Writer {
             let mut kept = Vec::with_capacity(fresh.len());
             for (k, r) in fresh {
                 if !maybe_stored(k, r)
-                    || !held.query_row((&r.device_id, k.0, k.1), |row| row.get::<_, bool>(0))?
+                    || !held.query_row((&*r.device_id, k.0, k.1), |row| row.get::<_, bool>(0))?
                 {
                     kept.push((k, r));
                 }
@@ -643,7 +643,7 @@ fn append<'r>(
         for ((ts, _), r) in chunk {
             let alarms = to_json(&r.alarms, "telemetry")?;
             let values: [&dyn rusqlite::ToSql; 14] = [
-                &r.device_id,
+                &&*r.device_id,
                 &r.seq,
                 ts,
                 &to_ms(r.received_at),
@@ -656,7 +656,7 @@ fn append<'r>(
                 &r.cell_min_v,
                 &r.cell_max_v,
                 &alarms,
-                &r.body,
+                &&*r.body,
             ];
             for v in values {
                 at += 1;
@@ -693,7 +693,7 @@ fn in_key_order<'r>(
     let mut devices: Vec<Vec<(Key, &TelemetryRow)>> = Vec::new();
     let mut n = 0;
     for (k, r) in rows {
-        let i = *index.entry(r.device_id.as_str()).or_insert_with(|| {
+        let i = *index.entry(&*r.device_id).or_insert_with(|| {
             devices.push(Vec::new());
             devices.len() - 1
         });
@@ -724,7 +724,7 @@ trait Piece {
 impl Piece for &[(Key, &TelemetryRow)] {
     fn head(&self) -> Option<(&str, i64, Key, usize)> {
         let (((ts_first, _), r), (last, _)) = (self.first()?, self.last()?);
-        Some((r.device_id.as_str(), *ts_first, *last, self.len()))
+        Some((&*r.device_id, *ts_first, *last, self.len()))
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
@@ -1078,8 +1078,8 @@ mod tests {
         let mut rows: Vec<TelemetryRow> = Vec::new();
         for i in 0..400i64 {
             let mut r = row((i * 7919) % 97);
-            r.device_id = format!("dev-{}", (i * 31) % 13);
-            r.body = format!("{i}");
+            r.device_id = format!("dev-{}", (i * 31) % 13).into();
+            r.body = format!("{i}").into();
             rows.push(r);
         }
         let with_keys = || rows.iter().map(|r| ((r.ts.unix_timestamp(), r.seq), r));

@@ -27,9 +27,9 @@ mod postgres;
 mod rows;
 mod sqlite;
 
+pub use bytestring::ByteString;
 pub use error::StoreError;
 pub use ingest::{Batching, IngestQueue, IngestStats, Ticket};
-pub use bytestring::ByteString;
 pub use model::*;
 pub use postgres::{PgOptions, PgStore, check_schema};
 pub use sqlite::{

@@ -183,8 +183,10 @@ pub struct CertificateRecord {
 pub struct TelemetryRow {
     /// Shared text rather than a `String`: the hub's rows are slices of the PUBLISH they came
     /// in (its topic and payload), not copies. A copy was an allocation on the runtime's
-    /// thread freed on the writer's, twice a reading; the two cost about 5% of the hub's CPU
-    /// per message at a fixed QoS 0 rate (docs/benchmarks.md, run AT).
+    /// thread freed on the writer's, twice a reading: without them the hub took 4% less CPU
+    /// per message at a fixed QoS 0 rate and delivered more at QoS 0 saturation
+    /// (docs/benchmarks.md, run AT). A row waiting for its commit holds the buffer its
+    /// PUBLISH was read into.
     pub device_id: ByteString,
     /// Per-device sequence number assigned by the agent.
     pub seq: i64,

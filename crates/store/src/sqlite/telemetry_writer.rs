@@ -536,7 +536,8 @@ impl Writer {
                 if !logged.table_max.contains_key(&*r.device_id) {
                     let key = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?));
                     let table: Option<Key> = in_table.query_row([&*r.device_id], key).optional()?;
-                    let chunk: Option<Key> = in_chunks.query_row([&*r.device_id], key).optional()?;
+                    let chunk: Option<Key> =
+                        in_chunks.query_row([&*r.device_id], key).optional()?;
                     logged
                         .table_max
                         .insert(Arc::from(&*r.device_id), table.max(chunk));

@@ -19,8 +19,9 @@
 //!
 //! The queue is a double-ended queue under a lock, not a channel: a submitter pushes its row
 //! and wakes the writer only when the writer has something to do (the first row of a batch, a
-//! row somebody waits for, a full batch), and the writer takes a whole batch at once. Through a channel every row woke the lingering writer, which took it alone and
-//! went back to sleep: a task switch per QoS 0 reading.
+//! row somebody waits for, a full batch), and the writer takes a whole batch at once. Through
+//! a channel every row woke the lingering writer, which took it alone and went back to sleep:
+//! a task switch per QoS 0 reading.
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -153,6 +153,7 @@ impl Hub {
                 max_rows: cfg.storage.ingest_batch,
                 max_unacknowledged_rows: cfg.storage.qos0_ingest_batch,
                 linger: Duration::from_millis(cfg.storage.qos0_commit_delay_ms),
+                waited_delay: Duration::from_millis(cfg.storage.qos1_commit_delay_ms),
             },
         );
         let seen = Arc::new(SeenBatcher::default());

@@ -17,6 +17,16 @@
 //! the batch is also the devices' in-flight window: one commit holding most of it leaves the
 //! devices nothing to send until it is durable.
 //!
+//! A batch holding a row somebody waits for may wait a little too, for company: the
+//! *waited delay* (PostgreSQL's `commit_delay` does the same). Under a steady QoS 1 load a
+//! commit at once holds about one row per device, and each of its PUBACKs is a TLS record and
+//! a write of its own, as is each commit's WAL sync: at 35,000 QoS 1 msgs/s from 100 devices
+//! that was about one write system call per message. Waiting a few milliseconds puts more of
+//! each device's rows in one commit and their PUBACKs in one write (docs/benchmarks.md). The
+//! delay applies only when the batch before held more than one waiter: a lone device's PUBACK
+//! is not held back for company that is not coming. Nor is a batch that already has company
+//! enough: a quarter of its bound.
+//!
 //! The queue is a double-ended queue under a lock, not a channel: a submitter pushes its row
 //! and wakes the writer only when the writer has something to do (the first row of a batch, a
 //! row somebody waits for, a full batch), and the writer takes a whole batch at once. Through
@@ -35,6 +45,11 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::{Durable, Store, StoreError, TelemetryRow};
+
+/// A batch with a waiter holding this fraction of its bound (`ingest_batch`) is not delayed
+/// for company: it shares its commit well enough, and delaying it held the hub back at QoS 1
+/// saturation, where commits hold their bound (docs/benchmarks.md).
+const COMPANY_DIVISOR: usize = 4;
 
 /// Counters of the ingest queue.
 #[derive(Debug, Default)]
@@ -73,6 +88,9 @@ struct Pending {
     closed: bool,
     /// The writer has ended: nothing queued now would ever be committed.
     writer_gone: bool,
+    /// The writer is holding a batch with a waiter back for company (the waited delay): only
+    /// a full batch wakes it, not each row somebody waits for.
+    delaying: bool,
 }
 
 /// What the submitters and the writer share.
@@ -84,6 +102,11 @@ struct Shared {
     room: Semaphore,
     /// The bound of a batch without (≥ `max_batch`), and the size that ends a linger.
     max_unacknowledged: usize,
+    /// The bound of a batch with a waiter.
+    max_batch: usize,
+    /// The size at which a batch with a waiter has company enough: a waited delay does not
+    /// start, or ends, once the batch holds this many rows.
+    company: usize,
 }
 
 /// The submitting side of the group-commit writer. Cloning is cheap.
@@ -135,6 +158,9 @@ pub struct Batching {
     pub max_unacknowledged_rows: usize,
     /// How long a batch of rows nobody waits for may wait for more (zero: commit at once).
     pub linger: Duration,
+    /// How long a batch holding a row somebody waits for may wait for more, when the batch
+    /// before it held more than one such row (zero: commit at once).
+    pub waited_delay: Duration,
 }
 
 impl Batching {
@@ -144,6 +170,7 @@ impl Batching {
             max_rows,
             max_unacknowledged_rows: max_rows,
             linger: Duration::ZERO,
+            waited_delay: Duration::ZERO,
         }
     }
 }
@@ -198,9 +225,13 @@ impl IngestQueue {
                 let number = pending.taken + index as u64;
                 pending.waiters.push_back((number, done));
             }
-            // The writer waits for a first row, lingers until a waiter or a full batch, and
-            // otherwise has no use for a wake: it takes every row queued when it next looks.
-            index == 0 || waited || index + 1 == shared.max_unacknowledged
+            // The writer waits for a first row, lingers until a waiter or a full batch, delays
+            // until a full batch, and otherwise has no use for a wake: it takes every row
+            // queued when it next looks.
+            index == 0
+                || (waited && !pending.delaying)
+                || index + 1 == shared.max_unacknowledged
+                || (pending.delaying && index + 1 == shared.company)
         };
         if wake {
             shared.wake.notify_one();
@@ -217,9 +248,10 @@ impl IngestQueue {
 /// Takes the next batch off the queue.
 struct Batcher {
     shared: Arc<Shared>,
-    /// The bound of a batch with a waiter.
-    max_batch: usize,
     linger: Duration,
+    waited_delay: Duration,
+    /// Waiters in the batch taken last: the waited delay applies when it held more than one.
+    last_waiters: usize,
 }
 
 /// Ends the queue when the writer ends, however it ends (done, or its task dropped with the
@@ -249,9 +281,12 @@ impl Batcher {
                 wake: Notify::new(),
                 room: Semaphore::new(capacity.clamp(1, Semaphore::MAX_PERMITS)),
                 max_unacknowledged,
+                max_batch,
+                company: (max_batch / COMPANY_DIVISOR).max(1),
             }),
-            max_batch,
             linger: batching.linger,
+            waited_delay: batching.waited_delay,
+            last_waiters: 0,
         }
     }
 
@@ -299,7 +334,33 @@ impl Batcher {
                 }
             }
         }
+        // Somebody waits for a row of this batch: if others were waiting with the last one,
+        // let more rows join it until it is full, the queue closes or the delay ends.
+        if !self.waited_delay.is_zero() && self.last_waiters > 1 {
+            let deadline = tokio::time::Instant::now() + self.waited_delay;
+            loop {
+                let woken = self.shared.wake.notified();
+                {
+                    let mut pending = self.shared.pending.lock();
+                    pending.delaying = !pending.waiters.is_empty()
+                        && pending.rows.len() < self.shared.company
+                        && !pending.closed;
+                    if !pending.delaying {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    biased;
+                    () = woken => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.shared.pending.lock().delaying = false;
+                        break;
+                    }
+                }
+            }
+        }
         let taken = self.take(rows, waiters);
+        self.last_waiters = waiters.len();
         self.shared.room.add_permits(taken);
         true
     }
@@ -317,7 +378,7 @@ impl Batcher {
             .map(|&(number, _)| usize::try_from(number - pending.taken).unwrap_or(usize::MAX));
         let n = match first_waited {
             Some(first) if first < self.shared.max_unacknowledged => {
-                queued.min(self.max_batch.max(first + 1))
+                queued.min(self.shared.max_batch.max(first + 1))
             }
             _ => queued.min(self.shared.max_unacknowledged),
         };
@@ -346,7 +407,7 @@ impl Batcher {
 async fn writer(store: Arc<dyn Store>, mut batch: Batcher, stats: Arc<IngestStats>) {
     let _gone = WriterGone(batch.shared.clone());
     let mut rows = Vec::with_capacity(batch.shared.max_unacknowledged);
-    let mut waiters = Vec::with_capacity(batch.max_batch);
+    let mut waiters = Vec::with_capacity(batch.shared.max_batch);
     // The batch whose sync runs while the next one commits (see below).
     let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
     while batch.next(&mut rows, &mut waiters).await {
@@ -455,6 +516,7 @@ pub(crate) mod tests {
                 max_rows: 4,
                 max_unacknowledged_rows: 16,
                 linger,
+                waited_delay: Duration::ZERO,
             },
         );
         let queue = IngestQueue {
@@ -547,6 +609,77 @@ pub(crate) mod tests {
         assert!(!taking.is_finished(), "15 of 16 rows must linger");
         submit(&queue, 20, &[false]).await;
         assert_eq!(taking.await.expect("writer side"), 16);
+    }
+
+    /// Takes the next batch in a task of its own: (the batcher, rows, waiters) once taken.
+    fn take_next(mut batch: Batcher) -> tokio::task::JoinHandle<(Batcher, usize, usize, Duration)> {
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let (mut rows, mut waiters) = (Vec::new(), Vec::new());
+            batch.next(&mut rows, &mut waiters).await;
+            (batch, rows.len(), waiters.len(), started.elapsed())
+        })
+    }
+
+    /// A batch with a waiter waits for company only when the batch before it had more than
+    /// one waiter, and only until it holds a quarter of its bound, the queue closes or the
+    /// delay ends; rows that arrive meanwhile do not wake the writer.
+    #[tokio::test]
+    async fn a_waited_batch_waits_for_company_after_a_shared_commit() {
+        let delayed = |waited_delay: Duration| {
+            let batch = Batcher::new(
+                1024,
+                Batching {
+                    max_rows: 16,
+                    max_unacknowledged_rows: 32,
+                    linger: Duration::ZERO,
+                    waited_delay,
+                },
+            );
+            let queue = IngestQueue {
+                handle: Arc::new(Handle(batch.shared.clone())),
+                stats: Arc::default(),
+            };
+            (queue, batch)
+        };
+        let (queue, batch) = delayed(Duration::from_secs(600));
+        // The first batch, and one after a batch of one waiter: at once.
+        let _t = submit(&queue, 1, &[true]).await;
+        let (batch, rows, waiters, _) = take_next(batch).await.expect("writer side");
+        assert_eq!((rows, waiters), (1, 1));
+        let _t = submit(&queue, 2, &[true, true]).await;
+        let (batch, rows, waiters, _) = take_next(batch).await.expect("writer side");
+        assert_eq!((rows, waiters), (2, 2), "the batch before held one waiter");
+        // After a batch of two waiters: held back until it has company enough (4 of 16).
+        let _t = submit(&queue, 4, &[true]).await;
+        let taking = take_next(batch);
+        let _t = submit(&queue, 5, &[true, false]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!taking.is_finished(), "3 rows of 4 must wait for company");
+        let _t = submit(&queue, 7, &[true]).await;
+        let (batch, rows, waiters, _) = taking.await.expect("writer side");
+        assert_eq!((rows, waiters), (4, 3));
+        // Rows already queued as the delay would start are company enough.
+        let _t = submit(&queue, 8, &[true; 5]).await;
+        let (batch, rows, waiters, _) = take_next(batch).await.expect("writer side");
+        assert_eq!((rows, waiters), (5, 5));
+        // Closing the queue (the hub stopping) ends the delay.
+        let _t = submit(&queue, 13, &[true]).await;
+        let taking = take_next(batch);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!taking.is_finished(), "one row must wait for company");
+        drop(queue);
+        let (_, rows, waiters, _) = taking.await.expect("writer side");
+        assert_eq!((rows, waiters), (1, 1));
+
+        // The delay ends by itself, no sooner.
+        let (queue, batch) = delayed(Duration::from_millis(50));
+        let _t = submit(&queue, 1, &[true, true]).await;
+        let (batch, _, _, _) = take_next(batch).await.expect("writer side");
+        let _t = submit(&queue, 3, &[true]).await;
+        let (_, rows, waiters, waited) = take_next(batch).await.expect("writer side");
+        assert_eq!((rows, waiters), (1, 1));
+        assert!(waited >= Duration::from_millis(50), "{waited:?}");
     }
 
     /// A full queue makes the next submitter wait until the writer takes a batch.

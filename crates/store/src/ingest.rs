@@ -275,14 +275,17 @@ impl Batcher {
     fn new(capacity: usize, batching: Batching) -> Batcher {
         let max_batch = batching.max_rows.max(1);
         let max_unacknowledged = batching.max_unacknowledged_rows.max(max_batch);
+        let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
         Batcher {
             shared: Arc::new(Shared {
                 pending: Mutex::new(Pending::default()),
                 wake: Notify::new(),
-                room: Semaphore::new(capacity.clamp(1, Semaphore::MAX_PERMITS)),
+                room: Semaphore::new(capacity),
                 max_unacknowledged,
                 max_batch,
-                company: (max_batch / COMPANY_DIVISOR).max(1),
+                // No more than the queue can hold: a delay waiting for rows that cannot be
+                // queued would only hold the submitters back until it ends.
+                company: (max_batch / COMPANY_DIVISOR).clamp(1, capacity),
             }),
             linger: batching.linger,
             waited_delay: batching.waited_delay,
@@ -626,9 +629,9 @@ pub(crate) mod tests {
     /// delay ends; rows that arrive meanwhile do not wake the writer.
     #[tokio::test]
     async fn a_waited_batch_waits_for_company_after_a_shared_commit() {
-        let delayed = |waited_delay: Duration| {
+        let delayed = |waited_delay: Duration, capacity: usize| {
             let batch = Batcher::new(
-                1024,
+                capacity,
                 Batching {
                     max_rows: 16,
                     max_unacknowledged_rows: 32,
@@ -642,7 +645,7 @@ pub(crate) mod tests {
             };
             (queue, batch)
         };
-        let (queue, batch) = delayed(Duration::from_secs(600));
+        let (queue, batch) = delayed(Duration::from_secs(600), 1024);
         // The first batch, and one after a batch of one waiter: at once.
         let _t = submit(&queue, 1, &[true]).await;
         let (batch, rows, waiters, _) = take_next(batch).await.expect("writer side");
@@ -672,8 +675,21 @@ pub(crate) mod tests {
         let (_, rows, waiters, _) = taking.await.expect("writer side");
         assert_eq!((rows, waiters), (1, 1));
 
+        // A queue that holds fewer rows than a quarter of the bound: company enough is a
+        // full queue (the submitters could queue no more while the delay lasted).
+        let (queue, batch) = delayed(Duration::from_secs(600), 2);
+        let _t = submit(&queue, 1, &[true, true]).await;
+        let (batch, _, _, _) = take_next(batch).await.expect("writer side");
+        let _t = submit(&queue, 3, &[true]).await;
+        let taking = take_next(batch);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!taking.is_finished(), "one row must wait for company");
+        let _t = submit(&queue, 4, &[true]).await;
+        let (_, rows, waiters, _) = taking.await.expect("writer side");
+        assert_eq!((rows, waiters), (2, 2));
+
         // The delay ends by itself, no sooner.
-        let (queue, batch) = delayed(Duration::from_millis(50));
+        let (queue, batch) = delayed(Duration::from_millis(50), 1024);
         let _t = submit(&queue, 1, &[true, true]).await;
         let (batch, _, _, _) = take_next(batch).await.expect("writer side");
         let _t = submit(&queue, 3, &[true]).await;

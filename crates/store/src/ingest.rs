@@ -624,6 +624,24 @@ pub(crate) mod tests {
         })
     }
 
+    /// On a queue whose writer has taken no batch yet: takes two rows somebody waits for, so
+    /// that the next batch with a waiter is delayed, and starts taking that batch, one such
+    /// row: it must be held back.
+    async fn one_row_held_back(
+        queue: &IngestQueue,
+        batch: Batcher,
+        seq: i64,
+    ) -> tokio::task::JoinHandle<(Batcher, usize, usize, Duration)> {
+        let _t = submit(queue, seq, &[true, true]).await;
+        let (batch, rows, waiters, _) = take_next(batch).await.expect("writer side");
+        assert_eq!((rows, waiters), (2, 2));
+        let _t = submit(queue, seq + 2, &[true]).await;
+        let taking = take_next(batch);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!taking.is_finished(), "one row must wait for company");
+        taking
+    }
+
     /// A batch with a waiter waits for company only when the batch before it had more than
     /// one waiter, and only until it holds a quarter of its bound, the queue closes or the
     /// delay ends; rows that arrive meanwhile do not wake the writer.
@@ -666,11 +684,11 @@ pub(crate) mod tests {
         let _t = submit(&queue, 8, &[true; 5]).await;
         let (batch, rows, waiters, _) = take_next(batch).await.expect("writer side");
         assert_eq!((rows, waiters), (5, 5));
+        drop((queue, batch));
+
         // Closing the queue (the hub stopping) ends the delay.
-        let _t = submit(&queue, 13, &[true]).await;
-        let taking = take_next(batch);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!taking.is_finished(), "one row must wait for company");
+        let (queue, batch) = delayed(Duration::from_secs(600), 1024);
+        let taking = one_row_held_back(&queue, batch, 1).await;
         drop(queue);
         let (_, rows, waiters, _) = taking.await.expect("writer side");
         assert_eq!((rows, waiters), (1, 1));
@@ -678,12 +696,7 @@ pub(crate) mod tests {
         // A queue that holds fewer rows than a quarter of the bound: company enough is a
         // full queue (the submitters could queue no more while the delay lasted).
         let (queue, batch) = delayed(Duration::from_secs(600), 2);
-        let _t = submit(&queue, 1, &[true, true]).await;
-        let (batch, _, _, _) = take_next(batch).await.expect("writer side");
-        let _t = submit(&queue, 3, &[true]).await;
-        let taking = take_next(batch);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!taking.is_finished(), "one row must wait for company");
+        let taking = one_row_held_back(&queue, batch, 1).await;
         let _t = submit(&queue, 4, &[true]).await;
         let (_, rows, waiters, _) = taking.await.expect("writer side");
         assert_eq!((rows, waiters), (2, 2));

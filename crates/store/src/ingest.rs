@@ -89,7 +89,7 @@ struct Pending {
     /// The writer has ended: nothing queued now would ever be committed.
     writer_gone: bool,
     /// The writer is holding a batch with a waiter back for company (the waited delay): only
-    /// a full batch wakes it, not each row somebody waits for.
+    /// company enough wakes it, not each row somebody waits for.
     delaying: bool,
 }
 
@@ -226,7 +226,7 @@ impl IngestQueue {
                 pending.waiters.push_back((number, done));
             }
             // The writer waits for a first row, lingers until a waiter or a full batch, delays
-            // until a full batch, and otherwise has no use for a wake: it takes every row
+            // until company enough, and otherwise has no use for a wake: it takes every row
             // queued when it next looks.
             index == 0
                 || (waited && !pending.delaying)
@@ -338,7 +338,8 @@ impl Batcher {
             }
         }
         // Somebody waits for a row of this batch: if others were waiting with the last one,
-        // let more rows join it until it is full, the queue closes or the delay ends.
+        // let more rows join it until it has company enough, the queue closes or the delay
+        // ends.
         if !self.waited_delay.is_zero() && self.last_waiters > 1 {
             let deadline = tokio::time::Instant::now() + self.waited_delay;
             loop {
@@ -614,7 +615,8 @@ pub(crate) mod tests {
         assert_eq!(taking.await.expect("writer side"), 16);
     }
 
-    /// Takes the next batch in a task of its own: (the batcher, rows, waiters) once taken.
+    /// Takes the next batch in a task of its own: the batcher, the batch's rows and waiters,
+    /// and how long the taking took.
     fn take_next(mut batch: Batcher) -> tokio::task::JoinHandle<(Batcher, usize, usize, Duration)> {
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
@@ -644,7 +646,7 @@ pub(crate) mod tests {
 
     /// A batch with a waiter waits for company only when the batch before it had more than
     /// one waiter, and only until it holds a quarter of its bound, the queue closes or the
-    /// delay ends; rows that arrive meanwhile do not wake the writer.
+    /// delay ends; rows that arrive meanwhile join it.
     #[tokio::test]
     async fn a_waited_batch_waits_for_company_after_a_shared_commit() {
         let delayed = |waited_delay: Duration, capacity: usize| {

@@ -46,9 +46,9 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::{Durable, Store, StoreError, TelemetryRow};
 
-/// A batch with a waiter holding this fraction of its bound (`ingest_batch`) is not delayed
-/// for company: it shares its commit well enough, and delaying it held the hub back at QoS 1
-/// saturation, where commits hold their bound (docs/benchmarks.md).
+/// A batch with a waiter holding a `COMPANY_DIVISOR`th of its bound (`ingest_batch`) is not
+/// delayed for company: it shares its commit well enough, and delaying it held the hub back at
+/// QoS 1 saturation, where commits hold their bound (docs/benchmarks.md).
 const COMPANY_DIVISOR: usize = 4;
 
 /// Counters of the ingest queue.

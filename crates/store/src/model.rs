@@ -389,8 +389,19 @@ pub(crate) fn claim_exhausted(
     }
 }
 
+/// Milliseconds since the Unix epoch, truncated toward zero (as stored since the first
+/// migration). Computed from whole seconds and the nanosecond rather than as
+/// `unix_timestamp_nanos() / 1_000_000`: that is a 128-bit division, a library call, for
+/// every time of every reading the writer stores.
 pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
+    let nanos = t.nanosecond();
+    let floor = t.unix_timestamp() * 1000 + i64::from(nanos / 1_000_000);
+    // Before the epoch, a part of a millisecond makes truncation one more than the floor.
+    if floor < 0 && !nanos.is_multiple_of(1_000_000) {
+        floor + 1
+    } else {
+        floor
+    }
 }
 
 pub(crate) fn from_ms(ms: i64, table: &'static str) -> Result<OffsetDateTime, crate::StoreError> {
@@ -442,4 +453,43 @@ pub struct DeviceRelease {
     pub release: String,
     #[serde(with = "time::serde::rfc3339")]
     pub reported_at: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+
+    use super::{from_ms, to_ms};
+
+    #[test]
+    fn milliseconds_truncate_toward_zero_on_both_sides_of_the_epoch() {
+        let cases: [i128; 14] = [
+            0,
+            1,
+            999_999,
+            1_000_000,
+            1_500_000,
+            -1,
+            -500_000,
+            -999_999,
+            -1_000_000,
+            -1_000_001,
+            -1_000_500_000,
+            1_764_000_000_123_456_789,
+            -62_000_000_000_987_654_321,
+            253_402_300_799_999_999_999,
+        ];
+        for nanos in cases {
+            let t = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+            assert_eq!(
+                i128::from(to_ms(t)),
+                nanos / 1_000_000,
+                "{nanos} ns since the epoch"
+            );
+        }
+        // Whole milliseconds go and come back unchanged.
+        for ms in [-86_400_001_i64, -1, 0, 1, 1_764_000_000_123] {
+            assert_eq!(to_ms(from_ms(ms, "t").unwrap()), ms);
+        }
+    }
 }

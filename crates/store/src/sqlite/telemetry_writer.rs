@@ -486,14 +486,20 @@ impl Writer {
             chunk_text,
             move_failures,
         } = self;
-        // In key order, each key once; each row with its key's (ts, seq).
-        let mut fresh = in_key_order(
-            rows.iter()
-                .map(|r| ((to_ms(r.ts), r.seq), r))
-                .filter(|(k, r)| !logged.contains(&r.device_id, *k)),
-        );
-        fresh.dedup_by(|(a, x), (b, y)| x.device_id == y.device_id && a == b);
-        if fresh.is_empty() {
+        // Each device's rows, devices in order of their ids, each device's rows in key
+        // order and each key once. Grouped once here, the device's id is hashed once per
+        // row and looked up once per device below.
+        let mut devices = in_key_order(rows.iter().map(|r| ((to_ms(r.ts), r.seq), r)));
+        for run in &mut devices {
+            // One device's rows: equal keys are one reading sent twice; the first stays.
+            run.rows.dedup_by_key(|(k, _)| *k);
+            // Keys the log holds.
+            if let Some(keys) = logged.by_device.get(run.device_id) {
+                run.rows.retain(|(k, _)| !keys.contains(k));
+            }
+        }
+        devices.retain(|run| !run.rows.is_empty());
+        if devices.is_empty() {
             return Ok(0);
         }
         // First a step of the move under way, if any, in the same transaction as the rows
@@ -505,7 +511,8 @@ impl Writer {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut step = None;
         if logged.moving.is_some() {
-            let copy = MOVE_STEP_ROWS.max(2 * fresh.len());
+            let fresh = devices.iter().map(|run| run.rows.len()).sum::<usize>();
+            let copy = MOVE_STEP_ROWS.max(2 * fresh);
             match move_step(&tx, logged, copy, chunk_sql, chunk_text) {
                 Ok(s) => step = s,
                 Err(e) => {
@@ -523,63 +530,63 @@ impl Writer {
         // times) share a ts, and with a ts bound each new one was looked up — inside chunks
         // a parse of the chunk's JSON, which at QoS 0 saturation cost the hub five times its
         // CPU per message.
-        {
-            let mut in_table = tx.prepare_cached(
-                "SELECT ts, seq FROM telemetry WHERE device_id = ?1 \
-                 ORDER BY ts DESC, seq DESC LIMIT 1",
-            )?;
-            let mut in_chunks = tx.prepare_cached(
-                "SELECT ts_last, seq_last FROM telemetry_chunks WHERE device_id = ?1 \
-                 ORDER BY ts_last DESC, seq_last DESC LIMIT 1",
-            )?;
-            for (_, r) in &fresh {
-                if !logged.table_max.contains_key(&*r.device_id) {
-                    let key = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?));
-                    let table: Option<Key> = in_table.query_row([&*r.device_id], key).optional()?;
+        let mut in_table = tx.prepare_cached(
+            "SELECT ts, seq FROM telemetry WHERE device_id = ?1 \
+             ORDER BY ts DESC, seq DESC LIMIT 1",
+        )?;
+        let mut in_chunks = tx.prepare_cached(
+            "SELECT ts_last, seq_last FROM telemetry_chunks WHERE device_id = ?1 \
+             ORDER BY ts_last DESC, seq_last DESC LIMIT 1",
+        )?;
+        // A chunk can hold the key only if its range covers the ts: the range's ends are on
+        // the row's first page, the readings are only parsed for those.
+        let mut held = tx.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM telemetry \
+                 WHERE device_id = ?1 AND ts = ?2 AND seq = ?3) \
+             OR EXISTS (SELECT 1 FROM telemetry_chunks AS c, json_each(c.readings) AS r \
+                 WHERE c.device_id = ?1 AND c.ts_last >= ?2 AND c.ts_first <= ?2 \
+                 AND json_extract(r.value, '$[1]') = ?2 \
+                 AND json_extract(r.value, '$[0]') = ?3)",
+        )?;
+        let key = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?));
+        for run in &mut devices {
+            let bound = match logged.table_max.get(run.device_id) {
+                Some(bound) => *bound,
+                None => {
+                    let table: Option<Key> = in_table.query_row([run.device_id], key).optional()?;
                     let chunk: Option<Key> =
-                        in_chunks.query_row([&*r.device_id], key).optional()?;
-                    logged
-                        .table_max
-                        .insert(Arc::from(&*r.device_id), table.max(chunk));
+                        in_chunks.query_row([run.device_id], key).optional()?;
+                    let bound = table.max(chunk);
+                    logged.table_max.insert(Arc::from(run.device_id), bound);
+                    bound
                 }
+            };
+            // The run is in key order: if its first key is above the bound, all are.
+            if let Some(max) = bound
+                && run.rows[0].0 <= max
+            {
+                let mut kept = Vec::with_capacity(run.rows.len());
+                for &(k, r) in &run.rows {
+                    if k > max
+                        || !held
+                            .query_row((run.device_id, k.0, k.1), |row| row.get::<_, bool>(0))?
+                    {
+                        kept.push((k, r));
+                    }
+                }
+                run.rows = kept;
             }
         }
-        let maybe_stored = |k: Key, r: &TelemetryRow| {
-            logged
-                .table_max
-                .get(&*r.device_id)
-                .is_none_or(|max| max.is_some_and(|m| k <= m))
-        };
-        if fresh.iter().any(|(k, r)| maybe_stored(*k, r)) {
-            // A chunk can hold the key only if its range covers the ts: the range's ends
-            // are on the row's first page, the readings are only parsed for those.
-            let mut held = tx.prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM telemetry \
-                     WHERE device_id = ?1 AND ts = ?2 AND seq = ?3) \
-                 OR EXISTS (SELECT 1 FROM telemetry_chunks AS c, json_each(c.readings) AS r \
-                     WHERE c.device_id = ?1 AND c.ts_last >= ?2 AND c.ts_first <= ?2 \
-                     AND json_extract(r.value, '$[1]') = ?2 \
-                     AND json_extract(r.value, '$[0]') = ?3)",
-            )?;
-            let mut kept = Vec::with_capacity(fresh.len());
-            for (k, r) in fresh {
-                if !maybe_stored(k, r)
-                    || !held.query_row((&*r.device_id, k.0, k.1), |row| row.get::<_, bool>(0))?
-                {
-                    kept.push((k, r));
-                }
-            }
-            fresh = kept;
-        }
-        // `fresh` is in key order: each device's readings are together. A device with
-        // enough of them gets a chunk; the others' go to the log.
+        drop((in_table, in_chunks, held));
+        // A device with enough readings gets a chunk; the others' go to the log, in key
+        // order (the devices are in order of their ids).
         let mut dense = Vec::new();
-        let mut sparse = Vec::with_capacity(fresh.len());
-        for run in fresh.chunk_by(|(_, x), (_, y)| x.device_id == y.device_id) {
-            if run.len() >= DIRECT_ROWS_PER_DEVICE {
-                dense.push(run);
+        let mut sparse = Vec::new();
+        for run in &devices {
+            if run.rows.len() >= DIRECT_ROWS_PER_DEVICE {
+                dense.push(run.rows.as_slice());
             } else {
-                sparse.extend_from_slice(run);
+                sparse.extend_from_slice(&run.rows);
             }
         }
         let appended = append(&tx, append_sql, &sparse)?;
@@ -600,7 +607,7 @@ impl Writer {
         if let Some(step) = step {
             logged.apply(step);
         }
-        Ok(fresh.len() as u64)
+        Ok(devices.iter().map(|run| run.rows.len() as u64).sum())
     }
 
     /// Moves every row of the log into chunks or `telemetry` (finishing a move under way
@@ -682,35 +689,37 @@ fn append<'r>(
     Ok(appended)
 }
 
-/// A commit's rows in key order: by device, then by (ts, seq); of rows with one key, the
-/// first sent first. Each device's rows are gathered in the order they came, which is
-/// nearly always their key order already, and sorted on their own: a sort of the whole
-/// commit compared device ids about 13 times a row (2% of the hub's CPU at a fixed QoS 0
-/// rate, docs/benchmarks.md, run AP).
-fn in_key_order<'r>(
-    rows: impl Iterator<Item = (Key, &'r TelemetryRow)>,
-) -> Vec<(Key, &'r TelemetryRow)> {
+/// One device's rows of a commit, each with its key.
+struct Run<'r> {
+    device_id: &'r str,
+    rows: Vec<(Key, &'r TelemetryRow)>,
+}
+
+/// A commit's rows in key order: a run per device, in order of their ids, each in order of
+/// (ts, seq); of rows with one key, the first sent first. Each device's rows are gathered in
+/// the order they came, which is nearly always their key order already, and sorted on their
+/// own: a sort of the whole commit compared device ids about 13 times a row (2% of the hub's
+/// CPU at a fixed QoS 0 rate, docs/benchmarks.md, run AP). Handed on as runs, they are not
+/// compared again to find where a device's rows end.
+fn in_key_order<'r>(rows: impl Iterator<Item = (Key, &'r TelemetryRow)>) -> Vec<Run<'r>> {
     let mut index: HashMap<&str, usize, Hasher> = HashMap::default();
-    let mut devices: Vec<Vec<(Key, &TelemetryRow)>> = Vec::new();
-    let mut n = 0;
+    let mut devices: Vec<Run<'r>> = Vec::new();
     for (k, r) in rows {
         let i = *index.entry(&*r.device_id).or_insert_with(|| {
-            devices.push(Vec::new());
+            devices.push(Run {
+                device_id: &r.device_id,
+                rows: Vec::new(),
+            });
             devices.len() - 1
         });
-        devices[i].push((k, r));
-        n += 1;
+        devices[i].rows.push((k, r));
     }
-    let mut names: Vec<(&str, usize)> = index.into_iter().collect();
-    names.sort_unstable();
-    let mut out = Vec::with_capacity(n);
-    for (_, i) in names {
-        let rows = &mut devices[i];
+    devices.sort_unstable_by(|a, b| a.device_id.cmp(b.device_id));
+    for run in &mut devices {
         // Stable, and linear for rows already in order.
-        rows.sort_by_key(|(k, _)| *k);
-        out.append(rows);
+        run.rows.sort_by_key(|(k, _)| *k);
     }
-    out
+    devices
 }
 
 /// One device's readings, in key order, none stored yet, to be written as one chunk.
@@ -964,12 +973,6 @@ enum Step {
 }
 
 impl Logged {
-    fn contains(&self, device_id: &str, key: Key) -> bool {
-        self.by_device
-            .get(device_id)
-            .is_some_and(|s| s.contains(&key))
-    }
-
     fn insert(&mut self, rowid: i64, device_id: &str, key: Key, reading: Box<[u8]>) {
         let device_id = match self.by_device.get_key_value(device_id) {
             Some((id, _)) => id.clone(),
@@ -1086,7 +1089,12 @@ mod tests {
         let with_keys = || rows.iter().map(|r| ((r.ts.unix_timestamp(), r.seq), r));
         let mut want: Vec<(Key, &TelemetryRow)> = with_keys().collect();
         want.sort_by(|(a, x), (b, y)| (&x.device_id, a).cmp(&(&y.device_id, b)));
-        let got = in_key_order(with_keys());
+        let runs = in_key_order(with_keys());
+        assert_eq!(runs.len(), 13, "a run per device");
+        for run in &runs {
+            assert!(run.rows.iter().all(|(_, r)| &*r.device_id == run.device_id));
+        }
+        let got: Vec<(Key, &TelemetryRow)> = runs.into_iter().flat_map(|run| run.rows).collect();
         let bodies =
             |v: &[(Key, &TelemetryRow)]| v.iter().map(|(_, r)| r.body.clone()).collect::<Vec<_>>();
         assert_eq!(bodies(&got), bodies(&want));

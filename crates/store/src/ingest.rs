@@ -42,7 +42,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, oneshot};
 
 use crate::{Durable, Store, StoreError, TelemetryRow};
 
@@ -201,6 +201,39 @@ impl IngestQueue {
         self.queue(row, None).await
     }
 
+    /// [`IngestQueue::submit`] if the queue has room now: `Ok(Err(row))` hands the row back
+    /// when it has none (then `submit` waits for room). Not a future: a caller that usually
+    /// finds room keeps no state for waiting (the hub's hook for every PUBLISH).
+    pub fn try_submit(
+        &self,
+        row: TelemetryRow,
+    ) -> Result<Result<Ticket, Box<TelemetryRow>>, StoreError> {
+        let (done, rx) = oneshot::channel();
+        Ok(self.try_queue(row, Some(done))?.map(|()| Ticket(rx)))
+    }
+
+    /// [`IngestQueue::submit_unacknowledged`] if the queue has room now: `Ok(Err(row))` hands
+    /// the row back when it has none.
+    pub fn try_submit_unacknowledged(
+        &self,
+        row: TelemetryRow,
+    ) -> Result<Result<(), Box<TelemetryRow>>, StoreError> {
+        self.try_queue(row, None)
+    }
+
+    fn try_queue(
+        &self,
+        row: TelemetryRow,
+        done: Option<Waiter>,
+    ) -> Result<Result<(), Box<TelemetryRow>>, StoreError> {
+        match self.handle.0.room.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::NoPermits) => return Ok(Err(Box::new(row))),
+            Err(TryAcquireError::Closed) => return Err(StoreError::IngestClosed),
+        }
+        self.push(row, done).map(Ok)
+    }
+
     async fn queue(&self, row: TelemetryRow, done: Option<Waiter>) -> Result<(), StoreError> {
         let shared = &self.handle.0;
         match shared.room.try_acquire() {
@@ -213,6 +246,12 @@ impl IngestQueue {
                 .map_err(|_| StoreError::IngestClosed)?
                 .forget(),
         }
+        self.push(row, done)
+    }
+
+    /// Puts a row in the queue, its room already taken.
+    fn push(&self, row: TelemetryRow, done: Option<Waiter>) -> Result<(), StoreError> {
+        let shared = &self.handle.0;
         let wake = {
             let mut pending = shared.pending.lock();
             if pending.writer_gone {
@@ -753,6 +792,50 @@ pub(crate) mod tests {
         ));
         assert!(matches!(
             queue.submit(row(3)).await,
+            Err(StoreError::IngestClosed)
+        ));
+    }
+
+    /// Trying to submit: a queue with room takes the row at once; a full one hands the row
+    /// back untouched and queues nothing; once the writer has taken a batch there is room
+    /// again; a queue whose writer has ended answers with the error, not the row.
+    #[tokio::test]
+    async fn trying_to_submit_takes_a_row_while_there_is_room_and_hands_it_back_when_full() {
+        let (queue, mut batch) = queue(2, Duration::ZERO);
+        let ticket = queue
+            .try_submit(row(1))
+            .expect("open")
+            .expect("room for one");
+        queue
+            .try_submit_unacknowledged(row(2))
+            .expect("open")
+            .expect("room for two");
+        let back = queue.try_submit(row(3)).expect("open").expect_err("full");
+        assert_eq!((back.seq, &*back.body), (3, "{\"seq\":3}"));
+        let back = queue
+            .try_submit_unacknowledged(row(4))
+            .expect("open")
+            .expect_err("full");
+        assert_eq!(back.seq, 4);
+        // The writer finds the two rows taken, one with a waiter, and nothing else.
+        let (mut rows, mut waiters) = (Vec::new(), Vec::new());
+        assert!(batch.next(&mut rows, &mut waiters).await);
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(waiters.len(), 1);
+        queue
+            .try_submit_unacknowledged(*back)
+            .expect("open")
+            .expect("room once the writer took its batch");
+        // The writer ends without committing its batch: the ticket says so.
+        drop((rows, waiters));
+        drop(WriterGone(batch.shared.clone()));
+        assert!(matches!(ticket.await, Err(e) if matches!(*e, StoreError::IngestClosed)));
+        assert!(matches!(
+            queue.try_submit(row(5)),
+            Err(StoreError::IngestClosed)
+        ));
+        assert!(matches!(
+            queue.try_submit_unacknowledged(row(6)),
             Err(StoreError::IngestClosed)
         ));
     }

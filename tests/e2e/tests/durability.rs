@@ -127,3 +127,59 @@ fn qos0_telemetry_is_stored_after_the_commit_delay_and_at_a_graceful_stop() {
     assert_eq!(seqs.len(), 600, "{seqs:?}");
     assert!((1..=600).all(|s| seqs.contains(&s)));
 }
+
+/// A full ingest queue holds a PUBLISH's rows back until there is room, rather than losing
+/// them: with room for one row, single readings and batches (an agent draining its backlog)
+/// at QoS 1 are all stored once and in order, survive `kill -9` once acknowledged, and a
+/// QoS 0 batch is stored whole.
+#[test]
+fn readings_wait_for_room_in_a_full_ingest_queue() {
+    let mut hub = TestHub::init();
+    hub.configure("ingest_queue = 65536", "ingest_queue = 1");
+    hub.start();
+    let dev = hub.add_device("gw-a");
+    let batch = |seqs: std::ops::RangeInclusive<u32>| {
+        let docs: Vec<String> = seqs.map(telemetry_line).collect();
+        format!("[{}]", docs.join(","))
+    };
+    let publish_batch = |hub: &TestHub, qos: &str, seqs| {
+        let out = hub.mosquitto_pub(
+            &dev,
+            &[
+                "-t",
+                "devices/gw-a/telemetry",
+                "-q",
+                qos,
+                "-m",
+                &batch(seqs),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let seqs = |hub: &TestHub| -> Vec<i64> {
+        hub.telemetry("gw-a")
+            .iter()
+            .map(|r| r["seq"].as_i64().unwrap())
+            .collect()
+    };
+
+    publish_telemetry(&hub, &dev, "1", 1..=100);
+    publish_batch(&hub, "1", 101..=150);
+    publish_batch(&hub, "1", 151..=200);
+    hub.kill9();
+    hub.start();
+    assert_eq!(seqs(&hub), (1..=200).collect::<Vec<_>>());
+
+    publish_batch(&hub, "0", 201..=250);
+    assert!(
+        wait_until(Duration::from_secs(10), || seqs(&hub).len() == 250),
+        "the QoS 0 batch was not stored whole: {} rows",
+        seqs(&hub).len()
+    );
+    assert_eq!(seqs(&hub), (1..=250).collect::<Vec<_>>());
+    assert_eq!(hub.metric("rampart_telemetry_rows_submitted_total"), 50.0);
+}

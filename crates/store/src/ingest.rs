@@ -235,17 +235,16 @@ impl IngestQueue {
     }
 
     async fn queue(&self, row: TelemetryRow, done: Option<Waiter>) -> Result<(), StoreError> {
-        let shared = &self.handle.0;
-        match shared.room.try_acquire() {
-            Ok(permit) => permit.forget(),
-            // Full (wait for the writer to take a batch) or closed (the writer has ended).
-            Err(_) => shared
-                .room
-                .acquire()
-                .await
-                .map_err(|_| StoreError::IngestClosed)?
-                .forget(),
-        }
+        // Waits while the queue is full (for the writer to take a batch); fails once it is
+        // closed (the writer has ended). A queue with room answers at the first poll;
+        // callers that want no future at all use `try_queue`.
+        self.handle
+            .0
+            .room
+            .acquire()
+            .await
+            .map_err(|_| StoreError::IngestClosed)?
+            .forget();
         self.push(row, done)
     }
 

@@ -1167,9 +1167,17 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     assert_eq!(view().await, all.len());
     reads_whole(s.clone(), per_device).await;
 
-    // Re-sent readings — one moved, one only in the log, one twice in a batch — are not new.
+    // Re-sent readings — one moved, one of the last device the move copies (in key order,
+    // device by device: not copied yet), one appended since the move began, one twice in a
+    // batch — are not new.
+    let in_move = all
+        .iter()
+        .find(|r| &*r.device_id == "gw-c" && r.seq == per_device - 60)
+        .cloned()
+        .expect("gw-c's reading");
     let resend = vec![
         all[0].clone(),
+        in_move,
         all[all.len() - 1].clone(),
         all[all.len() - 1].clone(),
     ];

@@ -44,7 +44,7 @@
 //! SQLite (libsqlite3-sys), so the two connections share its locks like any two connections
 //! of one process.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -494,7 +494,9 @@ impl Writer {
             // One device's rows: equal keys are one reading sent twice; the first stays.
             run.rows.dedup_by_key(|(k, _)| *k);
             // Keys the log holds.
-            if let Some(keys) = logged.by_device.get(run.device_id) {
+            if let Some(keys) = logged.by_device.get(run.device_id)
+                && !keys.all_before(run.rows[0].0)
+            {
                 run.rows.retain(|(k, _)| !keys.contains(k));
             }
         }
@@ -592,10 +594,15 @@ impl Writer {
         let appended = append(&tx, append_sql, &sparse)?;
         write_chunks(&tx, chunk_sql, chunk_text, &dense)?;
         tx.commit()?;
+        // Each reading encoded into one scratch buffer and copied out at its size: encoded
+        // into a vector of its own, which grew to about 256 bytes by doubling and then shrank
+        // into a box, it was five allocations and 1.5% of the hub's CPU at the compare's fixed
+        // QoS 1 rate (docs/benchmarks.md).
+        let mut scratch = Vec::with_capacity(512);
         for (rowid, k, r) in appended {
-            let mut reading = Vec::new();
-            chunks::encode_one(chunks::columns(r), &mut reading);
-            logged.insert(rowid, &r.device_id, k, reading.into());
+            scratch.clear();
+            chunks::encode_one(chunks::columns(r), &mut scratch);
+            logged.insert(rowid, &r.device_id, k, Box::from(scratch.as_slice()));
         }
         // Readings now in chunks: their devices' bounds must cover them, or a reading
         // re-sent later would skip the lookup and be stored twice.
@@ -930,11 +937,52 @@ struct LogRow {
 /// foldhash is seeded at random per map, so a device cannot pick keys that collide.
 type Hasher = foldhash::fast::RandomState;
 
+/// The keys of one device's rows in the log, in two sorted vectors: those of the move under
+/// way and those appended since it began. A device's readings mostly arrive in key order, so
+/// an append is a push and a look-up of a new reading one comparison with each vector's last
+/// key; a move starting or ending hands a whole vector over or drops it. As a hash set, every
+/// append hashed its key into a table that grew from empty again after each move: 3–4% of the
+/// hub's CPU at the compare's fixed QoS 1 rate, where every reading passes through the log
+/// (docs/benchmarks.md).
+#[derive(Debug, Default)]
+struct LogKeys {
+    moving: Vec<Key>,
+    fresh: Vec<Key>,
+}
+
+impl LogKeys {
+    fn contains(&self, key: &Key) -> bool {
+        self.fresh.binary_search(key).is_ok() || self.moving.binary_search(key).is_ok()
+    }
+
+    /// Whether every key held is before `key` (then neither it nor a later key is held).
+    fn all_before(&self, key: Key) -> bool {
+        self.fresh.last().is_none_or(|&last| last < key)
+            && self.moving.last().is_none_or(|&last| last < key)
+    }
+
+    /// Adds a key appended to the log (not held: the writer drops rows whose key it holds).
+    fn insert(&mut self, key: Key) {
+        match self.fresh.last() {
+            Some(&last) if last >= key => {
+                if let Err(at) = self.fresh.binary_search(&key) {
+                    self.fresh.insert(at, key);
+                }
+            }
+            _ => self.fresh.push(key),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.moving.is_empty() && self.fresh.is_empty()
+    }
+}
+
 /// The log's rows and the move under way.
 #[derive(Debug, Default)]
 struct Logged {
     /// The keys of every row in `telemetry_log`, by device.
-    by_device: HashMap<Arc<str>, HashSet<Key, Hasher>, Hasher>,
+    by_device: HashMap<Arc<str>, LogKeys, Hasher>,
     /// Rows appended since the last move began, in rowid order.
     fresh: Vec<LogRow>,
     moving: Option<Move>,
@@ -996,9 +1044,17 @@ impl Logged {
         if self.moving.is_some() || self.fresh.is_empty() || self.fresh.len() < at_least {
             return;
         }
-        let mut rows = std::mem::take(&mut self.fresh);
+        // The next move's rows start in a vector as large as this one's, which would
+        // otherwise grow from empty by doubling, copying its rows each time.
+        let n = self.fresh.len();
+        let mut rows = std::mem::replace(&mut self.fresh, Vec::with_capacity(n));
         let (first, last) = (rows[0].rowid, rows[rows.len() - 1].rowid);
         rows.sort_unstable_by(|a, b| (&a.device_id, a.key).cmp(&(&b.device_id, b.key)));
+        // Every row appended so far is in this move, and so is every device's fresh key.
+        for keys in self.by_device.values_mut() {
+            debug_assert!(keys.moving.is_empty(), "one move at a time");
+            keys.moving = std::mem::take(&mut keys.fresh);
+        }
         self.moving = Some(Move {
             rows,
             copied: 0,
@@ -1020,6 +1076,22 @@ impl Logged {
         let copied = done.map_or(0, |(device_id, key)| {
             rows.partition_point(|r| (&*r.device_id, r.key) <= (device_id.as_str(), key))
         });
+        // The keys as the two vectors hold them: the move's rows (in key order by device)
+        // and the rest of the log, after them by rowid.
+        for keys in self.by_device.values_mut() {
+            keys.moving.clear();
+            keys.fresh.clear();
+        }
+        for r in &rows {
+            if let Some(keys) = self.by_device.get_mut(&r.device_id) {
+                keys.moving.push(r.key);
+            }
+        }
+        for r in &self.fresh {
+            if let Some(keys) = self.by_device.get_mut(&r.device_id) {
+                keys.insert(r.key);
+            }
+        }
         // No bound to raise: a device's bound is read from the tables at its first write.
         self.moving = Some(Move {
             rows,
@@ -1052,14 +1124,11 @@ impl Logged {
                 let Some(m) = self.moving.take() else {
                     return 0;
                 };
-                for r in &m.rows {
-                    if let Some(keys) = self.by_device.get_mut(&r.device_id) {
-                        keys.remove(&r.key);
-                        if keys.is_empty() {
-                            self.by_device.remove(&r.device_id);
-                        }
-                    }
+                // The move's keys are every device's moving ones.
+                for keys in self.by_device.values_mut() {
+                    keys.moving.clear();
                 }
+                self.by_device.retain(|_, keys| !keys.is_empty());
                 m.rows.len()
             }
         }
@@ -1071,9 +1140,37 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::super::{SqliteOptions, SqliteStore, Synchronous};
-    use super::{Key, in_key_order};
+    use super::{Key, LogKeys, in_key_order};
     use crate::ingest::tests::row;
     use crate::{TelemetryRow, TelemetryStore};
+
+    /// A device's keys in the log: late and repeated readings keep each vector sorted and
+    /// each key once; a move takes the fresh keys over, and both are looked in.
+    #[test]
+    fn log_keys_stay_sorted_when_readings_arrive_out_of_order() {
+        let mut keys = LogKeys::default();
+        for k in [(10, 1), (20, 2), (15, 9), (20, 2), (5, 0), (30, 3)] {
+            keys.insert(k);
+        }
+        assert_eq!(keys.fresh, [(5, 0), (10, 1), (15, 9), (20, 2), (30, 3)]);
+        assert!(keys.all_before((30, 4)));
+        assert!(!keys.all_before((30, 3)));
+        keys.moving = std::mem::take(&mut keys.fresh);
+        keys.insert((25, 0));
+        keys.insert((40, 0));
+        for k in [(5, 0), (15, 9), (30, 3), (25, 0), (40, 0)] {
+            assert!(keys.contains(&k), "{k:?} held");
+        }
+        for k in [(15, 8), (26, 0), (41, 0)] {
+            assert!(!keys.contains(&k), "{k:?} not held");
+        }
+        assert!(!keys.all_before((35, 0)), "the fresh keys count too");
+        assert!(keys.all_before((40, 1)));
+        keys.moving.clear();
+        assert!(!keys.is_empty());
+        keys.fresh.clear();
+        assert!(keys.is_empty() && keys.all_before((i64::MIN, i64::MIN)));
+    }
 
     /// Rows of devices interleaved, some out of order, some sharing a key (the body tells
     /// the copies apart): in the order of a stable sort of the whole by device and key.

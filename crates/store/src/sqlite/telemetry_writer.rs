@@ -414,12 +414,12 @@ impl Writer {
                  FROM telemetry_log ORDER BY rowid",
             )?;
             let mut rows = log.query([])?;
+            let mut scratch = Vec::with_capacity(512);
             while let Some(r) = rows.next()? {
                 let alarms: Vec<String> = serde_json::from_str(log_text(r, 13)?)
                     .map_err(|e| log_corrupt(format!("the alarms of a reading: {e}")))?;
                 let (seq, ts) = (r.get(2)?, r.get(3)?);
-                let mut reading = Vec::new();
-                chunks::encode_one(
+                let reading = encoded(
                     (
                         seq,
                         ts,
@@ -435,9 +435,9 @@ impl Writer {
                         &alarms,
                         log_text(r, 14)?,
                     ),
-                    &mut reading,
+                    &mut scratch,
                 );
-                logged.insert(r.get(0)?, log_text(r, 1)?, (ts, seq), reading.into());
+                logged.insert(r.get(0)?, log_text(r, 1)?, (ts, seq), reading);
             }
         }
         // The move the last process had under way, if any, resumes where its last step left
@@ -594,15 +594,10 @@ impl Writer {
         let appended = append(&tx, append_sql, &sparse)?;
         write_chunks(&tx, chunk_sql, chunk_text, &dense)?;
         tx.commit()?;
-        // Each reading encoded into one scratch buffer and copied out at its size: encoded
-        // into a vector of its own, which grew to about 256 bytes by doubling and then shrank
-        // into a box, it was five allocations and 1.5% of the hub's CPU at the compare's fixed
-        // QoS 1 rate (docs/benchmarks.md).
         let mut scratch = Vec::with_capacity(512);
         for (rowid, k, r) in appended {
-            scratch.clear();
-            chunks::encode_one(chunks::columns(r), &mut scratch);
-            logged.insert(rowid, &r.device_id, k, Box::from(scratch.as_slice()));
+            let reading = encoded(chunks::columns(r), &mut scratch);
+            logged.insert(rowid, &r.device_id, k, reading);
         }
         // Readings now in chunks: their devices' bounds must cover them, or a reading
         // re-sent later would skip the lookup and be stored twice.
@@ -694,6 +689,16 @@ fn append<'r>(
         appended.extend(chunk.iter().zip(first..).map(|((k, r), id)| (id, *k, *r)));
     }
     Ok(appended)
+}
+
+/// A reading as the log's row for it is kept in memory ([`LogRow::reading`]), encoded in
+/// `scratch` and copied out at its size. Encoded into a vector of its own, which grew to about
+/// 256 bytes by doubling and then shrank into a box, it was five allocations and 1.5% of the
+/// hub's CPU at the compare's fixed QoS 1 rate (docs/benchmarks.md).
+fn encoded(reading: chunks::Columns<'_>, scratch: &mut Vec<u8>) -> Box<[u8]> {
+    scratch.clear();
+    chunks::encode_one(reading, scratch);
+    Box::from(scratch.as_slice())
 }
 
 /// One device's rows of a commit, each with its key.

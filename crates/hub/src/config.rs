@@ -235,9 +235,9 @@ impl Default for StorageConfig {
             postgres_schema: "rampart".into(),
             postgres_max_connections: 16,
             ingest_batch: 2000,
-            qos0_ingest_batch: 8000,
+            qos0_ingest_batch: 32_000,
             ingest_queue: 65_536,
-            qos0_commit_delay_ms: 50,
+            qos0_commit_delay_ms: 200,
             qos1_commit_delay_ms: 5,
             telemetry_writer_nice: 19,
         }

@@ -33,8 +33,8 @@ pub use ingest::{Batching, IngestQueue, IngestStats, Ticket};
 pub use model::*;
 pub use postgres::{PgOptions, PgStore, check_schema};
 pub use sqlite::{
-    DIRECT_ROWS_PER_DEVICE, MOVE_CHUNK_MIN_READINGS, MOVE_CHUNK_READINGS, MOVE_STEP_ROWS,
-    SqliteOptions, SqliteStore, Synchronous, TELEMETRY_LOG_ROWS, encode_telemetry_chunk,
+    CHUNK_READINGS, DIRECT_ROWS_PER_DEVICE, MOVE_CHUNK_MIN_READINGS, MOVE_STEP_ROWS, SqliteOptions,
+    SqliteStore, Synchronous, TELEMETRY_LOG_ROWS, encode_telemetry_chunk,
 };
 
 use async_trait::async_trait;

@@ -1124,7 +1124,7 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
              WHERE c.n_readings <= 1024 AND c.n_readings >= 2",
         )
     };
-    const { assert!(MOVE_CHUNK_READINGS == 1_024 && MOVE_CHUNK_MIN_READINGS == 2) };
+    const { assert!(CHUNK_READINGS == 1_024 && MOVE_CHUNK_MIN_READINGS == 2) };
     let view = || count("FROM telemetry_readings");
     let check = |rows: Vec<TelemetryRow>, from: i64, to: i64| {
         assert_eq!(
@@ -1159,7 +1159,7 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     // rows are in two places, and reads and the view still see every reading once.
     let copied = chunked().await;
     assert!(
-        (4 * MOVE_CHUNK_READINGS..TELEMETRY_LOG_ROWS).contains(&copied),
+        (4 * CHUNK_READINGS..TELEMETRY_LOG_ROWS).contains(&copied),
         "{copied} rows moved by the steps so far"
     );
     assert_eq!(table().await, 0);
@@ -1191,10 +1191,10 @@ async fn sqlite_telemetry_log_moves_in_steps_and_keeps_every_reading_once() {
     assert_eq!(chunked().await, copied);
     let mut seq = per_device;
     let mut commits = 0;
-    // Each one-row commit is one step: up to MOVE_CHUNK_READINGS rows moved (the rest of a
+    // Each one-row commit is one step: up to CHUNK_READINGS rows moved (the rest of a
     // device's rows, at most), then eight times MOVE_STEP_ROWS deleted. The move holds the
     // log as it was when the move began, fewer rows than `all`.
-    let steps = (all.len() - copied).div_ceil(MOVE_CHUNK_READINGS)
+    let steps = (all.len() - copied).div_ceil(CHUNK_READINGS)
         + devices.len()
         + 1
         + all.len().div_ceil(8 * MOVE_STEP_ROWS);
@@ -1812,6 +1812,47 @@ async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
     assert_eq!(s.insert_telemetry(&[row("gw-b", 5)]).await.unwrap(), 0);
     assert_eq!(count("FROM telemetry_readings").await, 81);
     side.close().await;
+    s.close().await;
+}
+
+/// A dense commit of one device's readings past `CHUNK_READINGS` (a QoS 0 commit holds up to
+/// `storage.qos0_ingest_batch`, 32,000 by default, all of one device's if it alone sends) is
+/// written as several chunks of at most that many, so that a read of the device's newest
+/// reading never parses more; every reading is read back once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_dense_commit_past_the_chunk_bound_is_written_as_several_chunks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rampart.db");
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    let side = side_pool(&path).await;
+    let n = 2 * CHUNK_READINGS + 452;
+    let rows: Vec<TelemetryRow> = (1..=n as i64).map(|seq| row("gw-a", seq)).collect();
+    assert_eq!(s.insert_telemetry(&rows).await.unwrap(), n as u64);
+    assert_eq!(count_rows(side.clone(), "FROM telemetry_log").await, 0);
+    let sizes: Vec<i64> =
+        sqlx::query_scalar("SELECT n_readings FROM telemetry_chunks ORDER BY ts_last")
+            .fetch_all(&side)
+            .await
+            .unwrap();
+    assert_eq!(
+        sizes,
+        [CHUNK_READINGS as i64, CHUNK_READINGS as i64, 452],
+        "chunks of one dense commit"
+    );
+    let read = s
+        .telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        read.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=n as i64).collect::<Vec<_>>()
+    );
+    // The newest reading, from the last chunk; and re-sent whole, nothing is new.
+    let since = OffsetDateTime::UNIX_EPOCH + Duration::seconds(1_790_000_000 + n as i64);
+    let newest = s.telemetry("gw-a", since, 1).await.unwrap();
+    assert_eq!(newest.iter().map(|r| r.seq).collect::<Vec<_>>(), [n as i64]);
+    assert_eq!(s.insert_telemetry(&rows).await.unwrap(), 0);
+    assert_eq!(count_rows(side.clone(), "FROM telemetry_chunks").await, 3);
     s.close().await;
 }
 

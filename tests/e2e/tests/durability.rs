@@ -97,7 +97,7 @@ fn qos0_telemetry_is_stored_after_the_commit_delay_and_at_a_graceful_stop() {
     let dev = hub.add_device("gw-a");
     let publish = |hub: &TestHub, seqs| publish_telemetry(hub, &dev, "0", seqs);
 
-    // The default delay (50 ms): stored with nothing else happening.
+    // The default delay (200 ms): stored with nothing else happening.
     publish(&hub, 1..=300);
     assert!(
         wait_until(Duration::from_secs(10), || hub.telemetry("gw-a").len()
@@ -108,7 +108,7 @@ fn qos0_telemetry_is_stored_after_the_commit_delay_and_at_a_graceful_stop() {
 
     // The longest delay (1 s): a SIGTERM while the rows wait commits them.
     hub.stop();
-    hub.configure("qos0_commit_delay_ms = 50", "qos0_commit_delay_ms = 1000");
+    hub.configure("qos0_commit_delay_ms = 200", "qos0_commit_delay_ms = 1000");
     hub.start();
     publish(&hub, 301..=600);
     assert!(

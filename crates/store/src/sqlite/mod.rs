@@ -29,7 +29,7 @@ mod wal_sync;
 
 pub use chunks::encode_rows as encode_telemetry_chunk;
 pub use telemetry_writer::{
-    DIRECT_ROWS_PER_DEVICE, MOVE_CHUNK_MIN_READINGS, MOVE_CHUNK_READINGS, MOVE_STEP_ROWS,
+    CHUNK_READINGS, DIRECT_ROWS_PER_DEVICE, MOVE_CHUNK_MIN_READINGS, MOVE_STEP_ROWS,
     TELEMETRY_LOG_ROWS,
 };
 

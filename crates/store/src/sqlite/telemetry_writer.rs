@@ -79,17 +79,20 @@ const DELETE_PER_COPY: usize = 8;
 /// Readings of one device in a commit from which they are written as one chunk, skipping the
 /// log: the log's append, copy and delete are saved, and SQLite writes one row for them all.
 /// This happens when few devices send fast (a saturated benchmark: 2,000 rows from 100
-/// devices per commit; at a fixed QoS 0 rate, a commit every 50 ms); a fleet of many devices
-/// sending now and then commits a reading or two per device, and goes through the log, whose
-/// moves give `telemetry` pages of many readings each (docs/storage.md). Until chunks, a
-/// commit averaging this many per device wrote its rows straight into `telemetry`.
+/// devices per commit; at a fixed QoS 0 rate, a commit every 200 ms or 32,000 readings); a
+/// fleet of many devices sending now and then commits a reading or two per device, and goes
+/// through the log, whose moves give `telemetry` pages of many readings each
+/// (docs/storage.md). Until chunks, a commit averaging this many per device wrote its rows
+/// straight into `telemetry`.
 pub const DIRECT_ROWS_PER_DEVICE: usize = 16;
 
-/// The most readings a move writes into one chunk; a device with more in a move gets
-/// several. A step's work is bounded by it (the commit a step runs in waits for it, and so do
-/// its PUBACKs), and so is the text a read parses for a device's newest reading: 1,024
-/// readings are about 250 KiB.
-pub const MOVE_CHUNK_READINGS: usize = 1_024;
+/// The most readings one chunk holds; a device with more in a move, or in a dense commit,
+/// gets several. A step's work is bounded by it (the commit a step runs in waits for it, and
+/// so do its PUBACKs), and so is the text a read parses for a device's newest reading: 1,024
+/// readings are about 250 KiB. A commit of only QoS 0 rows holds up to
+/// `storage.qos0_ingest_batch` (32,000 by default) of them, all of one device's if it alone
+/// sends: without this bound, that would be one chunk of about 6 MiB.
+pub const CHUNK_READINGS: usize = 1_024;
 
 /// The fewest readings of one device in a move's step that it writes as a chunk; a device
 /// with fewer (one) has its row copied into `telemetry`. Far below
@@ -580,13 +583,13 @@ impl Writer {
             }
         }
         drop((in_table, in_chunks, held));
-        // A device with enough readings gets a chunk; the others' go to the log, in key
-        // order (the devices are in order of their ids).
+        // A device with enough readings gets a chunk (several, past `CHUNK_READINGS`); the
+        // others' go to the log, in key order (the devices are in order of their ids).
         let mut dense = Vec::new();
         let mut sparse = Vec::new();
         for run in &devices {
             if run.rows.len() >= DIRECT_ROWS_PER_DEVICE {
-                dense.push(run.rows.as_slice());
+                dense.extend(run.rows.chunks(CHUNK_READINGS));
             } else {
                 sparse.extend_from_slice(&run.rows);
             }
@@ -848,7 +851,7 @@ fn move_step(
         // On to the end of the last device's rows, within a bound: otherwise the next step
         // starts with a few of them, too few for a chunk.
         let cap = start
-            .saturating_add(copy.max(MOVE_CHUNK_READINGS))
+            .saturating_add(copy.max(CHUNK_READINGS))
             .min(m.rows.len());
         while end < cap && m.rows[end].device_id == m.rows[end - 1].device_id {
             end += 1;
@@ -858,7 +861,7 @@ fn move_step(
         let mut pieces = Vec::new();
         for run in rows.chunk_by(|a, b| a.device_id == b.device_id) {
             if run.len() >= MOVE_CHUNK_MIN_READINGS {
-                pieces.extend(run.chunks(MOVE_CHUNK_READINGS));
+                pieces.extend(run.chunks(CHUNK_READINGS));
             } else {
                 few.extend(run.iter().map(|r| r.rowid));
             }

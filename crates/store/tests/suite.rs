@@ -1378,6 +1378,21 @@ async fn side_pool(path: &std::path::Path) -> sqlx::SqlitePool {
         .unwrap()
 }
 
+/// A new SQLite store in a directory of its own (kept while the returned `TempDir` lives), the
+/// database's path, and a connection of the test's own beside the store's.
+async fn sqlite_with_side() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    SqliteStore,
+    sqlx::SqlitePool,
+) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("rampart.db");
+    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
+    let side = side_pool(&path).await;
+    (dir, path, s, side)
+}
+
 /// `SELECT count(*) {from}` on a connection of the test's own, beside the store's.
 async fn count_rows(side: sqlx::SqlitePool, from: &'static str) -> usize {
     let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {from}")))
@@ -1400,10 +1415,7 @@ fn dense(seqs: std::ops::RangeInclusive<i64>) -> Vec<TelemetryRow> {
 /// is read once, through the store and the view, before and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_move_writes_a_slow_fleets_few_readings_per_device_as_chunks() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("rampart.db");
-    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
-    let side = side_pool(&path).await;
+    let (_dir, _, s, side) = sqlite_with_side().await;
     let count = |sql: &'static str| count_rows(side.clone(), sql);
     // 4,100 devices, 4 readings each: the log's bound, in commits of 400 readings from 400
     // devices (one each, far below a direct chunk's 16).
@@ -1484,10 +1496,7 @@ async fn sqlite_a_move_writes_a_slow_fleets_few_readings_per_device_as_chunks() 
 /// moves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_failing_move_step_loses_no_reading() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("rampart.db");
-    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
-    let side = side_pool(&path).await;
+    let (_dir, _, s, side) = sqlite_with_side().await;
     let count = |sql: &'static str| count_rows(side.clone(), sql);
     // Every write of a chunk fails, as a full disk or a corrupt page would make it.
     sqlx::query(
@@ -1657,10 +1666,7 @@ async fn viewed(side: &sqlx::SqlitePool, device: &str) -> Vec<TelemetryRow> {
 /// JSON escapes (quotes, backslashes, control characters, non-ASCII) come back as sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_chunks_of_binary_json_and_of_json_text_read_alike() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("rampart.db");
-    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
-    let side = side_pool(&path).await;
+    let (_dir, _, s, side) = sqlite_with_side().await;
     let awkward = |mut r: TelemetryRow| {
         r.body = format!(
             "{{\"seq\":{},\"note\":\"a \\\"quote\\\", a \\\\ and ünïcode\"}}\n\t",
@@ -1756,10 +1762,7 @@ async fn sqlite_chunks_of_binary_json_and_of_json_text_read_alike() {
 /// and the `telemetry_readings` view shows each chunk's readings as rows with their values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("rampart.db");
-    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
-    let side = side_pool(&path).await;
+    let (_dir, path, s, side) = sqlite_with_side().await;
     let count = |sql: &'static str| count_rows(side.clone(), sql);
     // 20 rows of each of two devices: a chunk each.
     const { assert!(20 >= DIRECT_ROWS_PER_DEVICE) };
@@ -1821,10 +1824,7 @@ async fn sqlite_dense_commits_skip_the_log_and_keep_every_reading_once() {
 /// reading never parses more; every reading is read back once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_dense_commit_past_the_chunk_bound_is_written_as_several_chunks() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("rampart.db");
-    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
-    let side = side_pool(&path).await;
+    let (_dir, _, s, side) = sqlite_with_side().await;
     let n = 2 * CHUNK_READINGS + 452;
     let rows: Vec<TelemetryRow> = (1..=n as i64).map(|seq| row("gw-a", seq)).collect();
     assert_eq!(s.insert_telemetry(&rows).await.unwrap(), n as u64);
@@ -1899,10 +1899,7 @@ async fn sqlite_readings_sharing_a_ts_are_stored_once_each() {
 /// that says so, rather than be counted as stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_reading_written_behind_the_writers_back_fails_the_commit_whole() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("rampart.db");
-    let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
-    let side = side_pool(&path).await;
+    let (_dir, _, s, side) = sqlite_with_side().await;
     const { assert!(20 >= DIRECT_ROWS_PER_DEVICE) };
     assert_eq!(s.insert_telemetry(&dense(1..=20)).await.unwrap(), 40);
     // gw-a's readings 21-40 as a chunk, as the writer would store them, by another

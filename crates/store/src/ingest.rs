@@ -100,7 +100,8 @@ struct Shared {
     wake: Notify,
     /// One permit per row that may still be queued: back-pressure on the submitters.
     room: Semaphore,
-    /// The bound of a batch without (≥ `max_batch`), and the size that ends a linger.
+    /// The bound of a batch without (≥ `max_batch`, unless the queue holds fewer rows), and
+    /// the size that ends a linger.
     max_unacknowledged: usize,
     /// The bound of a batch with a waiter.
     max_batch: usize,
@@ -312,8 +313,14 @@ impl Drop for WriterGone {
 impl Batcher {
     fn new(capacity: usize, batching: Batching) -> Batcher {
         let max_batch = batching.max_rows.max(1);
-        let max_unacknowledged = batching.max_unacknowledged_rows.max(max_batch);
         let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
+        // No more than the queue can hold, like `company`: a linger waiting for a batch
+        // larger than the queue ended only at its deadline, while the submitters waited for
+        // room (with room for one row, one row per linger).
+        let max_unacknowledged = batching
+            .max_unacknowledged_rows
+            .max(max_batch)
+            .min(capacity);
         Batcher {
             shared: Arc::new(Shared {
                 pending: Mutex::new(Pending::default()),
@@ -663,6 +670,33 @@ pub(crate) mod tests {
         assert!(!taking.is_finished(), "15 of 16 rows must linger");
         submit(&queue, 20, &[false]).await;
         assert_eq!(taking.await.expect("writer side"), 16);
+    }
+
+    /// A queue that holds fewer rows than a lingering batch's bound ends the linger when it is
+    /// full: its submitters wait for room, and no more rows can join.
+    #[tokio::test]
+    async fn a_lingering_batch_ends_when_the_queue_is_full() {
+        let (queue, batch) = queue(3, Duration::from_secs(600));
+        submit(&queue, 1, &[false; 2]).await;
+        let taking = take_next(batch);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!taking.is_finished(), "two rows of three must linger");
+        // The third fills the queue; a fourth waits for room.
+        submit(&queue, 3, &[false]).await;
+        let fourth = {
+            let queue = queue.clone();
+            tokio::spawn(async move { submit(&queue, 4, &[false]).await })
+        };
+        let (batch, rows, waiters, took) = tokio::time::timeout(Duration::from_secs(10), taking)
+            .await
+            .expect("a full queue ends the linger")
+            .expect("writer side");
+        assert_eq!((rows, waiters), (3, 0));
+        assert!(took < Duration::from_secs(600));
+        fourth
+            .await
+            .expect("the fourth row is queued once there is room");
+        assert_eq!(batch.queued(), 1);
     }
 
     /// Takes the next batch in a task of its own: the batcher, the batch's rows and waiters,

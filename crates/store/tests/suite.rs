@@ -173,6 +173,16 @@ fn row(device: &str, seq: i64) -> TelemetryRow {
     }
 }
 
+/// The seqs of a device's readings as the store reads them back (oldest first), up to `limit`.
+async fn stored_seqs(s: &dyn Store, device: &str, limit: u32) -> Vec<i64> {
+    s.telemetry(device, OffsetDateTime::UNIX_EPOCH, limit)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect()
+}
+
 /// What a CONNECT reads in one query is what the two separate reads return: for a known
 /// certificate and the device it names, for a certificate naming another device, for an
 /// identity that does not exist, after a revocation and after a disable.
@@ -381,14 +391,10 @@ async fn a_reading_resent_while_its_first_commit_is_pending_is_stored_once(db: &
     }
     durable.await.expect("first batch durable");
     assert_eq!(pending.await.unwrap().expect("second batch"), 5);
-    let seqs: Vec<i64> = s
-        .telemetry("gw-1", OffsetDateTime::UNIX_EPOCH, 100)
-        .await
-        .expect("query")
-        .iter()
-        .map(|r| r.seq)
-        .collect();
-    assert_eq!(seqs, (1..=15).collect::<Vec<_>>());
+    assert_eq!(
+        stored_seqs(&*s, "gw-1", 100).await,
+        (1..=15).collect::<Vec<_>>()
+    );
 }
 
 trait MsPrecision {
@@ -521,12 +527,8 @@ async fn rows_nobody_waits_for_linger_until_a_waited_row_the_linger_or_close(db:
     drop(q);
     assert_eq!(committed_within(stats, 3, Wait::from_secs(10)).await, 3);
 
-    let stored = s
-        .telemetry("gw-q0", OffsetDateTime::UNIX_EPOCH, 100)
-        .await
-        .unwrap();
     assert_eq!(
-        stored.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        stored_seqs(&*s, "gw-q0", 100).await,
         (1..=18).collect::<Vec<_>>()
     );
 }
@@ -1307,12 +1309,10 @@ async fn sqlite_a_closed_store_refuses_telemetry_and_its_successor_knows_the_log
     // The rowids the writer recorded are the rows': the move takes exactly these 250.
     assert_eq!(s.compact_telemetry().await.unwrap(), 250);
     for d in 0..20 {
-        let read = s
-            .telemetry(&device(d), OffsetDateTime::UNIX_EPOCH, 1_000)
-            .await
-            .unwrap();
-        let seqs: Vec<i64> = read.iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, (1..=250).filter(|q| q % 20 == d).collect::<Vec<_>>());
+        assert_eq!(
+            stored_seqs(&s, &device(d), 1_000).await,
+            (1..=250).filter(|q| q % 20 == d).collect::<Vec<_>>()
+        );
     }
     assert_eq!(s.insert_telemetry(&first).await.unwrap(), 0);
     s.close().await;
@@ -1839,12 +1839,8 @@ async fn sqlite_a_dense_commit_past_the_chunk_bound_is_written_as_several_chunks
         [CHUNK_READINGS as i64, CHUNK_READINGS as i64, 452],
         "chunks of one dense commit"
     );
-    let read = s
-        .telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 10_000)
-        .await
-        .unwrap();
     assert_eq!(
-        read.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        stored_seqs(&s, "gw-a", 10_000).await,
         (1..=n as i64).collect::<Vec<_>>()
     );
     // The newest reading, from the last chunk; and re-sent whole, nothing is new.
@@ -1882,12 +1878,8 @@ async fn sqlite_readings_sharing_a_ts_are_stored_once_each() {
     s.close().await;
     let s = SqliteStore::open(&SqliteOptions::new(&path)).await.unwrap();
     assert_eq!(s.insert_telemetry(&batch(1..=61)).await.unwrap(), 1);
-    let read = s
-        .telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 1_000)
-        .await
-        .unwrap();
     assert_eq!(
-        read.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        stored_seqs(&s, "gw-a", 1_000).await,
         (1..=61).collect::<Vec<_>>()
     );
     s.close().await;
@@ -2146,13 +2138,7 @@ async fn postgres_readings_stored_before_migration_8_survive_it() {
     let mut again = row("gw-a", 5);
     again.ts = row("gw-a", 36).ts;
     assert_eq!(s.insert_telemetry(&[again]).await.unwrap(), 1);
-    let seqs: Vec<i64> = s
-        .telemetry("gw-a", OffsetDateTime::UNIX_EPOCH, 100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.seq)
-        .collect();
+    let seqs = stored_seqs(&*s, "gw-a", 100).await;
     assert_eq!(seqs.len(), 36);
     assert_eq!(seqs[35], 5, "the seq sent again, last in time: {seqs:?}");
     let key: String = sqlx::query_scalar(

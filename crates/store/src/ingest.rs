@@ -435,10 +435,10 @@ impl Batcher {
             // The batch is the queue's own buffer, exchanged for the writer's empty vector;
             // the few rows past the batch move into that vector and stay queued. A queue that
             // starts at its buffer's start becomes a vector without a row moving. Drained off
-            // the front instead, a batch cut at its bound (then 8,000 rows, every 50 ms at a fixed
-            // QoS 0 rate) was copied row by row, and the queue left behind no longer started
-            // at its buffer's start: 2.9% of the hub's CPU samples at the compare's fixed
-            // QoS 0 rate on an Intel Xeon host, though the A/B measured no change in CPU
+            // the front instead, a batch cut at its bound (then 8,000 rows, every 50 ms at a
+            // fixed QoS 0 rate) was copied row by row, and the queue left behind no longer
+            // started at its buffer's start: 2.9% of the hub's CPU samples at the compare's
+            // fixed QoS 0 rate on an Intel Xeon host, though the A/B measured no change in CPU
             // beyond that host's noise (docs/benchmarks.md).
             let mut rest = VecDeque::from(std::mem::take(rows));
             rest.extend(pending.rows.drain(n..));

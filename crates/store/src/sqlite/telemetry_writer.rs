@@ -829,7 +829,7 @@ fn chunk_corrupt(why: String) -> StoreError {
 /// [`DELETE_PER_COPY`] times as many); `None` if no move is under way.
 ///
 /// A copying step takes the next rows in key order: a device's rows become chunks of at most
-/// [`MOVE_CHUNK_READINGS`], made of the text the writer keeps for each log row (made in Rust,
+/// [`CHUNK_READINGS`], made of the text the writer keeps for each log row (made in Rust,
 /// not with SQLite's JSON functions, which write floats with 15 digits, not the shortest text
 /// that reads back exactly); a device with fewer than [`MOVE_CHUNK_MIN_READINGS`] rows in the
 /// step has them copied into `telemetry`, a row each. It then records how far the move has

@@ -550,10 +550,6 @@ fn utc_time(b: &[u8]) -> Option<OffsetDateTime> {
         }
         _ => return None,
     };
-    let second = digits(&b[17..19])?;
-    if second > 59 {
-        return None;
-    }
     let month = time::Month::try_from(u8::try_from(digits(&b[5..7])?).ok()?).ok()?;
     let date = time::Date::from_calendar_date(
         i32::try_from(digits(&b[0..4])?).ok()?,
@@ -564,7 +560,8 @@ fn utc_time(b: &[u8]) -> Option<OffsetDateTime> {
     let clock = time::Time::from_hms_nano(
         u8::try_from(digits(&b[11..13])?).ok()?,
         u8::try_from(digits(&b[14..16])?).ok()?,
-        u8::try_from(second).ok()?,
+        // A leap second (60) is refused here and read by `time`, which knows the rules.
+        u8::try_from(digits(&b[17..19])?).ok()?,
         nanos,
     )
     .ok()?;
